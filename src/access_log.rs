@@ -1,0 +1,301 @@
+//! One access log line per request, as HAProxy's `option httplog` writes it
+//! or as JSON. Lines are handed to a writer thread so the request path never
+//! waits on the terminal or the disk; when the writer falls behind, lines are
+//! dropped and counted rather than stalling requests.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+const QUEUE_LINES: usize = 65_536;
+
+/// What one request did, in the terms of an HAProxy log line.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    #[serde(skip)]
+    pub time: SystemTime,
+    pub client: Option<SocketAddr>,
+    pub listener: &'a str,
+    pub route: &'a str,
+    pub pool: &'a str,
+    pub server: &'a str,
+    /// Milliseconds to connect to the upstream (`Tc`), -1 when never connected.
+    pub connect_ms: i64,
+    /// Milliseconds until the upstream response head (`Tr`), -1 when none.
+    pub response_ms: i64,
+    /// Milliseconds for the whole request (`Ta`).
+    pub total_ms: i64,
+    pub status: u16,
+    pub bytes: usize,
+    /// Two characters as in HAProxy: who ended the session and in which phase.
+    #[serde(skip)]
+    pub termination: [char; 2],
+    pub retries: usize,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub version: &'a str,
+    pub request_id: &'a str,
+}
+
+enum Message {
+    Line(String),
+    Sync(mpsc::Sender<()>),
+}
+
+/// The access log sink.
+pub struct AccessLog {
+    format: AccessLogFormat,
+    queue: Option<SyncSender<Message>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    pub fn open(config: &AccessLogConfig) -> std::io::Result<Self> {
+        if config.format == AccessLogFormat::Off {
+            return Ok(Self {
+                format: config.format,
+                queue: None,
+                dropped: AtomicU64::new(0),
+            });
+        }
+        let out: Box<dyn Write + Send> = match &config.path {
+            Some(path) => Box::new(open_append(path)?),
+            None => Box::new(std::io::stdout()),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(Self {
+            format: config.format,
+            queue: Some(tx),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    pub fn log(&self, record: &AccessRecord<'_>) {
+        let Some(queue) = &self.queue else { return };
+        let line = match self.format {
+            AccessLogFormat::Httplog => httplog_line(record),
+            AccessLogFormat::Json => json_line(record),
+            AccessLogFormat::Off => return,
+        };
+        if let Err(TrySendError::Full(_)) = queue.try_send(Message::Line(line)) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!("access log writer is behind; {dropped} lines dropped so far");
+            }
+        }
+    }
+
+    /// Waits (up to `limit`) until every line logged so far is written.
+    pub fn sync(&self, limit: Duration) {
+        if let Some(queue) = &self.queue {
+            let (tx, rx) = mpsc::channel();
+            if queue.send(Message::Sync(tx)).is_ok() {
+                let _ = rx.recv_timeout(limit);
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(mut message) = rx.recv() {
+        loop {
+            match message {
+                Message::Line(line) => {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                Message::Sync(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => message = next,
+                Err(_) => break,
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+fn httplog_line(r: &AccessRecord<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(256);
+    match r.client {
+        Some(addr) => {
+            let _ = write!(line, "{}:{}", addr.ip(), addr.port());
+        }
+        None => line.push('-'),
+    }
+    let _ = writeln!(
+        line,
+        " [{}] {} {} {}/{} {}/{}/{} {} {} {}{} {} \"{} {} {}\" {}",
+        haproxy_date(r.time),
+        r.listener,
+        r.route,
+        r.pool,
+        r.server,
+        r.connect_ms,
+        r.response_ms,
+        r.total_ms,
+        r.status,
+        r.bytes,
+        r.termination[0],
+        r.termination[1],
+        r.retries,
+        r.method,
+        r.uri,
+        r.version,
+        r.request_id,
+    );
+    line
+}
+
+fn json_line(r: &AccessRecord<'_>) -> String {
+    #[derive(Serialize)]
+    struct Json<'a> {
+        time: String,
+        #[serde(flatten)]
+        record: &'a AccessRecord<'a>,
+        termination: String,
+    }
+    let json = Json {
+        time: rfc3339(r.time),
+        record: r,
+        termination: r.termination.iter().collect(),
+    };
+    let mut line = serde_json::to_string(&json).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+struct Parts {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    millis: u32,
+}
+
+fn parts(time: SystemTime) -> Parts {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil((secs / 86_400) as i64);
+    Parts {
+        year,
+        month,
+        day,
+        hour: secs % 86_400 / 3600,
+        minute: secs % 3600 / 60,
+        second: secs % 60,
+        millis: since.subsec_millis(),
+    }
+}
+
+/// `22/Nov/2026:01:23:45.678`, as in HAProxy's `%tr`.
+fn haproxy_date(time: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let p = parts(time);
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02}.{:03}",
+        p.day,
+        MONTHS[(p.month as usize).saturating_sub(1) % 12],
+        p.year,
+        p.hour,
+        p.minute,
+        p.second,
+        p.millis
+    )
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let p = parts(time);
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.year, p.month, p.day, p.hour, p.minute, p.second, p.millis
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord<'static> {
+        AccessRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_397_025_678),
+            client: Some("10.0.0.1:5555".parse().expect("addr")),
+            listener: "http",
+            route: "api",
+            pool: "web",
+            server: "127.0.0.1:8000",
+            connect_ms: 1,
+            response_ms: 12,
+            total_ms: 15,
+            status: 200,
+            bytes: 512,
+            termination: ['-', '-'],
+            retries: 0,
+            method: "GET",
+            uri: "/v1/models",
+            version: "HTTP/1.1",
+            request_id: "abc",
+        }
+    }
+
+    #[test]
+    fn httplog_line_has_haproxy_fields_in_order() {
+        assert_eq!(
+            httplog_line(&record()),
+            "10.0.0.1:5555 [23/Nov/2026:01:23:45.678] http api web/127.0.0.1:8000 1/12/15 200 512 -- 0 \"GET /v1/models HTTP/1.1\" abc\n"
+        );
+    }
+
+    #[test]
+    fn json_line_is_one_object_per_line() {
+        let line = json_line(&record());
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).expect("json");
+        assert_eq!(v["time"], "2026-11-23T01:23:45.678Z");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["termination"], "--");
+        assert_eq!(v["client"], "10.0.0.1:5555");
+    }
+}

@@ -1,0 +1,96 @@
+//! The operator-facing HTTP endpoints: the admin listener (`/healthz`,
+//! `/readyz`) and the metrics listener (`/metrics`). Both are small axum
+//! routers run as Pingora background services on sockets bound before the
+//! server starts, so a port in use fails start-up with a clear error.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::gateway::Shared;
+
+/// An axum router served on a pre-bound socket until shutdown.
+pub struct HttpEndpoint {
+    name: &'static str,
+    listener: Mutex<Option<TcpListener>>,
+    router: Router,
+}
+
+impl HttpEndpoint {
+    pub fn bind(name: &'static str, addr: SocketAddr, router: Router) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{name} listener on {addr}: {e}"))
+        })?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            name,
+            listener: Mutex::new(Some(listener)),
+            router,
+        })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HttpEndpoint {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{} listener: {e}", self.name);
+                return;
+            }
+        };
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!("{} listener: {e}", self.name);
+        }
+    }
+}
+
+/// `/healthz` answers while the process runs; `/readyz` only while it
+/// accepts traffic (not before the listeners start, not while draining).
+pub fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+pub fn metrics_router() -> Router {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                crate::metrics::render(),
+            )
+        }),
+    )
+}

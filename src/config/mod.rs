@@ -1,0 +1,1187 @@
+//! Configuration: the YAML file (plus `OBLETH_*` environment overrides) turned
+//! into a validated [`Config`] before anything starts. Every problem found is
+//! reported with file, line, column and the offending key.
+
+mod locate;
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+use ipnet::IpNet;
+use regex::Regex;
+
+use crate::routing::{
+    Action, FixedResponse, HeaderCondition, HeaderEdits, HeaderTest, HostPattern, Matcher,
+    PathPattern, ProxyAction, RouteConfig, Template,
+};
+use locate::{Position, PositionIndex};
+use raw::*;
+
+/// The validated configuration of one obleth process.
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub access_log: AccessLogConfig,
+    pub pools: Vec<PoolConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub grace: Duration,
+    /// Peers whose `X-Forwarded-For` is kept and extended instead of replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstream_keepalive_pool: usize,
+}
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub h2c: bool,
+}
+
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One line in the manner of HAProxy's `option httplog`.
+    Httplog,
+    Json,
+    Off,
+}
+
+#[derive(Debug)]
+pub struct AccessLogConfig {
+    pub format: AccessLogFormat,
+    /// `None` writes to standard output.
+    pub path: Option<PathBuf>,
+}
+
+/// A pool of upstream servers and how to pick among them.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub servers: Vec<ServerConfig>,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub timeouts: Timeouts,
+    /// Further attempts on another server after the first one failed.
+    pub retries: usize,
+    /// Whether POST and other non-idempotent requests may be retried once
+    /// they reached a server (connect failures are always retried).
+    pub retry_non_idempotent: bool,
+    /// Replaces the client's `Host` on the way upstream when set.
+    pub host_header: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastInFlight,
+    Random,
+    ConsistentHash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// As written, e.g. `api.example.com:443`.
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// Concurrent requests this server is given at most.
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server back.
+    pub rise: usize,
+    /// Consecutive failures that take a server out.
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheckKind {
+    Http { path: String, expect_status: u16 },
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Pingora applies one timeout to every read from the upstream: waiting
+    /// for the response head and each gap between body chunks.
+    pub read: Duration,
+    pub write: Duration,
+    /// Wall-clock bound on the whole upstream exchange, checked as each body
+    /// chunk arrives (a silent upstream is bounded by `read`).
+    pub total: Option<Duration>,
+    pub idle_keepalive: Duration,
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: String,
+    pub position: Option<Position>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(p) => write!(f, "{}:{}:{}: ", self.file, p.line, p.column)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Environment variables that override keys of the file.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("OBLETH_LISTEN", "listeners[0].address"),
+    ("OBLETH_ADMIN_LISTEN", "admin.address"),
+    ("OBLETH_METRICS_LISTEN", "metrics.address"),
+    ("OBLETH_THREADS", "server.threads"),
+    ("OBLETH_GRACE", "server.grace"),
+    ("OBLETH_ACCESS_LOG", "access_log.format"),
+    ("OBLETH_ACCESS_LOG_PATH", "access_log.path"),
+];
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`, with `env` answering for the
+    /// environment (so tests need not touch the process environment).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let mut raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|e| ConfigError::Invalid(vec![serde_problem(&file, &e)]))?
+        };
+        let mut v = Validator {
+            file,
+            index: PositionIndex::build(text),
+            problems: Vec::new(),
+        };
+        apply_env(&mut raw, &env, &mut v);
+        let config = v.config(raw, path);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(v.problems))
+        }
+    }
+
+    /// A human-readable account of what the file resolved to, for `obleth check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "file: {}", self.source.display());
+        let s = &self.server;
+        let _ = writeln!(
+            out,
+            "server: threads={} grace={:?} trusted_proxies={:?}",
+            s.threads, s.grace, s.trusted_proxies
+        );
+        for l in &self.listeners {
+            let tls = if l.tls.is_some() {
+                " tls(h2,http/1.1)"
+            } else if l.h2c {
+                " h2c"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "listener {}: {}{tls}", l.name, l.address);
+        }
+        let _ = writeln!(
+            out,
+            "admin: {}  metrics: {}",
+            self.admin_address, self.metrics_address
+        );
+        let _ = writeln!(
+            out,
+            "access_log: {:?} -> {}",
+            self.access_log.format,
+            self.access_log
+                .path
+                .as_ref()
+                .map_or("stdout".into(), |p| p.display().to_string())
+        );
+        for p in &self.pools {
+            let t = &p.timeouts;
+            let _ = writeln!(
+                out,
+                "pool {}: {:?}, retries={}, timeouts connect={:?} read={:?} total={:?}{}",
+                p.name,
+                p.algorithm,
+                p.retries,
+                t.connect,
+                t.read,
+                t.total,
+                p.tls
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(", tls sni={}", t.sni))
+            );
+            if let Some(h) = &p.health_check {
+                let _ = writeln!(
+                    out,
+                    "  health check: {:?} every {:?}, timeout {:?}, rise {} fall {}",
+                    h.kind, h.interval, h.timeout, h.rise, h.fall
+                );
+            }
+            for srv in &p.servers {
+                let _ = writeln!(
+                    out,
+                    "  server {} ({}) weight={} max_connections={}",
+                    srv.name,
+                    srv.address,
+                    srv.weight,
+                    srv.max_connections.map_or("-".into(), |m| m.to_string())
+                );
+            }
+        }
+        for r in &self.routes {
+            let action = match &r.action {
+                Action::Proxy(p) => format!("proxy -> {}", p.pool),
+                Action::Redirect { status, .. } => format!("redirect {status}"),
+                Action::Respond(f) => format!("respond {}", f.status),
+            };
+            let m = &r.matcher;
+            let condition = if m.is_catch_all() {
+                "any request".to_string()
+            } else {
+                format!(
+                    "hosts={:?} path={:?} methods={:?} headers={}",
+                    m.hosts,
+                    m.path,
+                    m.methods,
+                    m.headers.len()
+                )
+            };
+            let _ = writeln!(out, "route {}: {condition} => {action}", r.name);
+        }
+        out
+    }
+}
+
+fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
+    let text = e.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    };
+    Problem {
+        file: file.to_string(),
+        position: e.location().map(|l| Position {
+            line: l.line(),
+            column: l.column(),
+        }),
+        key: String::new(),
+        message,
+    }
+}
+
+fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut Validator) {
+    if let Some(addr) = env("OBLETH_LISTEN") {
+        match raw.listeners.first_mut() {
+            Some(l) => l.address = addr,
+            None => raw.listeners.push(RawListener {
+                name: None,
+                address: addr,
+                tls: None,
+                h2c: false,
+            }),
+        }
+    }
+    if let Some(addr) = env("OBLETH_ADMIN_LISTEN") {
+        raw.admin.address = Some(addr);
+    }
+    if let Some(addr) = env("OBLETH_METRICS_LISTEN") {
+        raw.metrics.address = Some(addr);
+    }
+    if let Some(threads) = env("OBLETH_THREADS") {
+        match threads.parse() {
+            Ok(n) => raw.server.threads = Some(n),
+            Err(_) => v.problems.push(Problem {
+                file: "environment".into(),
+                position: None,
+                key: "OBLETH_THREADS".into(),
+                message: format!("{threads:?} is not a number"),
+            }),
+        }
+    }
+    if let Some(grace) = env("OBLETH_GRACE") {
+        raw.server.grace = Some(grace);
+    }
+    if let Some(format) = env("OBLETH_ACCESS_LOG") {
+        raw.access_log.format = Some(format);
+    }
+    if let Some(path) = env("OBLETH_ACCESS_LOG_PATH") {
+        raw.access_log.path = Some(path);
+    }
+}
+
+/// Collects problems while converting the raw file into a [`Config`].
+struct Validator {
+    file: String,
+    index: PositionIndex,
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            position: self.index.find(key),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text {
+            None => default,
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(
+                        key,
+                        format!("{t:?} is not a duration ({e}); write e.g. 500ms, 5s, 2m"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str, default_port: Option<u16>) -> SocketAddr {
+        let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+        let with_port = match default_port {
+            Some(port) if !has_port(text) => format!("{text}:{port}"),
+            _ => text.to_string(),
+        };
+        match with_port.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => addr,
+            Ok(None) => {
+                self.problem(key, format!("{text:?} resolves to no address"));
+                fallback
+            }
+            Err(e) => {
+                self.problem(key, format!("{text:?} is not an address (host:port): {e}"));
+                fallback
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let server = self.server(raw.server);
+        let listeners = self.listeners(raw.listeners);
+        let admin_address = self.socket_addr(
+            "admin.address",
+            raw.admin.address.as_deref().unwrap_or("127.0.0.1:9090"),
+            None,
+        );
+        let metrics_address = self.socket_addr(
+            "metrics.address",
+            raw.metrics.address.as_deref().unwrap_or("0.0.0.0:9091"),
+            None,
+        );
+        let access_log = self.access_log(raw.access_log);
+        let pools = self.pools(raw.pools);
+        let routes = self.routes(raw.routes, &pools);
+        let mut endpoints: Vec<(String, SocketAddr)> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].address"), l.address))
+            .collect();
+        endpoints.push(("admin.address".into(), admin_address));
+        endpoints.push(("metrics.address".into(), metrics_address));
+        for (i, (key, addr)) in endpoints.iter().enumerate() {
+            if addr.port() != 0 && endpoints[..i].iter().any(|(_, a)| a == addr) {
+                self.problem(key, format!("{addr} is already used by another endpoint"));
+            }
+        }
+        Config {
+            source: path.to_path_buf(),
+            server,
+            listeners,
+            admin_address,
+            metrics_address,
+            access_log,
+            pools,
+            routes,
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerSettings {
+        let threads = raw
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            self.problem("server.threads", "must be at least 1");
+        }
+        let grace = self.duration(
+            "server.grace",
+            raw.grace.as_deref(),
+            Duration::from_secs(30),
+        );
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.problem(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not a CIDR or IP address"),
+                ),
+            }
+        }
+        ServerSettings {
+            threads: threads.max(1),
+            grace,
+            trusted_proxies,
+            upstream_keepalive_pool: raw.upstream_keepalive_pool.unwrap_or(1024),
+        }
+    }
+
+    fn listeners(&mut self, raw: Vec<RawListener>) -> Vec<ListenerConfig> {
+        let raw = if raw.is_empty() {
+            vec![RawListener {
+                name: Some("http".into()),
+                address: "0.0.0.0:8080".into(),
+                tls: None,
+                h2c: false,
+            }]
+        } else {
+            raw
+        };
+        let mut names = HashSet::new();
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let key = format!("listeners[{i}]");
+                let name = l.name.unwrap_or_else(|| {
+                    if l.tls.is_some() {
+                        "https".into()
+                    } else {
+                        "http".into()
+                    }
+                });
+                if !names.insert(name.clone()) {
+                    self.problem(
+                        &format!("{key}.name"),
+                        format!("duplicate listener name {name:?}"),
+                    );
+                }
+                let address = self.socket_addr(&format!("{key}.address"), &l.address, None);
+                let tls = l.tls.map(|t| {
+                    for (field, file) in [("cert", &t.cert), ("key", &t.key)] {
+                        if !Path::new(file).is_file() {
+                            self.problem(
+                                &format!("{key}.tls.{field}"),
+                                format!("{file:?} is not a readable file"),
+                            );
+                        }
+                    }
+                    TlsFiles {
+                        cert: t.cert.into(),
+                        key: t.key.into(),
+                    }
+                });
+                ListenerConfig {
+                    name,
+                    address,
+                    tls,
+                    h2c: l.h2c,
+                }
+            })
+            .collect()
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
+        let format = match raw.format.as_deref().unwrap_or("httplog") {
+            "httplog" => AccessLogFormat::Httplog,
+            "json" => AccessLogFormat::Json,
+            "off" => AccessLogFormat::Off,
+            other => {
+                self.problem(
+                    "access_log.format",
+                    format!("{other:?} is not one of httplog, json, off"),
+                );
+                AccessLogFormat::Off
+            }
+        };
+        AccessLogConfig {
+            format,
+            path: raw.path.map(PathBuf::from),
+        }
+    }
+
+    fn pools(&mut self, raw: Vec<RawPool>) -> Vec<PoolConfig> {
+        let mut names = HashSet::new();
+        let mut pools = Vec::new();
+        for (i, p) in raw.into_iter().enumerate() {
+            let key = format!("pools[{i}]");
+            if !names.insert(p.name.clone()) {
+                self.problem(
+                    &format!("{key}.name"),
+                    format!("duplicate pool name {:?}", p.name),
+                );
+            }
+            pools.push(self.pool(&key, p));
+        }
+        pools
+    }
+
+    fn pool(&mut self, key: &str, p: RawPool) -> PoolConfig {
+        let algorithm = match (
+            p.algorithm.as_deref().unwrap_or("round_robin"),
+            p.hash_key.as_deref(),
+        ) {
+            ("round_robin", None) => Algorithm::RoundRobin,
+            ("least_in_flight", None) => Algorithm::LeastInFlight,
+            ("random", None) => Algorithm::Random,
+            ("consistent_hash", hash_key) => {
+                Algorithm::ConsistentHash(self.hash_key(key, hash_key))
+            }
+            (_, Some(_)) => {
+                self.problem(
+                    &format!("{key}.hash_key"),
+                    "only used with algorithm: consistent_hash",
+                );
+                Algorithm::RoundRobin
+            }
+            (other, None) => {
+                self.problem(
+                    &format!("{key}.algorithm"),
+                    format!("{other:?} is not one of round_robin, least_in_flight, random, consistent_hash"),
+                );
+                Algorithm::RoundRobin
+            }
+        };
+        if p.servers.is_empty() {
+            self.problem(
+                &format!("{key}.servers"),
+                "a pool needs at least one server",
+            );
+        }
+        let tls = p.tls.map(|t| UpstreamTls {
+            sni: t.sni.unwrap_or_default(),
+            verify: t.verify.unwrap_or(true),
+        });
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let servers: Vec<ServerConfig> = p
+            .servers
+            .into_iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let skey = format!("{key}.servers[{j}]");
+                let weight = s.weight.unwrap_or(1);
+                if weight == 0 || weight > 1000 {
+                    self.problem(&format!("{skey}.weight"), "must be between 1 and 1000");
+                }
+                if s.max_connections == Some(0) {
+                    self.problem(&format!("{skey}.max_connections"), "must be at least 1");
+                }
+                ServerConfig {
+                    address: self.socket_addr(
+                        &format!("{skey}.address"),
+                        &s.address,
+                        Some(default_port),
+                    ),
+                    name: s.address,
+                    weight: weight.clamp(1, 1000),
+                    max_connections: s.max_connections,
+                }
+            })
+            .collect();
+        let tls = tls.map(|mut t| {
+            if t.sni.is_empty() {
+                t.sni = servers
+                    .first()
+                    .map(|s| host_of(&s.name).to_string())
+                    .unwrap_or_default();
+            }
+            t
+        });
+        let health_check = p
+            .health_check
+            .map(|h| self.health_check(&format!("{key}.health_check"), h));
+        let t = p.timeouts;
+        let tkey = format!("{key}.timeouts");
+        let timeouts = Timeouts {
+            connect: self.duration(
+                &format!("{tkey}.connect"),
+                t.connect.as_deref(),
+                Duration::from_secs(2),
+            ),
+            read: self.duration(
+                &format!("{tkey}.read"),
+                t.read.as_deref(),
+                Duration::from_secs(60),
+            ),
+            write: self.duration(
+                &format!("{tkey}.write"),
+                t.write.as_deref(),
+                Duration::from_secs(60),
+            ),
+            total: t
+                .total
+                .as_deref()
+                .map(|s| self.duration(&format!("{tkey}.total"), Some(s), Duration::ZERO)),
+            idle_keepalive: self.duration(
+                &format!("{tkey}.idle_keepalive"),
+                t.idle_keepalive.as_deref(),
+                Duration::from_secs(60),
+            ),
+        };
+        let host_header = p.host_header.and_then(|h| match HeaderValue::from_str(&h) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(&format!("{key}.host_header"), "not a valid header value");
+                None
+            }
+        });
+        PoolConfig {
+            name: p.name,
+            algorithm,
+            servers,
+            tls,
+            health_check,
+            timeouts,
+            retries: p.retries.unwrap_or(2),
+            retry_non_idempotent: p.retry_non_idempotent,
+            host_header,
+        }
+    }
+
+    fn hash_key(&mut self, pool_key: &str, text: Option<&str>) -> HashKey {
+        let key = format!("{pool_key}.hash_key");
+        match text.unwrap_or("client_ip") {
+            "client_ip" => HashKey::ClientIp,
+            other => {
+                if let Some(name) = other.strip_prefix("header:") {
+                    match HeaderName::from_bytes(name.trim().as_bytes()) {
+                        Ok(h) => return HashKey::Header(h),
+                        Err(_) => self.problem(&key, format!("{name:?} is not a header name")),
+                    }
+                } else if let Some(name) = other.strip_prefix("cookie:") {
+                    return HashKey::Cookie(name.trim().to_string());
+                } else {
+                    self.problem(
+                        &key,
+                        format!("{other:?} is not client_ip, header:NAME or cookie:NAME"),
+                    );
+                }
+                HashKey::ClientIp
+            }
+        }
+    }
+
+    fn health_check(&mut self, key: &str, h: RawHealthCheck) -> HealthCheckConfig {
+        let kind = match h
+            .kind
+            .as_deref()
+            .unwrap_or(if h.path.is_some() { "http" } else { "tcp" })
+        {
+            "http" => HealthCheckKind::Http {
+                path: h.path.unwrap_or_else(|| "/".into()),
+                expect_status: h.expect_status.unwrap_or(200),
+            },
+            "tcp" => HealthCheckKind::Tcp,
+            other => {
+                self.problem(
+                    &format!("{key}.kind"),
+                    format!("{other:?} is not http or tcp"),
+                );
+                HealthCheckKind::Tcp
+            }
+        };
+        let rise = h.rise.unwrap_or(2);
+        let fall = h.fall.unwrap_or(3);
+        if rise == 0 {
+            self.problem(&format!("{key}.rise"), "must be at least 1");
+        }
+        if fall == 0 {
+            self.problem(&format!("{key}.fall"), "must be at least 1");
+        }
+        HealthCheckConfig {
+            kind,
+            interval: self.duration(
+                &format!("{key}.interval"),
+                h.interval.as_deref(),
+                Duration::from_secs(2),
+            ),
+            timeout: self.duration(
+                &format!("{key}.timeout"),
+                h.timeout.as_deref(),
+                Duration::from_secs(1),
+            ),
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>, pools: &[PoolConfig]) -> Vec<RouteConfig> {
+        let mut names = HashSet::new();
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !names.insert(r.name.clone()) {
+                self.problem(
+                    &format!("{key}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            if let Some(prev) = routes.iter().find(|p| p.matcher.is_catch_all()) {
+                self.problem(
+                    &key,
+                    format!(
+                        "unreachable: route {:?} before it matches every request",
+                        prev.name
+                    ),
+                );
+            }
+            let matcher = r
+                .matcher
+                .map(|m| self.matcher(&format!("{key}.match"), m))
+                .unwrap_or_default();
+            let action = self.action(&key, r.proxy, r.redirect, r.respond, pools);
+            routes.push(RouteConfig {
+                name: r.name,
+                matcher,
+                action,
+            });
+        }
+        routes
+    }
+
+    fn matcher(&mut self, key: &str, m: RawMatch) -> Matcher {
+        let hosts = m
+            .host
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| {
+                HostPattern::parse(h)
+                    .map_err(|e| self.problem(&format!("{key}.host"), e))
+                    .ok()
+            })
+            .collect();
+        let path = m.path.and_then(|p| {
+            let pkey = format!("{key}.path");
+            match (p.prefix, p.exact, p.regex) {
+                (Some(prefix), None, None) => Some(PathPattern::Prefix(prefix)),
+                (None, Some(exact), None) => Some(PathPattern::Exact(exact)),
+                (None, None, Some(re)) => self
+                    .regex(&format!("{pkey}.regex"), &re)
+                    .map(PathPattern::Regex),
+                _ => {
+                    self.problem(&pkey, "give exactly one of prefix, exact, regex");
+                    None
+                }
+            }
+        });
+        let methods = m
+            .method
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(
+                |name| match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        self.problem(
+                            &format!("{key}.method"),
+                            format!("{name:?} is not an HTTP method"),
+                        );
+                        None
+                    }
+                },
+            )
+            .collect();
+        let mut headers = Vec::new();
+        for (j, h) in m.headers.into_iter().enumerate() {
+            let hkey = format!("{key}.headers[{j}]");
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                self.problem(
+                    &format!("{hkey}.name"),
+                    format!("{:?} is not a header name", h.name),
+                );
+                continue;
+            };
+            let test = match (h.present, h.equals, h.regex) {
+                (Some(true), None, None) => HeaderTest::Present,
+                (Some(false), None, None) => HeaderTest::Absent,
+                (None, Some(value), None) => HeaderTest::Equals(value),
+                (None, None, Some(re)) => match self.regex(&format!("{hkey}.regex"), &re) {
+                    Some(r) => HeaderTest::Regex(r),
+                    None => continue,
+                },
+                _ => {
+                    self.problem(&hkey, "give exactly one of present, equals, regex");
+                    continue;
+                }
+            };
+            headers.push(HeaderCondition { name, test });
+        }
+        Matcher {
+            hosts,
+            path,
+            methods,
+            headers,
+        }
+    }
+
+    fn regex(&mut self, key: &str, text: &str) -> Option<Regex> {
+        Regex::new(text)
+            .map_err(|e| self.problem(key, format!("invalid regex: {e}")))
+            .ok()
+    }
+
+    fn action(
+        &mut self,
+        key: &str,
+        proxy: Option<RawProxy>,
+        redirect: Option<RawRedirect>,
+        respond: Option<RawRespond>,
+        pools: &[PoolConfig],
+    ) -> Action {
+        let fallback = || {
+            Action::Respond(FixedResponse {
+                status: 404,
+                body: Bytes::new(),
+                content_type: HeaderValue::from_static("text/plain"),
+            })
+        };
+        match (proxy, redirect, respond) {
+            (Some(p), None, None) => {
+                let pkey = format!("{key}.proxy");
+                if !pools.iter().any(|pool| pool.name == p.pool) {
+                    self.problem(
+                        &format!("{pkey}.pool"),
+                        format!("pool {:?} is not defined", p.pool),
+                    );
+                }
+                let rewrite_prefix = p.rewrite_prefix.map(|r| {
+                    if !r.from.starts_with('/') || !r.to.starts_with('/') {
+                        self.problem(
+                            &format!("{pkey}.rewrite_prefix"),
+                            "from and to must start with '/'",
+                        );
+                    }
+                    (r.from, r.to)
+                });
+                Action::Proxy(ProxyAction {
+                    pool: p.pool,
+                    rewrite_prefix,
+                    request_headers: self
+                        .header_edits(&format!("{pkey}.request_headers"), p.request_headers),
+                    response_headers: self
+                        .header_edits(&format!("{pkey}.response_headers"), p.response_headers),
+                })
+            }
+            (None, Some(r), None) => {
+                let status = r.status.unwrap_or(302);
+                if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                    self.problem(
+                        &format!("{key}.redirect.status"),
+                        format!("{status} is not one of 301, 302, 303, 307, 308"),
+                    );
+                }
+                match Template::parse(&r.location) {
+                    Ok(location) => Action::Redirect { status, location },
+                    Err(e) => {
+                        self.problem(&format!("{key}.redirect.location"), e);
+                        fallback()
+                    }
+                }
+            }
+            (None, None, Some(r)) => {
+                if !(100..=599).contains(&r.status) {
+                    self.problem(
+                        &format!("{key}.respond.status"),
+                        format!("{} is not an HTTP status", r.status),
+                    );
+                }
+                let content_type = r
+                    .content_type
+                    .as_deref()
+                    .unwrap_or("text/plain; charset=utf-8");
+                let content_type = HeaderValue::from_str(content_type).unwrap_or_else(|_| {
+                    self.problem(
+                        &format!("{key}.respond.content_type"),
+                        "not a valid header value",
+                    );
+                    HeaderValue::from_static("text/plain")
+                });
+                Action::Respond(FixedResponse {
+                    status: r.status,
+                    body: Bytes::from(r.body),
+                    content_type,
+                })
+            }
+            _ => {
+                self.problem(
+                    key,
+                    "a route needs exactly one action: proxy, redirect or respond",
+                );
+                fallback()
+            }
+        }
+    }
+
+    fn header_edits(&mut self, key: &str, raw: RawHeaderEdits) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        for (name, value) in raw.set {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                (Ok(n), Ok(v)) => edits.set.push((n, v)),
+                _ => self.problem(
+                    &format!("{key}.set.{name}"),
+                    "not a valid header name and value",
+                ),
+            }
+        }
+        for (i, name) in raw.remove.iter().enumerate() {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => edits.remove.push(n),
+                Err(_) => self.problem(
+                    &format!("{key}.remove[{i}]"),
+                    format!("{name:?} is not a header name"),
+                ),
+            }
+        }
+        edits
+    }
+}
+
+fn has_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    }
+}
+
+fn host_of(address: &str) -> &str {
+    if has_port(address) {
+        address.rsplit_once(':').map_or(address, |(h, _)| h)
+    } else {
+        address
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"), |_| None)
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected an error"),
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    const GOOD: &str = "\
+pools:
+  - name: web
+    algorithm: consistent_hash
+    hash_key: header:x-user
+    servers:
+      - address: 127.0.0.1:8000
+        weight: 3
+routes:
+  - name: api
+    match:
+      host: ['*.example.com']
+      path: { prefix: /api }
+      method: [get, POST]
+      headers:
+        - { name: x-canary, equals: '1' }
+    proxy:
+      pool: web
+      rewrite_prefix: { from: /api, to: / }
+  - name: tls
+    redirect: { status: 301, location: 'https://{host}{uri}' }
+";
+
+    #[test]
+    fn valid_file_is_converted_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.listeners[0].address.port(), 8080);
+        assert_eq!(c.admin_address.port(), 9090);
+        assert_eq!(c.metrics_address.port(), 9091);
+        assert_eq!(
+            c.pools[0].algorithm,
+            Algorithm::ConsistentHash(HashKey::Header(HeaderName::from_static("x-user")))
+        );
+        assert_eq!(c.pools[0].retries, 2);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].matcher.methods, vec![Method::GET, Method::POST]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let p = problems("pools:\n  - name: a\n    servers: []\n    wieght: 3\n");
+        assert!(p[0].starts_with("test.yaml:4:5: "), "{p:?}");
+        assert!(p[0].contains("unknown field `wieght`"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_column() {
+        let p = problems("server:\n  threads: many\n");
+        assert!(p[0].starts_with("test.yaml:2:"), "{p:?}");
+        assert!(p[0].contains("threads"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_pool_is_reported_at_the_reference() {
+        let text = GOOD.replace("pool: web", "pool: nope");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("test.yaml:17:7: routes[0].proxy.pool: pool \"nope\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_bad_durations_and_addresses_are_all_reported() {
+        let text = "\
+pools:
+  - name: a
+    servers: [{ address: 'not an address' }]
+    timeouts: { connect: soon }
+  - name: a
+    servers: [{ address: '127.0.0.1:1' }]
+routes:
+  - name: r
+    respond: { status: 200 }
+  - name: r
+    respond: { status: 204 }
+";
+        let p = problems(text).join("\n");
+        assert!(
+            p.contains("test.yaml:3:17: pools[0].servers[0].address"),
+            "{p}"
+        );
+        assert!(
+            p.contains("test.yaml:4:17: pools[0].timeouts.connect"),
+            "{p}"
+        );
+        assert!(
+            p.contains("test.yaml:5:5: pools[1].name: duplicate pool name"),
+            "{p}"
+        );
+        assert!(p.contains("routes[1].name: duplicate route name"), "{p}");
+        assert!(p.contains("test.yaml:10:5: routes[1]: unreachable"), "{p}");
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let text =
+            "listeners: [{ address: '127.0.0.1:1000' }]\nadmin: { address: '127.0.0.1:1001' }\n";
+        let c = Config::parse(text, Path::new("t.yaml"), |name| match name {
+            "OBLETH_LISTEN" => Some("127.0.0.1:2000".into()),
+            "OBLETH_ADMIN_LISTEN" => Some("127.0.0.1:2001".into()),
+            "OBLETH_ACCESS_LOG" => Some("json".into()),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(c.listeners[0].address.port(), 2000);
+        assert_eq!(c.admin_address.port(), 2001);
+        assert_eq!(c.access_log.format, AccessLogFormat::Json);
+    }
+
+    #[test]
+    fn route_needs_exactly_one_action() {
+        let p = problems(
+            "routes:\n  - name: r\n    respond: { status: 200 }\n    redirect: { location: /x }\n",
+        );
+        assert!(
+            p[0].contains("test.yaml:2:5: routes[0]: a route needs exactly one action"),
+            "{p:?}"
+        );
+    }
+}

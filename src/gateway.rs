@@ -1,0 +1,755 @@
+//! The `ProxyHttp` implementation: the request path, phase by phase.
+//!
+//! `request_filter` matches a route and answers `respond` / `redirect`
+//! routes itself; `upstream_peer` picks a server of the route's pool;
+//! `upstream_request_filter` rewrites the request and adds forwarding
+//! headers; the response phases edit headers and enforce the total timeout;
+//! `fail_to_proxy` maps errors to statuses in one place; `logging` counts the
+//! request and writes its access log line.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use tokio::sync::watch;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::config::{Algorithm, HashKey, PoolConfig};
+use crate::metrics::{RouteMetrics, FAMILIES};
+use crate::pool::{InFlight, Pool};
+use crate::routing::{Action, RequestView, Route, RouteConfig, RouteTable};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Routes and pools of one configuration; a reload builds a new generation
+/// and swaps it in whole, while requests in flight keep the one they started
+/// with.
+#[derive(Debug)]
+pub struct Generation {
+    pub routes: RouteTable,
+    pub pools: Vec<Arc<Pool>>,
+    /// Counts requests that matched no route.
+    unmatched: RouteMetrics,
+}
+
+impl Generation {
+    pub fn build(
+        routes: Vec<RouteConfig>,
+        pools: Vec<PoolConfig>,
+        previous: Option<&Generation>,
+    ) -> Self {
+        let pools: Vec<Arc<Pool>> = pools
+            .into_iter()
+            .map(|config| {
+                let old = previous.and_then(|g| g.pool(&config.name));
+                Arc::new(Pool::new(config, old.map(|p| &**p)))
+            })
+            .collect();
+        let routes = routes
+            .into_iter()
+            .map(|config| {
+                let pool = match &config.action {
+                    Action::Proxy(p) => pools.iter().find(|pool| pool.name() == p.pool).cloned(),
+                    _ => None,
+                };
+                Arc::new(Route {
+                    metrics: RouteMetrics::new(&config.name),
+                    config,
+                    pool,
+                })
+            })
+            .collect();
+        Self {
+            routes: RouteTable::new(routes),
+            pools,
+            unmatched: RouteMetrics::new("-"),
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+}
+
+/// State shared by every listener and the background services.
+pub struct Shared {
+    generation: ArcSwap<Generation>,
+    generations: watch::Sender<Arc<Generation>>,
+    trusted_proxies: Vec<IpNet>,
+    pub access_log: AccessLog,
+    in_flight: AtomicUsize,
+    /// False before the listeners start and once draining begins.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(generation: Generation, trusted_proxies: Vec<IpNet>, access_log: AccessLog) -> Self {
+        let generation = Arc::new(generation);
+        let (generations, _) = watch::channel(generation.clone());
+        Self {
+            generation: ArcSwap::new(generation),
+            generations,
+            trusted_proxies,
+            access_log,
+            in_flight: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Makes `generation` the one new requests see.
+    pub fn install(&self, generation: Generation) {
+        let generation = Arc::new(generation);
+        self.generation.store(generation.clone());
+        self.generations.send_replace(generation);
+    }
+
+    pub fn watch_generations(&self) -> watch::Receiver<Arc<Generation>> {
+        self.generations.subscribe()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct Active(Arc<Shared>);
+
+impl Active {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        FAMILIES.in_flight.inc();
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        FAMILIES.in_flight.dec();
+    }
+}
+
+/// Per-request state carried across the phases.
+pub struct RequestCtx {
+    _active: Active,
+    started: Instant,
+    route: Option<Arc<Route>>,
+    request_id: String,
+    /// Upstream attempts made so far.
+    attempts: usize,
+    tried: Vec<usize>,
+    server: Option<InFlight>,
+    attempt_started: Option<Instant>,
+    upstream_started: Option<Instant>,
+    connect_time: Option<Duration>,
+    response_time: Option<Duration>,
+    /// The status `fail_to_proxy` chose, when the request failed.
+    error_status: u16,
+    total_timeout_hit: bool,
+}
+
+/// The proxy of one listener.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: String,
+    scheme: &'static str,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>, listener: String, tls: bool) -> Self {
+        Self {
+            shared,
+            listener,
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.shared.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn request_id_from(header: &RequestHeader) -> String {
+    header
+        .headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// Writes a complete response that obleth itself produces.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &HeaderValue,
+    body: Bytes,
+    request_id: &str,
+    extra: Option<(HeaderName, String)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(X_REQUEST_ID, request_id)?;
+    if let Some((name, value)) = extra {
+        resp.insert_header(name, value)?;
+    }
+    let empty = body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The key consistent hashing uses for this request.
+fn hash_key(session: &Session, key: &HashKey) -> Vec<u8> {
+    match key {
+        HashKey::ClientIp => client_ip(session)
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+        HashKey::Header(name) => session
+            .req_header()
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        HashKey::Cookie(name) => session
+            .req_header()
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+/// The one place errors become statuses: 503 when no server may be tried,
+/// 504 for upstream timeouts, 502 for other upstream failures, 400 for a bad
+/// request, 0 when the client is gone and nothing can be sent.
+fn status_for(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if *e.esource() != ErrorSource::Downstream =>
+        {
+            504
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+        | HandshakeError => 502,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            _active: Active::new(&self.shared),
+            started: Instant::now(),
+            route: None,
+            request_id: String::new(),
+            attempts: 0,
+            tried: Vec::new(),
+            server: None,
+            attempt_started: None,
+            upstream_started: None,
+            connect_time: None,
+            response_time: None,
+            error_status: 0,
+            total_timeout_hit: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id_from(session.req_header());
+        let generation = self.shared.generation.load();
+        let view = RequestView::new(session.req_header());
+        let Some(route) = generation.routes.find(&view).cloned() else {
+            drop(view);
+            let text = HeaderValue::from_static("text/plain");
+            respond(
+                session,
+                404,
+                &text,
+                Bytes::from_static(b"404 no route matches this request\n"),
+                &ctx.request_id,
+                None,
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        match &route.config.action {
+            Action::Proxy(_) => {
+                drop(view);
+                if route.pool.as_ref().is_some_and(|p| p.config.retries > 0) {
+                    session.enable_retry_buffering();
+                }
+                Ok(false)
+            }
+            Action::Redirect { status, location } => {
+                let location = location.render(&view, self.scheme);
+                drop(view);
+                let text = HeaderValue::from_static("text/plain");
+                respond(
+                    session,
+                    *status,
+                    &text,
+                    Bytes::new(),
+                    &ctx.request_id,
+                    Some((header::LOCATION, location)),
+                )
+                .await?;
+                Ok(true)
+            }
+            Action::Respond(fixed) => {
+                drop(view);
+                respond(
+                    session,
+                    fixed.status,
+                    &fixed.content_type,
+                    fixed.body.clone(),
+                    &ctx.request_id,
+                    None,
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.pool.clone())
+            .ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "proxy route without a pool")
+            })?;
+        if ctx.attempts > 0 {
+            pool.metrics.retries.inc();
+        }
+        ctx.attempts += 1;
+        let key = match &pool.config.algorithm {
+            Algorithm::ConsistentHash(key) => hash_key(session, key),
+            _ => Vec::new(),
+        };
+        // Release the previous attempt's server before choosing the next.
+        ctx.server = None;
+        let Some(claim) = pool.select(&ctx.tried, &key) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("no server of pool {} can take the request", pool.name()),
+            ));
+        };
+        ctx.tried.push(claim.index());
+        let peer = Box::new(claim.server().peer().clone());
+        ctx.server = Some(claim);
+        let now = Instant::now();
+        ctx.attempt_started = Some(now);
+        ctx.upstream_started.get_or_insert(now);
+        ctx.connect_time = None;
+        Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.connect_time = ctx.attempt_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(pool), Some(claim)) = (
+            ctx.route.as_ref().and_then(|r| r.pool.as_ref()),
+            ctx.server.as_ref(),
+        ) {
+            pool.metrics.connect_failed.inc();
+            pool.mark_connect_failure(claim.index());
+            e.set_retry(ctx.attempts <= pool.config.retries);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let Some(pool) = ctx.route.as_ref().and_then(|r| r.pool.as_ref()) else {
+            e.set_retry(false);
+            return e;
+        };
+        pool.metrics.failed.inc();
+        // Retry only while the client has seen nothing, the request body can
+        // be replayed, and repeating the request is safe or allowed.
+        let retry = session.response_written().is_none()
+            && ctx.attempts <= pool.config.retries
+            && !ctx.total_timeout_hit
+            && *e.esource() != ErrorSource::Downstream
+            && !session.as_ref().retry_buffer_truncated()
+            && (session.req_header().method.is_idempotent() || pool.config.retry_non_idempotent);
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        let Action::Proxy(action) = &route.config.action else {
+            return Ok(());
+        };
+
+        if let Some((from, to)) = &action.rewrite_prefix {
+            let path = upstream.uri.path();
+            if let Some(rest) = path.strip_prefix(from.as_str()) {
+                let mut new = String::with_capacity(to.len() + rest.len() + 16);
+                new.push_str(to);
+                if to.ends_with('/') {
+                    new.push_str(rest.strip_prefix('/').unwrap_or(rest));
+                } else if !rest.is_empty() && !rest.starts_with('/') {
+                    new.push('/');
+                    new.push_str(rest);
+                } else {
+                    new.push_str(rest);
+                }
+                if let Some(q) = upstream.uri.query() {
+                    new.push('?');
+                    new.push_str(q);
+                }
+                let uri = new.parse::<http::Uri>().map_err(|e| {
+                    Error::because(ErrorType::InternalError, "rewritten path is not a URI", e)
+                })?;
+                upstream.set_uri(uri);
+            }
+        }
+
+        if let Some(host) = route
+            .pool
+            .as_ref()
+            .and_then(|p| p.config.host_header.as_ref())
+        {
+            upstream.insert_header(header::HOST, host)?;
+        }
+
+        let ip = client_ip(session);
+        let trusted = self.is_trusted(ip);
+        let forwarded_for = match (ip, upstream.headers.get(&X_FORWARDED_FOR)) {
+            (Some(ip), Some(prior)) if trusted => Some(format!(
+                "{}, {ip}",
+                String::from_utf8_lossy(prior.as_bytes())
+            )),
+            (Some(ip), _) => Some(ip.to_string()),
+            (None, _) => None,
+        };
+        match forwarded_for {
+            Some(v) => upstream.insert_header(X_FORWARDED_FOR, v)?,
+            None => {
+                upstream.remove_header(&X_FORWARDED_FOR);
+            }
+        }
+        if !(trusted && upstream.headers.contains_key(&X_FORWARDED_PROTO)) {
+            upstream.insert_header(X_FORWARDED_PROTO, self.scheme)?;
+        }
+        if !(trusted && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
+            let host = RequestView::new(session.req_header())
+                .host_with_port
+                .to_owned();
+            if host.is_empty() {
+                upstream.remove_header(&X_FORWARDED_HOST);
+            } else {
+                upstream.insert_header(X_FORWARDED_HOST, host)?;
+            }
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+
+        action.request_headers.apply_to_request(upstream)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.response_time = ctx.attempt_started.map(|t| t.elapsed());
+        if let Some(pool) = ctx.route.as_ref().and_then(|r| r.pool.as_ref()) {
+            pool.metrics.ok.inc();
+        }
+        check_total(ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(Action::Proxy(action)) = ctx.route.as_ref().map(|r| &r.config.action) {
+            action.response_headers.apply_to_response(response)?;
+        }
+        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        check_total(ctx)?;
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 && session.response_written().is_none() {
+            let body = Bytes::from(format!("{code} {}\n", reason(code)));
+            let text = HeaderValue::from_static("text/plain");
+            let extra = (code == 503).then(|| (header::RETRY_AFTER, "1".to_string()));
+            if let Err(write_error) =
+                respond(session, code, &text, body, &ctx.request_id, extra).await
+            {
+                tracing::debug!("cannot send error response: {write_error}");
+            }
+        }
+        ctx.error_status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let written = session.response_written().map(|r| r.status.as_u16());
+        let status = written.unwrap_or(if ctx.error_status > 0 {
+            ctx.error_status
+        } else {
+            499
+        });
+        let elapsed = ctx.started.elapsed();
+        let generation;
+        let metrics = match &ctx.route {
+            Some(route) => &route.metrics,
+            None => {
+                generation = self.shared.current();
+                &generation.unmatched
+            }
+        };
+        metrics.count(status);
+        metrics.duration.observe(elapsed.as_secs_f64());
+
+        if !self.shared.access_log.enabled() {
+            return;
+        }
+        let termination = termination(e, ctx.response_time.is_some(), ctx.connect_time.is_some());
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let server = ctx.server.as_ref().map(|c| c.server().config.name.as_str());
+        let ms = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64);
+        self.shared.access_log.log(&AccessRecord {
+            time: SystemTime::now(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            listener: &self.listener,
+            route: ctx.route.as_ref().map_or("-", |r| r.name()),
+            pool: ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.pool.as_ref())
+                .map_or("-", |p| p.name()),
+            server: server.unwrap_or("-"),
+            connect_ms: ms(ctx.connect_time),
+            response_ms: ms(ctx.response_time),
+            total_ms: elapsed.as_millis() as i64,
+            status,
+            bytes: session.body_bytes_sent(),
+            termination,
+            retries: ctx.attempts.saturating_sub(1),
+            method: req.method.as_str(),
+            uri,
+            version: version_text(req.version),
+            request_id: &ctx.request_id,
+        });
+    }
+}
+
+/// Fails the request once the pool's `total` timeout has passed.
+fn check_total(ctx: &mut RequestCtx) -> Result<()> {
+    let total = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.pool.as_ref())
+        .and_then(|p| p.config.timeouts.total);
+    if let (Some(total), Some(started)) = (total, ctx.upstream_started) {
+        if started.elapsed() > total {
+            ctx.total_timeout_hit = true;
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                format!("total timeout {total:?} exceeded"),
+            );
+            e.set_retry(false);
+            return Err(e.into_up());
+        }
+    }
+    Ok(())
+}
+
+/// HAProxy's two termination characters: who ended the request (`C` client,
+/// `S` server, `c`/`s` their timeouts, `P` the proxy) and in which phase
+/// (`C` connecting, `H` waiting for the response head, `D` sending data).
+fn termination(e: Option<&Error>, response_started: bool, connected: bool) -> [char; 2] {
+    let Some(e) = e else { return ['-', '-'] };
+    use ErrorType::*;
+    let who = match (e.esource(), e.etype()) {
+        (_, HTTPStatus(_)) => 'S',
+        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => 'c',
+        (ErrorSource::Downstream, _) => 'C',
+        (_, ReadTimedout | WriteTimedout | ConnectTimedout) => 's',
+        (ErrorSource::Upstream, _) => 'S',
+        _ => 'P',
+    };
+    let phase = if response_started {
+        'D'
+    } else if connected {
+        'H'
+    } else {
+        'C'
+    };
+    [who, phase]
+}
+
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_error_contract() {
+        let up = |t| Error::new_up(t);
+        assert_eq!(status_for(&Error::new(ErrorType::HTTPStatus(503))), 503);
+        assert_eq!(status_for(&up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(status_for(&up(ErrorType::ConnectTimedout)), 504);
+        assert_eq!(status_for(&up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(status_for(&up(ErrorType::ConnectionClosed)), 502);
+        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
+        assert_eq!(
+            status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            400
+        );
+    }
+
+    #[test]
+    fn termination_names_side_and_phase() {
+        assert_eq!(termination(None, true, true), ['-', '-']);
+        assert_eq!(
+            termination(
+                Some(&Error::new_up(ErrorType::ConnectRefused)),
+                false,
+                false
+            ),
+            ['S', 'C']
+        );
+        assert_eq!(
+            termination(Some(&Error::new_up(ErrorType::ReadTimedout)), false, true),
+            ['s', 'H']
+        );
+        assert_eq!(
+            termination(Some(&Error::new_down(ErrorType::WriteError)), true, true),
+            ['C', 'D']
+        );
+    }
+}

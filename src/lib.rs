@@ -1,0 +1,13 @@
+//! obleth: a Pingora reverse proxy that replaces HAProxy at the edge and, on
+//! its LLM routes, is a multi-tenant LLM gateway. `main.rs` is the CLI; this
+//! library holds the parts, one module per concern, in request-path order.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod routing;
+pub mod server;

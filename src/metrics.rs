@@ -1,0 +1,132 @@
+//! Prometheus metrics. Label values come only from the configuration (route,
+//! pool and server names), never from requests, so cardinality stays bounded.
+//! Handles are resolved once per configuration generation, not per request.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The process-wide metric families.
+pub struct Families {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub upstream_attempts: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub server_healthy: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+}
+
+/// Registered on first use in Prometheus' default registry, next to
+/// Pingora's own metrics.
+pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
+    requests: register_int_counter_vec!(
+        "obleth_http_requests_total",
+        "Requests answered, by route and status class",
+        &["route", "status_class"]
+    )
+    .expect("metric registers once"),
+    duration: register_histogram_vec!(
+        "obleth_http_request_duration_seconds",
+        "Time from request head to the end of the response, by route",
+        &["route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    in_flight: register_int_gauge!("obleth_http_in_flight", "Requests being served right now")
+        .expect("metric registers once"),
+    upstream_attempts: register_int_counter_vec!(
+        "obleth_upstream_attempts_total",
+        "Attempts to reach an upstream server, by pool and outcome",
+        &["pool", "outcome"]
+    )
+    .expect("metric registers once"),
+    upstream_retries: register_int_counter_vec!(
+        "obleth_upstream_retries_total",
+        "Attempts repeated on another server, by pool",
+        &["pool"]
+    )
+    .expect("metric registers once"),
+    server_healthy: register_int_gauge_vec!(
+        "obleth_upstream_server_healthy",
+        "1 while a server is in rotation, 0 while ejected",
+        &["pool", "server"]
+    )
+    .expect("metric registers once"),
+    config_reloads: register_int_counter_vec!(
+        "obleth_config_reloads_total",
+        "Configuration reloads, by result",
+        &["result"]
+    )
+    .expect("metric registers once"),
+});
+
+/// Status classes in the order of [`RouteMetrics::by_class`].
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// A route's metric handles.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    by_class: [IntCounter; 6],
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let f = &*FAMILIES;
+        Self {
+            by_class: CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
+            duration: f.duration.with_label_values(&[route]),
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        let idx = match status {
+            100..=599 => (status / 100 - 1) as usize,
+            _ => 5,
+        };
+        self.by_class[idx].inc();
+    }
+}
+
+/// A pool's metric handles.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    pub ok: IntCounter,
+    pub connect_failed: IntCounter,
+    pub failed: IntCounter,
+    pub retries: IntCounter,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: &str) -> Self {
+        let f = &*FAMILIES;
+        Self {
+            ok: f.upstream_attempts.with_label_values(&[pool, "ok"]),
+            connect_failed: f
+                .upstream_attempts
+                .with_label_values(&[pool, "connect_error"]),
+            failed: f.upstream_attempts.with_label_values(&[pool, "error"]),
+            retries: f.upstream_retries.with_label_values(&[pool]),
+        }
+    }
+}
+
+/// Renders every registered metric in the Prometheus text format.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {
+        tracing::warn!("cannot encode metrics: {e}");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,404 @@
+//! Routes: an ordered list of matchers and actions; the first route whose
+//! matcher accepts a request decides what happens to it, as HAProxy's ordered
+//! `use_backend` / `http-request redirect` rules do.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use regex::Regex;
+
+use crate::metrics::RouteMetrics;
+use crate::pool::Pool;
+
+/// A route as validated from the configuration.
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: Action,
+}
+
+/// Conditions that must all hold for a route to match; an empty matcher
+/// matches every request (the default route).
+#[derive(Debug, Default)]
+pub struct Matcher {
+    pub hosts: Vec<HostPattern>,
+    pub path: Option<PathPattern>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderCondition>,
+}
+
+/// A host name pattern; matching ignores case and any port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any name ending with it.
+    Suffix(String),
+}
+
+#[derive(Debug)]
+pub enum PathPattern {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct HeaderCondition {
+    pub name: HeaderName,
+    pub test: HeaderTest,
+}
+
+#[derive(Debug)]
+pub enum HeaderTest {
+    Present,
+    Absent,
+    Equals(String),
+    Regex(Regex),
+}
+
+/// What a matched route does with the request.
+#[derive(Debug)]
+pub enum Action {
+    Proxy(ProxyAction),
+    Redirect { status: u16, location: Template },
+    Respond(FixedResponse),
+}
+
+/// Forward to a pool, optionally rewriting the path and editing headers.
+#[derive(Debug)]
+pub struct ProxyAction {
+    pub pool: String,
+    pub rewrite_prefix: Option<(String, String)>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn apply_to_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        for name in &self.remove {
+            req.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    pub fn apply_to_response(&self, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        for name in &self.remove {
+            resp.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct FixedResponse {
+    pub status: u16,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+/// A redirect location with `{scheme}`, `{host}` (without port), `{path}`, `{query}` (with its
+/// leading `?`, or empty) and `{uri}` (path and query) placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Literal(String),
+    Scheme,
+    Host,
+    Path,
+    Query,
+    Uri,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TemplatePart::Literal(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
+            let part = match &rest[open + 1..open + close] {
+                "scheme" => TemplatePart::Scheme,
+                "host" => TemplatePart::Host,
+                "path" => TemplatePart::Path,
+                "query" => TemplatePart::Query,
+                "uri" => TemplatePart::Uri,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}}; use scheme, host, path, query or uri"
+                    ))
+                }
+            };
+            parts.push(part);
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Literal(rest.to_string()));
+        }
+        Ok(Self { parts })
+    }
+
+    pub fn render(&self, req: &RequestView<'_>, scheme: &str) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(s) => out.push_str(s),
+                TemplatePart::Scheme => out.push_str(scheme),
+                TemplatePart::Host => out.push_str(&req.host),
+                TemplatePart::Path => out.push_str(req.path),
+                TemplatePart::Query => {
+                    if let Some(q) = req.query {
+                        out.push('?');
+                        out.push_str(q);
+                    }
+                }
+                TemplatePart::Uri => {
+                    out.push_str(req.path);
+                    if let Some(q) = req.query {
+                        out.push('?');
+                        out.push_str(q);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The parts of a request that routing looks at, extracted once.
+pub struct RequestView<'a> {
+    pub header: &'a RequestHeader,
+    /// Lower-case host without port (empty when the request names none).
+    pub host: String,
+    pub host_with_port: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn new(header: &'a RequestHeader) -> Self {
+        let host_with_port = header
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                header
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .unwrap_or("");
+        let host = strip_port(host_with_port).to_ascii_lowercase();
+        Self {
+            header,
+            host,
+            host_with_port,
+            path: header.uri.path(),
+            query: header.uri.query(),
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+impl Matcher {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(&req.header.method) {
+            return false;
+        }
+        if !self.hosts.is_empty() && !self.hosts.iter().any(|h| h.matches(&req.host)) {
+            return false;
+        }
+        if let Some(path) = &self.path {
+            if !path.matches(req.path) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|c| c.matches(req.header))
+    }
+
+    pub fn is_catch_all(&self) -> bool {
+        self.hosts.is_empty()
+            && self.path.is_none()
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+    }
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        if lower.is_empty() {
+            return Err("empty host pattern".into());
+        }
+        match lower.strip_prefix("*.") {
+            Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                Ok(HostPattern::Suffix(format!(".{rest}")))
+            }
+            _ if lower.contains('*') => Err(format!(
+                "host pattern {text:?}: only a leading '*.' wildcard is supported"
+            )),
+            _ => Ok(HostPattern::Exact(lower)),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+impl PathPattern {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+            PathPattern::Exact(p) => path == p,
+            PathPattern::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+impl HeaderCondition {
+    fn matches(&self, header: &RequestHeader) -> bool {
+        let mut values = header.headers.get_all(&self.name).iter();
+        match &self.test {
+            HeaderTest::Present => values.next().is_some(),
+            HeaderTest::Absent => values.next().is_none(),
+            HeaderTest::Equals(expected) => values.any(|v| v.as_bytes() == expected.as_bytes()),
+            HeaderTest::Regex(r) => values.any(|v| v.to_str().is_ok_and(|s| r.is_match(s))),
+        }
+    }
+}
+
+/// A route ready to serve: its configuration, its resolved pool and its
+/// pre-registered metric handles.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub pool: Option<Arc<Pool>>,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// The ordered routes of one configuration generation.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Arc<Route>>) -> Self {
+        Self { routes }
+    }
+
+    /// The first route that matches, if any.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.config.matcher.matches(req))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, uri.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn host_patterns_match_exact_and_suffix_ignoring_port_and_case() {
+        let exact = HostPattern::parse("API.example.com").unwrap();
+        let suffix = HostPattern::parse("*.example.com").unwrap();
+        let req = request("GET", "/", &[("host", "Api.Example.com:8080")]);
+        let view = RequestView::new(&req);
+        assert_eq!(view.host, "api.example.com");
+        assert!(exact.matches(&view.host));
+        assert!(suffix.matches(&view.host));
+        assert!(!suffix.matches("example.com"));
+        assert!(HostPattern::parse("a.*.com").is_err());
+    }
+
+    #[test]
+    fn header_conditions_cover_present_absent_equals_regex() {
+        let req = request("GET", "/", &[("x-canary", "yes"), ("x-user", "u-42")]);
+        let cond = |test| HeaderCondition {
+            name: HeaderName::from_static("x-canary"),
+            test,
+        };
+        assert!(cond(HeaderTest::Present).matches(&req));
+        assert!(!cond(HeaderTest::Absent).matches(&req));
+        assert!(cond(HeaderTest::Equals("yes".into())).matches(&req));
+        assert!(!cond(HeaderTest::Equals("no".into())).matches(&req));
+        assert!(cond(HeaderTest::Regex(Regex::new("^y").unwrap())).matches(&req));
+    }
+
+    #[test]
+    fn template_renders_placeholders() {
+        let t = Template::parse("https://{host}{uri}").unwrap();
+        let req = request("GET", "/a/b?x=1", &[("host", "example.com:80")]);
+        let view = RequestView::new(&req);
+        assert_eq!(t.render(&view, "http"), "https://example.com/a/b?x=1");
+        assert!(Template::parse("{nope}").is_err());
+        assert!(Template::parse("{host").is_err());
+    }
+
+    #[test]
+    fn strip_port_handles_ipv6_and_plain_names() {
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("example.com:443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

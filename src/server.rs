@@ -1,0 +1,262 @@
+//! Server wiring: one Pingora proxy service per listener, the health checks,
+//! the admin and metrics endpoints, configuration reload on SIGHUP, and the
+//! drain on SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::access_log::AccessLog;
+use crate::admin::{admin_router, metrics_router, HttpEndpoint};
+use crate::config::{Config, ListenerConfig};
+use crate::gateway::{Gateway, Generation, Shared};
+use crate::health::HealthService;
+use crate::metrics::FAMILIES;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("listener {name}: TLS: {source}")]
+    Tls {
+        name: String,
+        source: Box<pingora::Error>,
+    },
+}
+
+/// Builds every service from `config` and serves until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let Config {
+        source,
+        server,
+        listeners,
+        admin_address,
+        metrics_address,
+        access_log,
+        pools,
+        routes,
+    } = config;
+
+    let conf = ServerConf {
+        threads: server.threads,
+        grace_period_seconds: Some(server.grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: server.upstream_keepalive_pool,
+        ..ServerConf::default()
+    };
+    let mut pingora_server = Server::new_with_opt_and_conf(None, conf);
+    pingora_server.bootstrap();
+
+    let shared = Arc::new(Shared::new(
+        Generation::build(routes, pools, None),
+        server.trusted_proxies,
+        AccessLog::open(&access_log)?,
+    ));
+
+    // Bind the operator endpoints first: a port in use stops start-up here.
+    let admin = HttpEndpoint::bind("admin", admin_address, admin_router(shared.clone()))?;
+    let metrics = HttpEndpoint::bind("metrics", metrics_address, metrics_router())?;
+
+    for listener in &listeners {
+        add_listener(&mut pingora_server, &shared, listener)?;
+    }
+    pingora_server.add_service(background_service("admin", admin));
+    pingora_server.add_service(background_service("metrics", metrics));
+    pingora_server.add_service(background_service(
+        "health checks",
+        HealthService {
+            generations: shared.watch_generations(),
+        },
+    ));
+    pingora_server.add_service(background_service(
+        "lifecycle",
+        Lifecycle {
+            shared: shared.clone(),
+            config_path: source,
+            probe_addresses: listeners.iter().map(|l| l.address).collect(),
+        },
+    ));
+
+    spawn_drain_watch(&pingora_server, shared, server.grace);
+    tracing::info!(
+        listeners = ?listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+        admin = %admin_address,
+        metrics = %metrics_address,
+        "obleth starting"
+    );
+    pingora_server.run_forever()
+}
+
+fn add_listener(
+    server: &mut Server,
+    shared: &Arc<Shared>,
+    listener: &ListenerConfig,
+) -> Result<(), StartError> {
+    let gateway = Gateway::new(
+        shared.clone(),
+        listener.name.clone(),
+        listener.tls.is_some(),
+    );
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        &format!("listener {}", listener.name),
+    );
+    let addr = listener.address.to_string();
+    match &listener.tls {
+        Some(tls) => {
+            let cert = tls.cert.to_string_lossy();
+            let key = tls.key.to_string_lossy();
+            let mut settings =
+                TlsSettings::intermediate(&cert, &key).map_err(|source| StartError::Tls {
+                    name: listener.name.clone(),
+                    source,
+                })?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr, None, settings);
+        }
+        None => {
+            if listener.h2c {
+                if let Some(app) = service.app_logic_mut() {
+                    let mut options = HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
+            }
+            service.add_tcp(&addr);
+        }
+    }
+    server.add_service(service);
+    Ok(())
+}
+
+/// Marks the process ready once its listeners accept connections, and
+/// reloads the configuration on SIGHUP.
+struct Lifecycle {
+    shared: Arc<Shared>,
+    config_path: PathBuf,
+    probe_addresses: Vec<SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGHUP, reload disabled: {e}");
+                    return;
+                }
+            };
+        for addr in &self.probe_addresses {
+            wait_until_accepting(*addr).await;
+        }
+        self.shared.ready.store(true, Ordering::Relaxed);
+        tracing::info!("ready");
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => self.reload(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Lifecycle {
+    fn reload(&self) {
+        match Config::load(&self.config_path) {
+            Ok(config) => {
+                let previous = self.shared.current();
+                self.shared.install(Generation::build(
+                    config.routes,
+                    config.pools,
+                    Some(&previous),
+                ));
+                FAMILIES.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    file = %self.config_path.display(),
+                    "configuration reloaded; routes and pools swapped (listener, admin, metrics, server and access_log settings apply at restart)"
+                );
+            }
+            Err(e) => {
+                FAMILIES
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!("configuration reload rejected, keeping the running one:\n{e}");
+            }
+        }
+    }
+}
+
+async fn wait_until_accepting(addr: SocketAddr) {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(target).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tracing::warn!("listener {addr} does not accept connections yet; reporting ready anyway");
+}
+
+/// On SIGTERM Pingora stops accepting and then sleeps the whole grace
+/// period; this watcher ends the process as soon as the requests in flight
+/// have finished, so a drain takes as long as the slowest request and no
+/// longer.
+fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            loop {
+                match phases.blocking_recv() {
+                    Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                        break
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+            shared.ready.store(false, Ordering::Relaxed);
+            tracing::info!(
+                "draining: {} requests in flight, grace {grace:?}",
+                shared.in_flight()
+            );
+            let deadline = std::time::Instant::now() + grace;
+            while shared.in_flight() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = shared.in_flight();
+            if left > 0 {
+                tracing::warn!("grace period over with {left} requests still in flight");
+            } else {
+                tracing::info!("drained; exiting");
+            }
+            shared.access_log.sync(Duration::from_secs(1));
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the drain watcher ({e}); SIGTERM waits the full grace period");
+    }
+}
