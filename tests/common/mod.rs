@@ -1,0 +1,259 @@
+//! Test harness: starts the real `obleth` binary on ephemeral ports with a
+//! configuration written to a private directory, and talks to it over
+//! sockets.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use obleth_mock_upstream::{MockConfig, MockUpstream};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+/// A private directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "obleth-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn mock(name: &str) -> MockUpstream {
+    MockUpstream::start(MockConfig {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("mock upstream starts")
+}
+
+/// A running obleth process.
+pub struct Obleth {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub access_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+/// The sections every test configuration gets unless it brings its own.
+fn frame(body: &str, http: SocketAddr, admin: SocketAddr, metrics: SocketAddr, access_log: &Path, format: &str) -> String {
+    let mut text = String::new();
+    if !body.contains("listeners:") {
+        text.push_str(&format!("listeners:\n  - name: http\n    address: {http}\n"));
+    }
+    text.push_str(&format!("admin:\n  address: {admin}\nmetrics:\n  address: {metrics}\n"));
+    if !body.contains("access_log:") {
+        text.push_str(&format!("access_log:\n  format: {format}\n  path: {}\n", access_log.display()));
+    }
+    if !body.contains("server:") {
+        text.push_str("server:\n  threads: 2\n  grace: 5s\n");
+    }
+    text.push_str(body);
+    text
+}
+
+impl Obleth {
+    /// Starts obleth with `body` (pools, routes, …); listeners, admin,
+    /// metrics and access log sections are added on free ports.
+    pub async fn start(body: &str) -> Self {
+        Self::start_with(body, "httplog", &[]).await
+    }
+
+    pub async fn start_with(body: &str, access_log_format: &str, env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let access_log = dir.path().join("access.log");
+        let stderr_log = dir.path().join("stderr.log");
+        let config_path = dir.path().join("obleth.yaml");
+        std::fs::write(&config_path, frame(body, http, admin, metrics, &access_log, access_log_format))
+            .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_obleth"))
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_log).expect("stderr log"))
+            .spawn()
+            .expect("obleth starts");
+        let mut obleth = Self {
+            child: Some(child),
+            http,
+            admin,
+            metrics,
+            dir,
+            config_path,
+            access_log,
+            stderr_log,
+        };
+        obleth.wait_ready().await;
+        obleth
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = client();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("obleth exited early ({status}):\n{}", self.stderr());
+            }
+            let ready = client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("obleth not ready in time:\n{}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Rewrites the configuration file and sends SIGHUP.
+    pub fn reload(&self, body: &str) {
+        let text = frame(body, self.http, self.admin, self.metrics, &self.access_log, "httplog");
+        std::fs::write(&self.config_path, text).expect("write config");
+        self.signal("HUP");
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one sample, e.g. `obleth_upstream_retries_total{pool="a"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Access log lines written so far (waits briefly for the writer).
+    pub async fn access_lines(&self, at_least: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= at_least || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Obleth {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP client that does not pool connections across tests' servers and
+/// never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A pool section for `servers`, with extra YAML lines for the pool.
+pub fn pool(name: &str, servers: &[&MockUpstream], extra: &str) -> String {
+    let mut text = format!("  - name: {name}\n    servers:\n");
+    for s in servers {
+        text.push_str(&format!("      - address: {}\n", s.addr));
+    }
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("    ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Which mock server answered, from its `x-mock-server` header.
+pub fn served_by(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-mock-server")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
