@@ -23,6 +23,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -157,7 +158,8 @@ pub struct RequestCtx {
     request_id: String,
     /// Upstream attempts made so far.
     attempts: usize,
-    tried: Vec<usize>,
+    /// Servers this request already tried, skipped by retries.
+    tried: SmallVec<[usize; 4]>,
     server: Option<InFlight>,
     attempt_started: Option<Instant>,
     upstream_started: Option<Instant>,
@@ -292,6 +294,10 @@ fn reason(status: u16) -> &'static str {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// obleth passes bodies through as they are; without this override
+    /// Pingora would run a (disabled) compression module on every response.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             _active: Active::new(&self.shared),
@@ -299,7 +305,7 @@ impl ProxyHttp for Gateway {
             route: None,
             request_id: String::new(),
             attempts: 0,
-            tried: Vec::new(),
+            tried: SmallVec::new(),
             server: None,
             attempt_started: None,
             upstream_started: None,

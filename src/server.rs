@@ -53,6 +53,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         grace_period_seconds: Some(server.grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: server.upstream_keepalive_pool,
+        work_stealing: server.work_stealing,
         ..ServerConf::default()
     };
     let mut pingora_server = Server::new_with_opt_and_conf(None, conf);

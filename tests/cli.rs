@@ -8,7 +8,10 @@ use std::process::Command;
 use common::TempDir;
 
 fn obleth(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_obleth")).args(args).output().expect("obleth runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(args)
+        .output()
+        .expect("obleth runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -33,7 +36,11 @@ fn check_accepts_the_shipped_configs_and_prints_a_summary() {
         .expect("production example")
         .replace("/etc/obleth/tls/", &format!("{}/", dir.path().display()));
     let production = write(&dir, &production);
-    for file in ["conf/obleth.yaml", "conf/haproxy-migration.yaml", production.as_str()] {
+    for file in [
+        "conf/obleth.yaml",
+        "conf/haproxy-migration.yaml",
+        production.as_str(),
+    ] {
         let (ok, out, err) = obleth(&["check", "-c", file]);
         assert!(ok, "{file}: {err}");
         assert!(out.contains("configuration ok"), "{out}");
@@ -56,10 +63,16 @@ fn malformed_files_are_reported_with_line_and_column() {
         let path = write(&dir, text);
         let (ok, _, err) = obleth(&["check", "-c", &path]);
         assert!(!ok, "{text} was accepted");
-        assert!(err.contains(&format!("{path}{position}")), "{text}\n=> {err}");
+        assert!(
+            err.contains(&format!("{path}{position}")),
+            "{text}\n=> {err}"
+        );
         assert!(err.contains(message), "{text}\n=> {err}");
         let (ok, _, run_err) = obleth(&["run", "-c", &path]);
-        assert!(!ok && run_err == err, "run refuses the same file with the same error");
+        assert!(
+            !ok && run_err == err,
+            "run refuses the same file with the same error"
+        );
     }
 }
 
@@ -67,7 +80,10 @@ fn malformed_files_are_reported_with_line_and_column() {
 fn a_missing_file_is_a_clear_error() {
     let (ok, _, err) = obleth(&["check", "-c", "/nonexistent/obleth.yaml"]);
     assert!(!ok);
-    assert!(err.contains("/nonexistent/obleth.yaml: cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/obleth.yaml: cannot read"),
+        "{err}"
+    );
 }
 
 #[test]

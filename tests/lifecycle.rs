@@ -17,11 +17,21 @@ fn respond_config(body: &str) -> String {
 async fn wait_for_body(obleth: &Obleth, expected: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let body = client().get(obleth.url("/")).send().await.unwrap().text().await.unwrap();
+        let body = client()
+            .get(obleth.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if body == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "still {body:?}, expected {expected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still {body:?}, expected {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -30,7 +40,10 @@ async fn wait_for_body(obleth: &Obleth, expected: &str) {
 async fn reload_swaps_routes_under_load_without_failed_requests() {
     let (a, b) = (mock("a").await, mock("b").await);
     let config = |server: &MockUpstream| {
-        format!("pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n", pool("p", &[server], ""))
+        format!(
+            "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
+            pool("p", &[server], "")
+        )
     };
     let obleth = Arc::new(Obleth::start(&config(&a)).await);
 
@@ -39,7 +52,8 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (obleth, stop, failures, done) = (obleth.clone(), stop.clone(), failures.clone(), done.clone());
+        let (obleth, stop, failures, done) =
+            (obleth.clone(), stop.clone(), failures.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let c = client();
             while !stop.load(Ordering::Relaxed) {
@@ -79,26 +93,47 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
         w.await.unwrap();
     }
     let text = stream.await.unwrap().expect("the stream finished");
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream cut by a reload: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut by a reload: {text}"
+    );
     assert_eq!(text.matches("\"content\":\"tok").count(), 40);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "{} requests done", done.load(Ordering::Relaxed));
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "{} requests done",
+        done.load(Ordering::Relaxed)
+    );
     assert!(done.load(Ordering::Relaxed) > 50);
-    assert_eq!(obleth.metric("obleth_config_reloads_total{result=\"ok\"}").await, 7.0);
+    assert_eq!(
+        obleth
+            .metric("obleth_config_reloads_total{result=\"ok\"}")
+            .await,
+        7.0
+    );
 }
 
 #[tokio::test]
 async fn an_invalid_reload_is_rejected_and_the_old_config_kept() {
     let obleth = Obleth::start(&respond_config("one")).await;
     wait_for_body(&obleth, "one").await;
-    obleth.reload("routes:\n  - name: hello\n    respond: { status: 200, body: two }\n    typo: 1\n");
+    obleth
+        .reload("routes:\n  - name: hello\n    respond: { status: 200, body: two }\n    typo: 1\n");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while obleth.metric("obleth_config_reloads_total{result=\"rejected\"}").await != 1.0 {
+    while obleth
+        .metric("obleth_config_reloads_total{result=\"rejected\"}")
+        .await
+        != 1.0
+    {
         assert!(Instant::now() < deadline, "reload not rejected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for_body(&obleth, "one").await;
     let log = obleth.stderr();
-    assert!(log.contains("obleth.yaml:") && log.contains("unknown field `typo`"), "{log}");
+    assert!(
+        log.contains("obleth.yaml:") && log.contains("unknown field `typo`"),
+        "{log}"
+    );
     obleth.reload(&respond_config("three"));
     wait_for_body(&obleth, "three").await;
 }
@@ -106,38 +141,70 @@ async fn an_invalid_reload_is_rejected_and_the_old_config_kept() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let a = mock("a").await;
-    let config = format!("pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n", pool("p", &[&a], ""));
+    let config = format!(
+        "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
+        pool("p", &[&a], "")
+    );
     let mut obleth = Obleth::start(&config).await;
     let url = obleth.url("/echo");
-    let slow = tokio::spawn(async move { client().get(url).header("x-mock-latency-ms", "1000").send().await });
+    let slow = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("x-mock-latency-ms", "1000")
+            .send()
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     obleth.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = tokio::net::TcpStream::connect(obleth.http).await;
     assert!(refused.is_err(), "still accepting while draining");
-    let readyz = client().get(format!("http://{}/readyz", obleth.admin)).send().await;
+    let readyz = client()
+        .get(format!("http://{}/readyz", obleth.admin))
+        .send()
+        .await;
     assert!(readyz.is_err() || readyz.is_ok_and(|r| r.status() == 503));
-    let r = slow.await.unwrap().expect("the in-flight request completes");
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(r.status(), 200);
-    let status = obleth.wait_exit(Duration::from_secs(4)).await.expect("exits after the drain");
+    let status = obleth
+        .wait_exit(Duration::from_secs(4))
+        .await
+        .expect("exits after the drain");
     assert!(status.success(), "{status}");
-    assert!(started.elapsed() < Duration::from_secs(3), "exits once drained, not after the whole 5s grace");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exits once drained, not after the whole 5s grace"
+    );
 }
 
 #[tokio::test]
 async fn health_ready_and_metrics_endpoints() {
     let obleth = Obleth::start(&respond_config("hi")).await;
     let c = client();
-    let h = c.get(format!("http://{}/healthz", obleth.admin)).send().await.unwrap();
+    let h = c
+        .get(format!("http://{}/healthz", obleth.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h.status(), 200);
-    let r = c.get(format!("http://{}/readyz", obleth.admin)).send().await.unwrap();
+    let r = c
+        .get(format!("http://{}/readyz", obleth.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for _ in 0..3 {
         c.get(obleth.url("/")).send().await.unwrap();
     }
     let text = obleth.metrics_text().await;
-    assert!(text.contains("obleth_http_requests_total{route=\"hello\",status_class=\"2xx\"} 3"), "{text}");
+    assert!(
+        text.contains("obleth_http_requests_total{route=\"hello\",status_class=\"2xx\"} 3"),
+        "{text}"
+    );
     assert!(text.contains("obleth_http_request_duration_seconds_count{route=\"hello\"} 3"));
     assert!(text.contains("obleth_http_in_flight 0"));
 }
@@ -145,15 +212,26 @@ async fn health_ready_and_metrics_endpoints() {
 #[tokio::test]
 async fn access_log_writes_httplog_and_json_lines() {
     let a = mock("a").await;
-    let config = format!("pools:\n{}routes:\n  - name: api\n    proxy: {{ pool: p }}\n", pool("p", &[&a], ""));
+    let config = format!(
+        "pools:\n{}routes:\n  - name: api\n    proxy: {{ pool: p }}\n",
+        pool("p", &[&a], "")
+    );
 
     let obleth = Obleth::start(&config).await;
-    client().get(obleth.url("/echo?q=1")).header("x-request-id", "rid-1").send().await.unwrap();
+    client()
+        .get(obleth.url("/echo?q=1"))
+        .header("x-request-id", "rid-1")
+        .send()
+        .await
+        .unwrap();
     let line = obleth.access_lines(1).await.remove(0);
     let expected_server = format!(" api p/{} ", a.addr);
     assert!(line.starts_with("127.0.0.1:"), "{line}");
     assert!(line.contains(&expected_server), "{line}");
-    assert!(line.contains(" 200 ") && line.contains(" -- 0 \"GET /echo?q=1 HTTP/1.1\" rid-1"), "{line}");
+    assert!(
+        line.contains(" 200 ") && line.contains(" -- 0 \"GET /echo?q=1 HTTP/1.1\" rid-1"),
+        "{line}"
+    );
 
     let obleth = Obleth::start_with(&config, "json", &[]).await;
     client().get(obleth.url("/echo")).send().await.unwrap();
@@ -171,8 +249,23 @@ async fn access_log_writes_httplog_and_json_lines() {
 async fn environment_overrides_the_file() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let obleth = Obleth::start_with(&respond_config("env"), "httplog", &[("OBLETH_LISTEN", &addr)]).await;
-    let body = client().get(format!("http://{addr}/")).send().await.unwrap().text().await.unwrap();
+    let obleth = Obleth::start_with(
+        &respond_config("env"),
+        "httplog",
+        &[("OBLETH_LISTEN", &addr)],
+    )
+    .await;
+    let body = client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(body, "env");
-    assert!(tokio::net::TcpStream::connect(obleth.http).await.is_err(), "the file's address is not used");
+    assert!(
+        tokio::net::TcpStream::connect(obleth.http).await.is_err(),
+        "the file's address is not used"
+    );
 }

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-async fn tally(obleth: &Obleth, n: usize, req: impl Fn(usize) -> reqwest::RequestBuilder) -> HashMap<String, usize> {
+async fn tally(
+    obleth: &Obleth,
+    n: usize,
+    req: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for i in 0..n {
         let r = req(i).send().await.expect("response");
@@ -41,7 +45,11 @@ async fn weighted_round_robin_splits_by_weight() {
 #[tokio::test]
 async fn random_spreads_over_all_servers() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!("pools:\n{}{}", pool("p", &[&a, &b], "algorithm: random"), routes("p"));
+    let config = format!(
+        "pools:\n{}{}",
+        pool("p", &[&a, &b], "algorithm: random"),
+        routes("p")
+    );
     let obleth = Obleth::start(&config).await;
     let c = client();
     let counts = tally(&obleth, 200, |_| c.get(obleth.url("/bench"))).await;
@@ -51,7 +59,11 @@ async fn random_spreads_over_all_servers() {
 #[tokio::test]
 async fn least_in_flight_avoids_the_busy_server() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!("pools:\n{}{}", pool("p", &[&a, &b], "algorithm: least_in_flight"), routes("p"));
+    let config = format!(
+        "pools:\n{}{}",
+        pool("p", &[&a, &b], "algorithm: least_in_flight"),
+        routes("p")
+    );
     let obleth = Obleth::start(&config).await;
     let c = client();
     // Hold one slow request on whichever server takes it first …
@@ -64,7 +76,11 @@ async fn least_in_flight_avoids_the_busy_server() {
     let busy = if a.requests() == 1 { "a" } else { "b" };
     // … then every quick request goes to the other one.
     let counts = tally(&obleth, 20, |_| c.get(obleth.url("/bench"))).await;
-    assert_eq!(counts.get(busy), None, "busy server {busy} got quick requests: {counts:?}");
+    assert_eq!(
+        counts.get(busy),
+        None,
+        "busy server {busy} got quick requests: {counts:?}"
+    );
     let slow = slow.await.expect("task").expect("slow response");
     assert_eq!(served_by(&slow), busy);
 }
@@ -76,7 +92,11 @@ async fn consistent_hash_keeps_a_key_on_one_server() {
     for (hash_key, attach) in [("header:x-user", "header"), ("cookie:session", "cookie")] {
         let config = format!(
             "pools:\n{}{}",
-            pool("p", &refs, &format!("algorithm: consistent_hash\nhash_key: '{hash_key}'")),
+            pool(
+                "p",
+                &refs,
+                &format!("algorithm: consistent_hash\nhash_key: '{hash_key}'")
+            ),
             routes("p")
         );
         let obleth = Obleth::start(&config).await;
@@ -98,7 +118,10 @@ async fn consistent_hash_keeps_a_key_on_one_server() {
             assert_eq!(*first, server, "{hash_key}: key {} moved", i % 10);
         }
         let distinct: std::collections::HashSet<_> = owner.values().collect();
-        assert!(distinct.len() >= 2, "{hash_key}: 10 keys all on one server: {owner:?}");
+        assert!(
+            distinct.len() >= 2,
+            "{hash_key}: 10 keys all on one server: {owner:?}"
+        );
     }
 }
 
@@ -107,12 +130,19 @@ async fn health_checks_eject_a_failing_server_and_bring_it_back() {
     let (a, b) = (mock("a").await, mock("b").await);
     let config = format!(
         "pools:\n{}{}",
-        pool("p", &[&a, &b], "health_check: { path: /health, interval: 100ms, timeout: 500ms, rise: 2, fall: 2 }"),
+        pool(
+            "p",
+            &[&a, &b],
+            "health_check: { path: /health, interval: 100ms, timeout: 500ms, rise: 2, fall: 2 }"
+        ),
         routes("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
-    let healthy_b = format!("obleth_upstream_server_healthy{{pool=\"p\",server=\"{}\"}}", b.addr);
+    let healthy_b = format!(
+        "obleth_upstream_server_healthy{{pool=\"p\",server=\"{}\"}}",
+        b.addr
+    );
     assert_eq!(obleth.metric(&healthy_b).await, 1.0);
 
     b.set_healthy(false);
@@ -139,12 +169,19 @@ async fn tcp_health_check_ejects_a_stopped_server() {
     let (a, b) = (mock("a").await, mock("b").await);
     let config = format!(
         "pools:\n{}{}",
-        pool("p", &[&a, &b], "health_check: { kind: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }"),
+        pool(
+            "p",
+            &[&a, &b],
+            "health_check: { kind: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }"
+        ),
         routes("p")
     );
     let obleth = Obleth::start(&config).await;
     b.stop();
-    let healthy_b = format!("obleth_upstream_server_healthy{{pool=\"p\",server=\"{}\"}}", b.addr);
+    let healthy_b = format!(
+        "obleth_upstream_server_healthy{{pool=\"p\",server=\"{}\"}}",
+        b.addr
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while obleth.metric(&healthy_b).await != 0.0 {
         assert!(Instant::now() < deadline, "b never ejected");
@@ -155,12 +192,21 @@ async fn tcp_health_check_ejects_a_stopped_server() {
 #[tokio::test]
 async fn refused_connections_eject_the_server_passively() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!("pools:\n{}{}", pool("p", &[&a, &b], "retries: 1"), routes("p"));
+    let config = format!(
+        "pools:\n{}{}",
+        pool("p", &[&a, &b], "retries: 1"),
+        routes("p")
+    );
     let obleth = Obleth::start(&config).await;
     b.stop();
     let c = client();
     // The first request that picks b fails over to a and takes b out.
     let counts = tally(&obleth, 10, |_| c.get(obleth.url("/bench"))).await;
     assert_eq!(counts["a"], 10, "{counts:?}");
-    assert_eq!(obleth.metric("obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"p\"}").await, 1.0);
+    assert_eq!(
+        obleth
+            .metric("obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"p\"}")
+            .await,
+        1.0
+    );
 }

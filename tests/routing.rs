@@ -54,12 +54,28 @@ async fn each_match_kind_selects_its_route_and_first_match_wins() {
     let c = client();
     let get = |path: &str| c.get(obleth.url(path));
 
-    let r = get("/echo").header("host", "api.example.com").send().await.unwrap();
+    let r = get("/echo")
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served_by(&r), "a");
-    let r = get("/echo").header("host", "deep.sub.EXAMPLE.org:8080").send().await.unwrap();
+    let r = get("/echo")
+        .header("host", "deep.sub.EXAMPLE.org:8080")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served_by(&r), "b");
-    let r = get("/echo").header("host", "example.org").send().await.unwrap();
-    assert_eq!(served_by(&r), "a", "the bare domain does not match *.example.org");
+    let r = get("/echo")
+        .header("host", "example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        served_by(&r),
+        "a",
+        "the bare domain does not match *.example.org"
+    );
 
     for (req, status, body) in [
         (get("/echo/exact"), 201, "exact"),
@@ -67,7 +83,13 @@ async fn each_match_kind_selects_its_route_and_first_match_wins() {
         (c.delete(obleth.url("/echo/x")), 203, "method"),
         (get("/other").header("x-present", ""), 200, "present"),
         (get("/other").header("x-env", "canary"), 200, "equals"),
-        (get("/other").header("x-env", "canary").header("x-block", "1"), 418, "default"),
+        (
+            get("/other")
+                .header("x-env", "canary")
+                .header("x-block", "1"),
+            418,
+            "default",
+        ),
         (get("/other").header("x-user", "u-17"), 200, "regex-header"),
         (get("/other").header("x-user", "bob"), 418, "default"),
         (get("/echo/exact/no"), 200, ""),
@@ -173,7 +195,11 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example.com");
-    assert_eq!(h["x-request-id"], generated.as_str(), "upstream sees the same id");
+    assert_eq!(
+        h["x-request-id"],
+        generated.as_str(),
+        "upstream sees the same id"
+    );
     assert_eq!(h["host"], "shop.example.com", "Host is passed through");
 
     // From a trusted proxy the chain is extended and its proto kept.

@@ -45,6 +45,10 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is kept and extended instead of replaced.
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_keepalive_pool: usize,
+    /// Whether idle worker threads steal tasks from busy ones (Tokio's
+    /// multi-thread scheduler) or each thread keeps the connections it was
+    /// given, as HAProxy's threads do.
+    pub work_stealing: bool,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,9 @@ pub enum ConfigError {
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
+
+/// Pingora makes at most 16 attempts per request.
+const MAX_RETRIES: usize = 15;
 
 /// Environment variables that override keys of the file.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -511,6 +518,7 @@ impl Validator {
             grace,
             trusted_proxies,
             upstream_keepalive_pool: raw.upstream_keepalive_pool.unwrap_or(1024),
+            work_stealing: raw.work_stealing.unwrap_or(false),
         }
     }
 
@@ -712,6 +720,10 @@ impl Validator {
                 None
             }
         });
+        let retries = p.retries.unwrap_or(2);
+        if retries > MAX_RETRIES {
+            self.problem(&format!("{key}.retries"), format!("at most {MAX_RETRIES}"));
+        }
         PoolConfig {
             name: p.name,
             algorithm,
@@ -719,7 +731,7 @@ impl Validator {
             tls,
             health_check,
             timeouts,
-            retries: p.retries.unwrap_or(2),
+            retries: retries.min(MAX_RETRIES),
             retry_non_idempotent: p.retry_non_idempotent,
             host_header,
         }

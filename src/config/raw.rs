@@ -33,6 +33,7 @@ pub struct RawServer {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub upstream_keepalive_pool: Option<usize>,
+    pub work_stealing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -67,14 +67,28 @@ pub struct Obleth {
 }
 
 /// The sections every test configuration gets unless it brings its own.
-fn frame(body: &str, http: SocketAddr, admin: SocketAddr, metrics: SocketAddr, access_log: &Path, format: &str) -> String {
+fn frame(
+    body: &str,
+    http: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    access_log: &Path,
+    format: &str,
+) -> String {
     let mut text = String::new();
     if !body.contains("listeners:") {
-        text.push_str(&format!("listeners:\n  - name: http\n    address: {http}\n"));
+        text.push_str(&format!(
+            "listeners:\n  - name: http\n    address: {http}\n"
+        ));
     }
-    text.push_str(&format!("admin:\n  address: {admin}\nmetrics:\n  address: {metrics}\n"));
+    text.push_str(&format!(
+        "admin:\n  address: {admin}\nmetrics:\n  address: {metrics}\n"
+    ));
     if !body.contains("access_log:") {
-        text.push_str(&format!("access_log:\n  format: {format}\n  path: {}\n", access_log.display()));
+        text.push_str(&format!(
+            "access_log:\n  format: {format}\n  path: {}\n",
+            access_log.display()
+        ));
     }
     if !body.contains("server:") {
         text.push_str("server:\n  threads: 2\n  grace: 5s\n");
@@ -98,8 +112,11 @@ impl Obleth {
         let access_log = dir.path().join("access.log");
         let stderr_log = dir.path().join("stderr.log");
         let config_path = dir.path().join("obleth.yaml");
-        std::fs::write(&config_path, frame(body, http, admin, metrics, &access_log, access_log_format))
-            .expect("write config");
+        std::fs::write(
+            &config_path,
+            frame(body, http, admin, metrics, &access_log, access_log_format),
+        )
+        .expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_obleth"))
             .args(["run", "-c"])
             .arg(&config_path)
@@ -127,7 +144,11 @@ impl Obleth {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = client();
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("obleth exited early ({status}):\n{}", self.stderr());
             }
             let ready = client
@@ -166,7 +187,14 @@ impl Obleth {
 
     /// Rewrites the configuration file and sends SIGHUP.
     pub fn reload(&self, body: &str) {
-        let text = frame(body, self.http, self.admin, self.metrics, &self.access_log, "httplog");
+        let text = frame(
+            body,
+            self.http,
+            self.admin,
+            self.metrics,
+            &self.access_log,
+            "httplog",
+        );
         std::fs::write(&self.config_path, text).expect("write config");
         self.signal("HUP");
     }
@@ -174,7 +202,11 @@ impl Obleth {
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return Some(status);
             }
@@ -198,7 +230,10 @@ impl Obleth {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics_text().await;
         text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test obleth:
+# cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
+# pkg-config, curl and the openssl tool (tests make certificates with it).
+# Benchmarks additionally need haproxy and wrk: `scripts/setup.sh bench`.
+set -euo pipefail
+
+need=()
+for pair in cmake:cmake pkg-config:pkg-config curl:curl openssl:openssl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+if [ "${1:-}" = bench ]; then
+  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
