@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod server;
+pub mod store;

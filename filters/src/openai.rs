@@ -1,0 +1,140 @@
+//! The OpenAI wire format as the filters need it: the error body every LLM
+//! route answers with, and the few request fields obleth acts on.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// `{"error":{"message","type","code"}}`, as the OpenAI API answers.
+pub fn error_body(status: u16, code: &str, message: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        message: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        code: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Outer<'a> {
+        error: Inner<'a>,
+    }
+    let kind = match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "invalid_request_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    };
+    serde_json::to_vec(&Outer {
+        error: Inner { message, kind, code },
+    })
+    .unwrap_or_default()
+}
+
+/// Which OpenAI endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+impl Endpoint {
+    /// The endpoint for `method` and `path` (the part after the route's
+    /// prefix is not considered: paths are matched by their ending).
+    pub fn from_request(method: &str, path: &str) -> Option<Endpoint> {
+        let path = path.trim_end_matches('/');
+        match method {
+            "POST" if path.ends_with("/chat/completions") => Some(Endpoint::ChatCompletions),
+            "POST" if path.ends_with("/completions") => Some(Endpoint::Completions),
+            "POST" if path.ends_with("/embeddings") => Some(Endpoint::Embeddings),
+            "GET" if path.ends_with("/models") => Some(Endpoint::Models),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request body was refused (400, or 404 for an unknown model).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("you must provide a model parameter")]
+    MissingModel,
+}
+
+/// A parsed LLM request body; the JSON is kept so it can be rewritten.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmRequest {
+    body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`, when given.
+    pub max_tokens: Option<u64>,
+}
+
+impl LlmRequest {
+    pub fn parse(bytes: &[u8]) -> Result<LlmRequest, BodyError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        let Value::Object(body) = value else {
+            return Err(BodyError::NotJson("expected an object".into()));
+        };
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            _ => return Err(BodyError::MissingModel),
+        };
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let max_tokens = body
+            .get("max_completion_tokens")
+            .or_else(|| body.get("max_tokens"))
+            .and_then(Value::as_u64);
+        Ok(LlmRequest {
+            body,
+            model,
+            stream,
+            max_tokens,
+        })
+    }
+
+    /// The body to send upstream, with `model` replaced by `upstream_model`.
+    pub fn to_upstream(&self, upstream_model: &str) -> Vec<u8> {
+        let mut body = self.body.clone();
+        body.insert("model".into(), Value::String(upstream_model.into()));
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_the_openai_shape() {
+        let v: Value = serde_json::from_slice(&error_body(401, "invalid_api_key", "bad key")).unwrap();
+        assert_eq!(v["error"]["message"], "bad key");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+    }
+
+    #[test]
+    fn endpoints_by_method_and_path() {
+        assert_eq!(Endpoint::from_request("POST", "/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_request("POST", "/v1/completions"), Some(Endpoint::Completions));
+        assert_eq!(Endpoint::from_request("POST", "/openai/v1/embeddings/"), Some(Endpoint::Embeddings));
+        assert_eq!(Endpoint::from_request("GET", "/v1/models"), Some(Endpoint::Models));
+        assert_eq!(Endpoint::from_request("GET", "/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn parse_reads_model_stream_and_limits_and_rewrites_model() {
+        let r = LlmRequest::parse(br#"{"messages":[],"model":"gpt","stream":true,"max_tokens":7}"#).unwrap();
+        assert_eq!((r.model.as_str(), r.stream, r.max_tokens), ("gpt", true, Some(7)));
+        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3")).unwrap();
+        assert_eq!(up["model"], "llama-3");
+        assert_eq!(up["max_tokens"], 7);
+        assert_eq!(LlmRequest::parse(br#"{"messages":[]}"#), Err(BodyError::MissingModel));
+        assert!(matches!(LlmRequest::parse(b"[1]"), Err(BodyError::NotJson(_))));
+        assert!(matches!(LlmRequest::parse(b"{"), Err(BodyError::NotJson(_))));
+    }
+}
