@@ -26,18 +26,25 @@ echo
 echo "== GET / (a fixed response route)"
 curl -fsS http://127.0.0.1:8080/
 echo
+KEY=obk_demo_0000000000000000000000000000   # the demo key seeded by conf/obleth.yaml
+echo "== GET /v1/models with the demo tenant's key"
+curl -fsS http://127.0.0.1:8080/v1/models -H "authorization: Bearer $KEY"
+echo
+echo "== without a key: 401 in the OpenAI error shape"
+curl -sS http://127.0.0.1:8080/v1/models
+echo
 echo "== POST /v1/chat/completions through obleth to the mock upstream"
 curl -fsS http://127.0.0.1:8080/v1/chat/completions \
-  -H 'content-type: application/json' \
+  -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
   -d '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":5}'
 echo
 echo
 echo "== the same, streamed"
 curl -fsSN http://127.0.0.1:8080/v1/chat/completions \
-  -H 'content-type: application/json' \
+  -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
   -d '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":5,"stream":true}'
 echo "== metrics (excerpt)"
-curl -fsS http://127.0.0.1:9091/metrics | grep '^obleth_http_requests_total'
+curl -fsS http://127.0.0.1:9091/metrics | grep '^obleth_http_requests_total' | grep -v ' 0$'
 
 if [ "${1:-}" = --once ]; then
   exit 0

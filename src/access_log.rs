@@ -46,6 +46,8 @@ pub struct AccessRecord<'a> {
     pub uri: &'a str,
     pub version: &'a str,
     pub request_id: &'a str,
+    /// The tenant on LLM routes, `-` elsewhere.
+    pub tenant: &'a str,
 }
 
 enum Message {
@@ -155,7 +157,7 @@ fn httplog_line(r: &AccessRecord<'_>) -> String {
     }
     let _ = writeln!(
         line,
-        " [{}] {} {} {}/{} {}/{}/{} {} {} {}{} {} \"{} {} {}\" {}",
+        " [{}] {} {} {}/{} {}/{}/{} {} {} {}{} {} \"{} {} {}\" {} {}",
         haproxy_date(r.time),
         r.listener,
         r.route,
@@ -173,6 +175,7 @@ fn httplog_line(r: &AccessRecord<'_>) -> String {
         r.uri,
         r.version,
         r.request_id,
+        r.tenant,
     );
     line
 }
@@ -293,6 +296,7 @@ mod tests {
             uri: "/v1/models",
             version: "HTTP/1.1",
             request_id: "abc",
+            tenant: "acme",
         }
     }
 
@@ -300,7 +304,7 @@ mod tests {
     fn httplog_line_has_haproxy_fields_in_order() {
         assert_eq!(
             httplog_line(&record()),
-            "10.0.0.1:5555 [23/Nov/2026:01:23:45.678] http api web/127.0.0.1:8000 1/12/15 200 512 -- 0 \"GET /v1/models HTTP/1.1\" abc\n"
+            "10.0.0.1:5555 [23/Nov/2026:01:23:45.678] http api web/127.0.0.1:8000 1/12/15 200 512 -- 0 \"GET /v1/models HTTP/1.1\" abc acme\n"
         );
     }
 

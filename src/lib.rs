@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod llm;
 pub mod metrics;
 pub mod pool;
 pub mod routing;

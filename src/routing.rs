@@ -64,8 +64,20 @@ pub enum HeaderTest {
 #[derive(Debug)]
 pub enum Action {
     Proxy(ProxyAction),
-    Redirect { status: u16, location: Template },
+    Redirect {
+        status: u16,
+        location: Template,
+    },
     Respond(FixedResponse),
+    /// An OpenAI-compatible LLM endpoint: key auth, routing by the body's
+    /// `model` to the model's pool, model and credential rewriting.
+    Llm(LlmAction),
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmAction {
+    /// Larger bodies are answered with 413.
+    pub max_body: usize,
 }
 
 /// Forward to a pool, optionally rewriting the path and editing headers.

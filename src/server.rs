@@ -28,6 +28,10 @@ use crate::metrics::FAMILIES;
 pub enum StartError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Llm(#[from] crate::llm::LlmStartError),
+    #[error("OBLETH_ADMIN_TOKEN must be set to at least {MIN_ADMIN_TOKEN} characters (or set admin.generate_dev_token for a development setup)")]
+    AdminToken,
     #[error("listener {name}: TLS: {source}")]
     Tls {
         name: String,
@@ -35,8 +39,37 @@ pub enum StartError {
     },
 }
 
+/// Shortest admin token `obleth run` accepts.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+/// The admin token: from the environment, or generated and printed once for
+/// the embedded development default.
+fn admin_token(config: &Config) -> Result<String, StartError> {
+    match &config.admin_auth.token {
+        Some(t) if t.len() >= MIN_ADMIN_TOKEN => Ok(t.clone()),
+        Some(_) => Err(StartError::AdminToken),
+        None if config.admin_auth.generate_dev_token => {
+            let token = obleth_filters::auth::new_secret()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .replacen(obleth_filters::auth::SECRET_PREFIX, "adm_", 1);
+            eprintln!("obleth: development admin token (shown once): {token}");
+            Ok(token)
+        }
+        None => Err(StartError::AdminToken),
+    }
+}
+
 /// Builds every service from `config` and serves until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), StartError> {
+    let admin_token = admin_token(&config)?;
+    // The store, Redis and cache invalidation live on a runtime of their own
+    // that outlives every Pingora service runtime.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("obleth-control")
+        .enable_all()
+        .build()?;
+    let llm = control.block_on(crate::llm::LlmState::start(&config))?;
     let Config {
         source,
         server,
@@ -46,6 +79,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         access_log,
         pools,
         routes,
+        ..
     } = config;
 
     let conf = ServerConf {
@@ -63,10 +97,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Generation::build(routes, pools, None),
         server.trusted_proxies,
         AccessLog::open(&access_log)?,
+        llm,
     ));
 
     // Bind the operator endpoints first: a port in use stops start-up here.
-    let admin = HttpEndpoint::bind("admin", admin_address, admin_router(shared.clone()))?;
+    let admin = HttpEndpoint::bind(
+        "admin",
+        admin_address,
+        admin_router(shared.clone(), &admin_token),
+    )?;
     let metrics = HttpEndpoint::bind("metrics", metrics_address, metrics_router())?;
 
     for listener in &listeners {
@@ -96,6 +135,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics = %metrics_address,
         "obleth starting"
     );
+    let _control = control;
     pingora_server.run_forever()
 }
 

@@ -62,7 +62,11 @@ pub fn check(principal: &Principal, now: Timestamp) -> Result<(), Denied> {
         let tz = TimeZone::get(&tenant.timezone).unwrap_or(TimeZone::UTC);
         let local = now.to_zoned(tz);
         let (day, time) = (local.weekday(), local.time());
-        if !tenant.weekly_windows.iter().any(|w| window_contains(w, day, time)) {
+        if !tenant
+            .weekly_windows
+            .iter()
+            .any(|w| window_contains(w, day, time))
+        {
             return Err(Denied::OutsideWindow(format!(
                 "{} {} in {}",
                 day_name(day),
@@ -218,7 +222,10 @@ mod tests {
         // Monday 08:30 UTC is 09:30 in Berlin (CET, UTC+1).
         assert_eq!(check(&p, at("2026-11-23T08:30:00Z")), Ok(()));
         // Monday 07:30 UTC is 08:30 in Berlin: too early.
-        assert!(matches!(check(&p, at("2026-11-23T07:30:00Z")), Err(Denied::OutsideWindow(_))));
+        assert!(matches!(
+            check(&p, at("2026-11-23T07:30:00Z")),
+            Err(Denied::OutsideWindow(_))
+        ));
         // Wednesday is not listed.
         assert!(check(&p, at("2026-11-25T10:00:00Z")).is_err());
     }
@@ -232,8 +239,16 @@ mod tests {
             start: "22:00".into(),
             end: "02:00".into(),
         }];
-        assert_eq!(check(&p, at("2026-11-27T23:00:00Z")), Ok(()), "friday night");
-        assert_eq!(check(&p, at("2026-11-28T01:00:00Z")), Ok(()), "saturday small hours");
+        assert_eq!(
+            check(&p, at("2026-11-27T23:00:00Z")),
+            Ok(()),
+            "friday night"
+        );
+        assert_eq!(
+            check(&p, at("2026-11-28T01:00:00Z")),
+            Ok(()),
+            "saturday small hours"
+        );
         assert!(check(&p, at("2026-11-28T03:00:00Z")).is_err());
     }
 

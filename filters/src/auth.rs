@@ -31,15 +31,24 @@ pub const SECRET_PREFIX: &str = "obk_";
 
 /// The credential a request carries: `Authorization: Bearer …` or
 /// `x-api-key: …`. Returns `None` when neither is present or usable.
-pub fn credential<'a>(authorization: Option<&'a [u8]>, x_api_key: Option<&'a [u8]>) -> Option<&'a str> {
+pub fn credential<'a>(
+    authorization: Option<&'a [u8]>,
+    x_api_key: Option<&'a [u8]>,
+) -> Option<&'a str> {
     let bearer = authorization
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
         });
     bearer
-        .or_else(|| x_api_key.and_then(|v| std::str::from_utf8(v).ok()).map(str::trim))
+        .or_else(|| {
+            x_api_key
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+        })
         .filter(|s| !s.is_empty())
 }
 
@@ -95,7 +104,8 @@ pub struct SourceError(pub String);
 /// Where principals come from when no cache has them: the store.
 #[async_trait]
 pub trait PrincipalSource: Send + Sync + 'static {
-    async fn principal_by_key_hash(&self, key_hash: &str) -> Result<Option<Principal>, SourceError>;
+    async fn principal_by_key_hash(&self, key_hash: &str)
+        -> Result<Option<Principal>, SourceError>;
 }
 
 /// Why a request could not be authenticated.
@@ -118,7 +128,12 @@ enum Lookup {
 struct LookupExpiry;
 
 impl Expiry<String, Lookup> for LookupExpiry {
-    fn expire_after_create(&self, _key: &String, value: &Lookup, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Lookup,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(match value {
             Lookup::Found(_) => FOUND_TTL,
             Lookup::Missing => MISSING_TTL,
@@ -130,7 +145,7 @@ impl Expiry<String, Lookup> for LookupExpiry {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum HotEntry {
-    Found(Principal),
+    Found(Box<Principal>),
     Missing,
 }
 
@@ -222,7 +237,7 @@ impl KeyResolver {
     async fn load(&self, hash: &str) -> Result<Lookup, SourceError> {
         if let Some(hot) = &self.hot {
             match hot.get(hash).await {
-                Ok(Some(HotEntry::Found(p))) => return Ok(Lookup::Found(Arc::new(p))),
+                Ok(Some(HotEntry::Found(p))) => return Ok(Lookup::Found(Arc::new(*p))),
                 Ok(Some(HotEntry::Missing)) => return Ok(Lookup::Missing),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("redis hot cache unavailable, asking the store: {e}"),
@@ -231,7 +246,7 @@ impl KeyResolver {
         let found = self.source.principal_by_key_hash(hash).await?;
         if let Some(hot) = &self.hot {
             let entry = match &found {
-                Some(p) => HotEntry::Found(p.clone()),
+                Some(p) => HotEntry::Found(Box::new(p.clone())),
                 None => HotEntry::Missing,
             };
             if let Err(e) = hot.put(hash, &entry).await {
@@ -257,7 +272,10 @@ mod tests {
         assert_eq!(credential(Some(b"Bearer abc"), None), Some("abc"));
         assert_eq!(credential(Some(b"bearer  abc "), None), Some("abc"));
         assert_eq!(credential(None, Some(b"xyz")), Some("xyz"));
-        assert_eq!(credential(Some(b"Basic dXNlcg=="), Some(b"xyz")), Some("xyz"));
+        assert_eq!(
+            credential(Some(b"Basic dXNlcg=="), Some(b"xyz")),
+            Some("xyz")
+        );
         assert_eq!(credential(Some(b"Bearer "), None), None);
         assert_eq!(credential(None, None), None);
     }
@@ -265,7 +283,10 @@ mod tests {
     #[test]
     fn hashing_uses_the_pepper() {
         let plain = KeyHasher::new(None).hash("secret");
-        assert_eq!(plain, "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b");
+        assert_eq!(
+            plain,
+            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        );
         assert_ne!(KeyHasher::new(Some("pepper")).hash("secret"), plain);
     }
 
@@ -283,7 +304,10 @@ mod tests {
 
     #[async_trait]
     impl PrincipalSource for CountingSource {
-        async fn principal_by_key_hash(&self, _hash: &str) -> Result<Option<Principal>, SourceError> {
+        async fn principal_by_key_hash(
+            &self,
+            _hash: &str,
+        ) -> Result<Option<Principal>, SourceError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(None)
@@ -303,8 +327,15 @@ mod tests {
         for t in tasks {
             assert!(matches!(t.await.unwrap(), Err(AuthError::Unknown)));
         }
-        assert!(matches!(resolver.resolve("obk_nope").await, Err(AuthError::Unknown)));
-        assert_eq!(source.0.load(Ordering::SeqCst), 1, "one store lookup for 51 requests");
+        assert!(matches!(
+            resolver.resolve("obk_nope").await,
+            Err(AuthError::Unknown)
+        ));
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            1,
+            "one store lookup for 51 requests"
+        );
         resolver.invalidate_local();
         let _ = resolver.resolve("obk_nope").await;
         assert_eq!(source.0.load(Ordering::SeqCst), 2);

@@ -26,7 +26,11 @@ pub fn error_body(status: u16, code: &str, message: &str) -> Vec<u8> {
         _ => "invalid_request_error",
     };
     serde_json::to_vec(&Outer {
-        error: Inner { message, kind, code },
+        error: Inner {
+            message,
+            kind,
+            code,
+        },
     })
     .unwrap_or_default()
 }
@@ -76,7 +80,8 @@ pub struct LlmRequest {
 
 impl LlmRequest {
     pub fn parse(bytes: &[u8]) -> Result<LlmRequest, BodyError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
         let Value::Object(body) = value else {
             return Err(BodyError::NotJson("expected an object".into()));
         };
@@ -111,7 +116,8 @@ mod tests {
 
     #[test]
     fn error_body_has_the_openai_shape() {
-        let v: Value = serde_json::from_slice(&error_body(401, "invalid_api_key", "bad key")).unwrap();
+        let v: Value =
+            serde_json::from_slice(&error_body(401, "invalid_api_key", "bad key")).unwrap();
         assert_eq!(v["error"]["message"], "bad key");
         assert_eq!(v["error"]["type"], "authentication_error");
         assert_eq!(v["error"]["code"], "invalid_api_key");
@@ -119,22 +125,47 @@ mod tests {
 
     #[test]
     fn endpoints_by_method_and_path() {
-        assert_eq!(Endpoint::from_request("POST", "/v1/chat/completions"), Some(Endpoint::ChatCompletions));
-        assert_eq!(Endpoint::from_request("POST", "/v1/completions"), Some(Endpoint::Completions));
-        assert_eq!(Endpoint::from_request("POST", "/openai/v1/embeddings/"), Some(Endpoint::Embeddings));
-        assert_eq!(Endpoint::from_request("GET", "/v1/models"), Some(Endpoint::Models));
+        assert_eq!(
+            Endpoint::from_request("POST", "/v1/chat/completions"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            Endpoint::from_request("POST", "/v1/completions"),
+            Some(Endpoint::Completions)
+        );
+        assert_eq!(
+            Endpoint::from_request("POST", "/openai/v1/embeddings/"),
+            Some(Endpoint::Embeddings)
+        );
+        assert_eq!(
+            Endpoint::from_request("GET", "/v1/models"),
+            Some(Endpoint::Models)
+        );
         assert_eq!(Endpoint::from_request("GET", "/v1/chat/completions"), None);
     }
 
     #[test]
     fn parse_reads_model_stream_and_limits_and_rewrites_model() {
-        let r = LlmRequest::parse(br#"{"messages":[],"model":"gpt","stream":true,"max_tokens":7}"#).unwrap();
-        assert_eq!((r.model.as_str(), r.stream, r.max_tokens), ("gpt", true, Some(7)));
+        let r = LlmRequest::parse(br#"{"messages":[],"model":"gpt","stream":true,"max_tokens":7}"#)
+            .unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.stream, r.max_tokens),
+            ("gpt", true, Some(7))
+        );
         let up: Value = serde_json::from_slice(&r.to_upstream("llama-3")).unwrap();
         assert_eq!(up["model"], "llama-3");
         assert_eq!(up["max_tokens"], 7);
-        assert_eq!(LlmRequest::parse(br#"{"messages":[]}"#), Err(BodyError::MissingModel));
-        assert!(matches!(LlmRequest::parse(b"[1]"), Err(BodyError::NotJson(_))));
-        assert!(matches!(LlmRequest::parse(b"{"), Err(BodyError::NotJson(_))));
+        assert_eq!(
+            LlmRequest::parse(br#"{"messages":[]}"#),
+            Err(BodyError::MissingModel)
+        );
+        assert!(matches!(
+            LlmRequest::parse(b"[1]"),
+            Err(BodyError::NotJson(_))
+        ));
+        assert!(matches!(
+            LlmRequest::parse(b"{"),
+            Err(BodyError::NotJson(_))
+        ));
     }
 }

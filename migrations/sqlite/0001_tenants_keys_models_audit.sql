@@ -34,7 +34,7 @@ CREATE TABLE api_keys (
     name              TEXT NOT NULL,
     prefix            TEXT NOT NULL,
     hash              TEXT NOT NULL UNIQUE,
-    disabled          BOOLEAN NOT NULL DEFAULT FALSE,
+    disabled          INTEGER NOT NULL DEFAULT 0,
     weight            BIGINT NOT NULL DEFAULT 100 CHECK (weight >= 1),
     expires_at        BIGINT,
     tokens_per_minute BIGINT CHECK (tokens_per_minute >= 0),
@@ -58,7 +58,7 @@ CREATE TABLE models (
     max_in_flight         BIGINT NOT NULL DEFAULT 16 CHECK (max_in_flight >= 1),
     admission_weight      BIGINT NOT NULL DEFAULT 1 CHECK (admission_weight >= 1),
     context_window        BIGINT,
-    enabled               BOOLEAN NOT NULL DEFAULT TRUE,
+    enabled               INTEGER NOT NULL DEFAULT 1,
     created_at            BIGINT NOT NULL,
     updated_at            BIGINT NOT NULL,
     CHECK (pool IS NOT NULL OR base_url IS NOT NULL)

@@ -18,8 +18,8 @@ use ipnet::IpNet;
 use regex::Regex;
 
 use crate::routing::{
-    Action, FixedResponse, HeaderCondition, HeaderEdits, HeaderTest, HostPattern, Matcher,
-    PathPattern, ProxyAction, RouteConfig, Template,
+    Action, FixedResponse, HeaderCondition, HeaderEdits, HeaderTest, HostPattern, LlmAction,
+    Matcher, PathPattern, ProxyAction, RouteConfig, Template,
 };
 use locate::{Position, PositionIndex};
 use raw::*;
@@ -35,7 +35,55 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
+    pub store: StoreConfig,
+    pub redis: Option<RedisConfig>,
+    pub admin_auth: AdminAuth,
+    pub seed: Seed,
+    /// `OBLETH_API_KEY_PEPPER`: mixed into every key hash.
+    pub api_key_pepper: Option<String>,
+    /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
+    pub encryption_key: Option<String>,
 }
+
+/// Where tenants, keys, models and the audit log live.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://FILE`.
+    pub database_url: String,
+    /// Apply pending migrations at start-up.
+    pub migrate: bool,
+}
+
+/// The shared Redis: hot key cache and cache invalidation across replicas.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prepended to every Redis key and channel obleth uses.
+    pub prefix: String,
+}
+
+/// How the admin API authenticates operators.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// `OBLETH_ADMIN_TOKEN`.
+    pub token: Option<String>,
+    /// Generate (and print once) a token when none is set.
+    pub generate_dev_token: bool,
+}
+
+/// What the file declares to exist in the store; applied idempotently at
+/// start-up.
+#[derive(Debug, Default, Clone)]
+pub struct Seed {
+    pub groups: Vec<crate::store::Group>,
+    pub tenants: Vec<crate::store::TenantSpec>,
+    pub models: Vec<crate::store::ModelSpec>,
+    pub keys: Vec<raw::SeedKey>,
+}
+
+/// Pingora replays at most 64 KiB of request body, and an LLM route reads
+/// the body before choosing the upstream, so that is its ceiling.
+pub const LLM_MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -206,6 +254,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OBLETH_GRACE", "server.grace"),
     ("OBLETH_ACCESS_LOG", "access_log.format"),
     ("OBLETH_ACCESS_LOG_PATH", "access_log.path"),
+    ("OBLETH_DATABASE_URL", "store.database_url"),
+    ("OBLETH_REDIS_URL", "redis.url"),
 ];
 
 impl Config {
@@ -216,7 +266,9 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&text, path, |name| std::env::var(name).ok())
+        Self::parse(&text, path, |name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
     }
 
     /// Parses `text` as if read from `path`, with `env` answering for the
@@ -239,7 +291,10 @@ impl Config {
             problems: Vec::new(),
         };
         apply_env(&mut raw, &env, &mut v);
-        let config = v.config(raw, path);
+        let mut config = v.config(raw, path);
+        config.admin_auth.token = env("OBLETH_ADMIN_TOKEN");
+        config.api_key_pepper = env("OBLETH_API_KEY_PEPPER");
+        config.encryption_key = env("OBLETH_ENCRYPTION_KEY");
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -320,6 +375,7 @@ impl Config {
                 Action::Proxy(p) => format!("proxy -> {}", p.pool),
                 Action::Redirect { status, .. } => format!("redirect {status}"),
                 Action::Respond(f) => format!("respond {}", f.status),
+                Action::Llm(l) => format!("llm (max body {} bytes)", l.max_body),
             };
             let m = &r.matcher;
             let condition = if m.is_catch_all() {
@@ -394,6 +450,12 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut
     if let Some(path) = env("OBLETH_ACCESS_LOG_PATH") {
         raw.access_log.path = Some(path);
     }
+    if let Some(url) = env("OBLETH_DATABASE_URL") {
+        raw.store.database_url = Some(url);
+    }
+    if let Some(url) = env("OBLETH_REDIS_URL") {
+        raw.redis.url = Some(url);
+    }
 }
 
 /// Collects problems while converting the raw file into a [`Config`].
@@ -464,6 +526,35 @@ impl Validator {
         let access_log = self.access_log(raw.access_log);
         let pools = self.pools(raw.pools);
         let routes = self.routes(raw.routes, &pools);
+        let store = StoreConfig {
+            database_url: raw
+                .store
+                .database_url
+                .unwrap_or_else(|| "sqlite://obleth.db".into()),
+            migrate: raw.store.migrate.unwrap_or(true),
+        };
+        if crate::store::Backend::of(&store.database_url).is_none() {
+            self.problem(
+                "store.database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            );
+        }
+        let redis = raw.redis.url.map(|url| {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                self.problem(
+                    "redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
+            RedisConfig {
+                url,
+                prefix: raw.redis.prefix.clone().unwrap_or_else(|| "obleth:".into()),
+            }
+        });
+        let seed = self.seed(raw.seed, &pools);
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()
             .enumerate()
@@ -485,6 +576,71 @@ impl Validator {
             access_log,
             pools,
             routes,
+            store,
+            redis,
+            admin_auth: AdminAuth {
+                token: None,
+                generate_dev_token: raw.admin.generate_dev_token.unwrap_or(false),
+            },
+            seed,
+            api_key_pepper: None,
+            encryption_key: None,
+        }
+    }
+
+    fn seed(&mut self, raw: RawSeed, pools: &[PoolConfig]) -> Seed {
+        for (i, g) in raw.groups.iter().enumerate() {
+            if let Err(e) = g.validate() {
+                self.problem(&format!("seed.groups[{i}]"), e.to_string());
+            }
+        }
+        for (i, t) in raw.tenants.iter().enumerate() {
+            if let Err(e) = t.validate() {
+                self.problem(&format!("seed.tenants[{i}]"), e.to_string());
+            }
+        }
+        for (i, m) in raw.models.iter().enumerate() {
+            let mut m = m.clone();
+            if m.upstream_model.is_empty() {
+                m.upstream_model = m.name.clone();
+            }
+            if let Err(e) = m.validate() {
+                self.problem(&format!("seed.models[{i}]"), e.to_string());
+            }
+            if let Some(pool) = &m.pool {
+                if !pools.iter().any(|p| &p.name == pool) {
+                    self.problem(
+                        &format!("seed.models[{i}].pool"),
+                        format!("pool {pool:?} is not defined"),
+                    );
+                }
+            }
+        }
+        for (i, k) in raw.keys.iter().enumerate() {
+            if !k.secret.starts_with(obleth_filters::auth::SECRET_PREFIX) || k.secret.len() < 24 {
+                self.problem(
+                    &format!("seed.keys[{i}].secret"),
+                    format!(
+                        "must start with {:?} and be at least 24 characters",
+                        obleth_filters::auth::SECRET_PREFIX
+                    ),
+                );
+            }
+        }
+        Seed {
+            groups: raw.groups,
+            tenants: raw.tenants,
+            models: raw
+                .models
+                .into_iter()
+                .map(|mut m| {
+                    if m.upstream_model.is_empty() {
+                        m.upstream_model = m.name.clone();
+                    }
+                    m
+                })
+                .collect(),
+            keys: raw.keys,
         }
     }
 
@@ -828,7 +984,7 @@ impl Validator {
                 .matcher
                 .map(|m| self.matcher(&format!("{key}.match"), m))
                 .unwrap_or_default();
-            let action = self.action(&key, r.proxy, r.redirect, r.respond, pools);
+            let action = self.action(&key, r.proxy, r.redirect, r.respond, r.llm, pools);
             routes.push(RouteConfig {
                 name: r.name,
                 matcher,
@@ -927,6 +1083,7 @@ impl Validator {
         proxy: Option<RawProxy>,
         redirect: Option<RawRedirect>,
         respond: Option<RawRespond>,
+        llm: Option<RawLlm>,
         pools: &[PoolConfig],
     ) -> Action {
         let fallback = || {
@@ -936,8 +1093,20 @@ impl Validator {
                 content_type: HeaderValue::from_static("text/plain"),
             })
         };
-        match (proxy, redirect, respond) {
-            (Some(p), None, None) => {
+        match (proxy, redirect, respond, llm) {
+            (None, None, None, Some(l)) => {
+                let max_body = l.max_body.unwrap_or(LLM_MAX_BODY);
+                if max_body == 0 || max_body > LLM_MAX_BODY {
+                    self.problem(
+                        &format!("{key}.llm.max_body"),
+                        format!("must be between 1 and {LLM_MAX_BODY} bytes"),
+                    );
+                }
+                Action::Llm(LlmAction {
+                    max_body: max_body.clamp(1, LLM_MAX_BODY),
+                })
+            }
+            (Some(p), None, None, None) => {
                 let pkey = format!("{key}.proxy");
                 if !pools.iter().any(|pool| pool.name == p.pool) {
                     self.problem(
@@ -963,7 +1132,7 @@ impl Validator {
                         .header_edits(&format!("{pkey}.response_headers"), p.response_headers),
                 })
             }
-            (None, Some(r), None) => {
+            (None, Some(r), None, None) => {
                 let status = r.status.unwrap_or(302);
                 if !matches!(status, 301 | 302 | 303 | 307 | 308) {
                     self.problem(
@@ -979,7 +1148,7 @@ impl Validator {
                     }
                 }
             }
-            (None, None, Some(r)) => {
+            (None, None, Some(r), None) => {
                 if !(100..=599).contains(&r.status) {
                     self.problem(
                         &format!("{key}.respond.status"),
@@ -1037,6 +1206,20 @@ impl Validator {
             }
         }
         edits
+    }
+}
+
+/// A URL with its password replaced, for printing.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 

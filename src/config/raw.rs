@@ -23,6 +23,49 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub redis: RawRedis,
+    #[serde(default)]
+    pub seed: RawSeed,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub database_url: Option<String>,
+    pub migrate: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeed {
+    #[serde(default)]
+    pub groups: Vec<crate::store::Group>,
+    #[serde(default)]
+    pub tenants: Vec<crate::store::TenantSpec>,
+    #[serde(default)]
+    pub models: Vec<crate::store::ModelSpec>,
+    #[serde(default)]
+    pub keys: Vec<SeedKey>,
+}
+
+/// A key with a fixed secret, for demos and tests; production keys are
+/// created through the admin API and never written in a file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SeedKey {
+    pub tenant: String,
+    pub name: String,
+    pub secret: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -57,6 +100,9 @@ pub struct RawListenerTls {
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
     pub address: Option<String>,
+    /// Admin only: generate and print a token when `OBLETH_ADMIN_TOKEN` is
+    /// unset (the embedded development default).
+    pub generate_dev_token: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +175,13 @@ pub struct RawRoute {
     pub proxy: Option<RawProxy>,
     pub redirect: Option<RawRedirect>,
     pub respond: Option<RawRespond>,
+    pub llm: Option<RawLlm>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlm {
+    pub max_body: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -70,7 +70,10 @@ fn classify(e: sqlx::Error, what: &str) -> StoreError {
             return StoreError::invalid(what, "refers to something that does not exist");
         }
         if db.is_check_violation() {
-            return StoreError::invalid(what, format!("a value is out of range ({})", db.message()));
+            return StoreError::invalid(
+                what,
+                format!("a value is out of range ({})", db.message()),
+            );
         }
     }
     StoreError::Database(e)
@@ -101,14 +104,20 @@ static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 impl Store {
     pub async fn connect(url: &str, cipher: UpstreamKeyCipher) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::of(url)
-            .ok_or_else(|| StoreError::invalid("database_url", "must start with postgres:// or sqlite:"))?;
-        let mut options = AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
+        let backend = Backend::of(url).ok_or_else(|| {
+            StoreError::invalid("database_url", "must start with postgres:// or sqlite:")
+        })?;
+        let mut options =
+            AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -122,7 +131,11 @@ impl Store {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(&url)
             .await?;
-        Ok(Store { pool, backend, cipher })
+        Ok(Store {
+            pool,
+            backend,
+            cipher,
+        })
     }
 
     /// Applies the migrations of this backend that have not run yet.
@@ -216,7 +229,12 @@ impl Store {
     }
 
     /// Creates or, with `upsert`, replaces a group.
-    pub async fn put_group(&self, actor: &str, group: &Group, upsert: bool) -> Result<Group, StoreError> {
+    pub async fn put_group(
+        &self,
+        actor: &str,
+        group: &Group,
+        upsert: bool,
+    ) -> Result<Group, StoreError> {
         group.validate()?;
         let mut tx = self.begin().await?;
         let now = now_ms();
@@ -226,7 +244,10 @@ impl Store {
             .await?
             .is_some();
         if exists && !upsert {
-            return Err(StoreError::Conflict(format!("group {:?} already exists", group.name)));
+            return Err(StoreError::Conflict(format!(
+                "group {:?} already exists",
+                group.name
+            )));
         }
         let sql = if exists {
             "UPDATE fairshare_groups SET weight = $2, updated_at = $3 WHERE name = $1"
@@ -240,7 +261,11 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, "group"))?;
-        let action = if exists { "group.update" } else { "group.create" };
+        let action = if exists {
+            "group.update"
+        } else {
+            "group.create"
+        };
         Self::audit(&mut tx, actor, action, "group", &group.name, group).await?;
         tx.commit().await?;
         Ok(group.clone())
@@ -253,13 +278,23 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| match classify(e, "group") {
-                StoreError::Invalid { .. } => StoreError::Conflict(format!("group {name:?} still has tenants")),
+                StoreError::Invalid { .. } => {
+                    StoreError::Conflict(format!("group {name:?} still has tenants"))
+                }
                 other => other,
             })?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("group {name:?}")));
         }
-        Self::audit(&mut tx, actor, "group.delete", "group", name, &serde_json::json!({})).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "group.delete",
+            "group",
+            name,
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -284,7 +319,11 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("tenant {id_or_name:?}")))
     }
 
-    pub async fn create_tenant(&self, actor: &str, spec: &TenantSpec) -> Result<TenantRecord, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        actor: &str,
+        spec: &TenantSpec,
+    ) -> Result<TenantRecord, StoreError> {
         spec.validate()?;
         let id = new_id("ten")?;
         let mut tx = self.begin().await?;
@@ -309,7 +348,12 @@ impl Store {
     }
 
     /// Replaces a tenant's settings (the API merges a patch first).
-    pub async fn update_tenant(&self, actor: &str, id: &str, spec: &TenantSpec) -> Result<TenantRecord, StoreError> {
+    pub async fn update_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        spec: &TenantSpec,
+    ) -> Result<TenantRecord, StoreError> {
         spec.validate()?;
         let mut tx = self.begin().await?;
         let done = bind_tenant(
@@ -343,7 +387,15 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("tenant {id:?}")));
         }
-        Self::audit(&mut tx, actor, "tenant.delete", "tenant", id, &serde_json::json!({})).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "tenant.delete",
+            "tenant",
+            id,
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -354,16 +406,20 @@ impl Store {
             .bind(tenant_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok(r.try_get::<String, _>("hash")?)).collect()
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("hash")?))
+            .collect()
     }
 
     // ---- keys -------------------------------------------------------------
 
     pub async fn keys_of_tenant(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(&format!("{KEY_SELECT} WHERE tenant_id = $1 ORDER BY created_at, name"))
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{KEY_SELECT} WHERE tenant_id = $1 ORDER BY created_at, name"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(key_from_row).collect()
     }
 
@@ -409,12 +465,25 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, &format!("key {:?} of tenant {tenant_id:?}", spec.name)))?;
-        Self::audit(&mut tx, actor, "key.create", "key", &id, &serde_json::json!({ "tenant_id": tenant_id, "spec": spec, "prefix": prefix })).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "key.create",
+            "key",
+            &id,
+            &serde_json::json!({ "tenant_id": tenant_id, "spec": spec, "prefix": prefix }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(self.key(&id).await?.0)
     }
 
-    pub async fn update_key(&self, actor: &str, id: &str, spec: &KeySpec) -> Result<ApiKey, StoreError> {
+    pub async fn update_key(
+        &self,
+        actor: &str,
+        id: &str,
+        spec: &KeySpec,
+    ) -> Result<ApiKey, StoreError> {
         spec.validate()?;
         let mut tx = self.begin().await?;
         let done = sqlx::query(
@@ -442,30 +511,57 @@ impl Store {
     }
 
     /// Replaces a key's secret; the old one stops working at once.
-    pub async fn rotate_key(&self, actor: &str, id: &str, prefix: &str, secret_hash: &str) -> Result<ApiKey, StoreError> {
+    pub async fn rotate_key(
+        &self,
+        actor: &str,
+        id: &str,
+        prefix: &str,
+        secret_hash: &str,
+    ) -> Result<ApiKey, StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("UPDATE api_keys SET prefix = $1, hash = $2, updated_at = $3 WHERE id = $4")
-            .bind(prefix)
-            .bind(secret_hash)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE api_keys SET prefix = $1, hash = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(prefix)
+        .bind(secret_hash)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("key {id:?}")));
         }
-        Self::audit(&mut tx, actor, "key.rotate", "key", id, &serde_json::json!({ "prefix": prefix })).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "key.rotate",
+            "key",
+            id,
+            &serde_json::json!({ "prefix": prefix }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(self.key(id).await?.0)
     }
 
     pub async fn delete_key(&self, actor: &str, id: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("key {id:?}")));
         }
-        Self::audit(&mut tx, actor, "key.delete", "key", id, &serde_json::json!({})).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "key.delete",
+            "key",
+            id,
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -473,8 +569,12 @@ impl Store {
     // ---- models -----------------------------------------------------------
 
     pub async fn models(&self) -> Result<Vec<Model>, StoreError> {
-        let rows = sqlx::query(&format!("{MODEL_SELECT} ORDER BY name")).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| model_from_row(r, &self.cipher)).collect()
+        let rows = sqlx::query(&format!("{MODEL_SELECT} ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| model_from_row(r, &self.cipher))
+            .collect()
     }
 
     pub async fn model(&self, name: &str) -> Result<Model, StoreError> {
@@ -489,7 +589,12 @@ impl Store {
 
     /// Creates or replaces a model. `upstream_key`: `None` keeps the stored
     /// one on update.
-    pub async fn put_model(&self, actor: &str, spec: &ModelSpec, create: bool) -> Result<Model, StoreError> {
+    pub async fn put_model(
+        &self,
+        actor: &str,
+        spec: &ModelSpec,
+        create: bool,
+    ) -> Result<Model, StoreError> {
         spec.validate()?;
         let mut tx = self.begin().await?;
         let existing = sqlx::query("SELECT upstream_key FROM models WHERE name = $1")
@@ -497,14 +602,23 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         match (&existing, create) {
-            (Some(_), true) => return Err(StoreError::Conflict(format!("model {:?} already exists", spec.name))),
+            (Some(_), true) => {
+                return Err(StoreError::Conflict(format!(
+                    "model {:?} already exists",
+                    spec.name
+                )))
+            }
             (None, false) => return Err(StoreError::NotFound(format!("model {:?}", spec.name))),
             _ => {}
         }
         let stored_key: Option<String> = match &spec.upstream_key {
             Some(k) if k.is_empty() => None,
             Some(k) => Some(self.cipher.seal(k).map_err(StoreError::Crypto)?),
-            None => existing.and_then(|r| r.try_get::<Option<String>, _>("upstream_key").ok().flatten()),
+            None => existing.and_then(|r| {
+                r.try_get::<Option<String>, _>("upstream_key")
+                    .ok()
+                    .flatten()
+            }),
         };
         let sql = if create {
             "INSERT INTO models (name, aliases, pool, base_url, upstream_model, upstream_key, input_cost_per_token,
@@ -532,19 +646,42 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, &format!("model {:?}", spec.name)))?;
-        let action = if create { "model.create" } else { "model.update" };
-        Self::audit(&mut tx, actor, action, "model", &spec.name, &spec.redacted()).await?;
+        let action = if create {
+            "model.create"
+        } else {
+            "model.update"
+        };
+        Self::audit(
+            &mut tx,
+            actor,
+            action,
+            "model",
+            &spec.name,
+            &spec.redacted(),
+        )
+        .await?;
         tx.commit().await?;
         self.model(&spec.name).await
     }
 
     pub async fn delete_model(&self, actor: &str, name: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM models WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM models WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("model {name:?}")));
         }
-        Self::audit(&mut tx, actor, "model.delete", "model", name, &serde_json::json!({})).await?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "model.delete",
+            "model",
+            name,
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -552,7 +689,10 @@ impl Store {
 
 #[async_trait]
 impl PrincipalSource for Store {
-    async fn principal_by_key_hash(&self, key_hash: &str) -> Result<Option<Principal>, SourceError> {
+    async fn principal_by_key_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<Principal>, SourceError> {
         let row = sqlx::query(&format!("{KEY_SELECT} WHERE hash = $1"))
             .bind(key_hash)
             .fetch_optional(&self.pool)
@@ -587,6 +727,15 @@ fn bind_tenant<'q>(
         .bind(s.budget_usd)
         .bind(s.budget_period.as_str())
         .bind(serde_json::to_string(&s.allowed_models).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Booleans are `BOOLEAN` in Postgres and `INTEGER` in SQLite (the `Any`
+/// driver cannot decode SQLite's boolean affinity).
+pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
+    match row.try_get::<bool, _>(col) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(row.try_get::<i64, _>(col)? != 0),
+    }
 }
 
 pub(crate) fn get<T>(row: &AnyRow, col: &str) -> Result<T, StoreError>

@@ -9,14 +9,15 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::secrets::UpstreamKeyCipher;
-use super::{get, StoreError};
+use super::{get, get_bool, StoreError};
 
 pub(super) const TENANT_SELECT: &str = "SELECT t.id, t.name, t.group_name, g.weight AS group_weight, t.weight,
     t.tokens_per_minute, t.max_in_flight, t.status, t.timezone, t.active_from, t.active_until, t.weekly_windows,
     t.budget_tokens, t.budget_usd, t.budget_period, t.allowed_models, t.created_at, t.updated_at
     FROM tenants t JOIN fairshare_groups g ON g.name = t.group_name";
 
-pub(super) const KEY_SELECT: &str = "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at,
+pub(super) const KEY_SELECT: &str =
+    "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at,
     tokens_per_minute, budget_tokens, budget_usd FROM api_keys";
 
 pub(super) const MODEL_SELECT: &str = "SELECT name, aliases, pool, base_url, upstream_model, upstream_key,
@@ -131,7 +132,9 @@ pub mod opt_time {
         text.map(|t| {
             t.parse::<Timestamp>()
                 .map(|ts| ts.as_millisecond())
-                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not an RFC 3339 time: {e}")))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{t:?} is not an RFC 3339 time: {e}"))
+                })
         })
         .transpose()
     }
@@ -149,18 +152,28 @@ impl TenantSpec {
             return Err(StoreError::invalid("max_in_flight", "must be at least 1"));
         }
         if !known_timezone(&self.timezone) {
-            return Err(StoreError::invalid("timezone", format!("{:?} is not an IANA timezone", self.timezone)));
+            return Err(StoreError::invalid(
+                "timezone",
+                format!("{:?} is not an IANA timezone", self.timezone),
+            ));
         }
         if let (Some(from), Some(until)) = (self.active_from, self.active_until) {
             if from >= until {
-                return Err(StoreError::invalid("active_until", "must be after active_from"));
+                return Err(StoreError::invalid(
+                    "active_until",
+                    "must be after active_from",
+                ));
             }
         }
         for (i, w) in self.weekly_windows.iter().enumerate() {
-            validate_window(w).map_err(|m| StoreError::invalid(&format!("weekly_windows[{i}]"), m))?;
+            validate_window(w)
+                .map_err(|m| StoreError::invalid(&format!("weekly_windows[{i}]"), m))?;
         }
         if self.budget_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(StoreError::invalid("budget_usd", "must be a non-negative number"));
+            return Err(StoreError::invalid(
+                "budget_usd",
+                "must be a non-negative number",
+            ));
         }
         Ok(())
     }
@@ -182,7 +195,8 @@ pub struct TenantRecord {
 }
 
 fn json_list<T: for<'de> Deserialize<'de>>(field: &str, text: &str) -> Result<Vec<T>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::invalid(field, format!("stored value unreadable: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::invalid(field, format!("stored value unreadable: {e}")))
 }
 
 impl TenantRecord {
@@ -296,7 +310,10 @@ impl KeySpec {
             return Err(StoreError::invalid("weight", "must be at least 1"));
         }
         if self.budget_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(StoreError::invalid("budget_usd", "must be a non-negative number"));
+            return Err(StoreError::invalid(
+                "budget_usd",
+                "must be a non-negative number",
+            ));
         }
         Ok(())
     }
@@ -320,7 +337,7 @@ pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKey, StoreError> {
         tenant_id: get(r, "tenant_id")?,
         name: get(r, "name")?,
         prefix: get(r, "prefix")?,
-        disabled: get(r, "disabled")?,
+        disabled: get_bool(r, "disabled")?,
         weight: get::<i64>(r, "weight")? as u32,
         expires_at: get(r, "expires_at")?,
         tokens_per_minute: get::<Option<i64>>(r, "tokens_per_minute")?.map(|v| v as u64),
@@ -385,13 +402,24 @@ impl ModelSpec {
         }
         match (&self.pool, &self.base_url) {
             (None, None) => return Err(StoreError::invalid("pool", "give a pool or a base_url")),
-            (Some(_), Some(_)) => return Err(StoreError::invalid("base_url", "give a pool or a base_url, not both")),
+            (Some(_), Some(_)) => {
+                return Err(StoreError::invalid(
+                    "base_url",
+                    "give a pool or a base_url, not both",
+                ))
+            }
             (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(StoreError::invalid("base_url", "must start with http:// or https://"))
+                return Err(StoreError::invalid(
+                    "base_url",
+                    "must start with http:// or https://",
+                ))
             }
             _ => {}
         }
-        for (field, v) in [("input_cost_per_token", self.input_cost_per_token), ("output_cost_per_token", self.output_cost_per_token)] {
+        for (field, v) in [
+            ("input_cost_per_token", self.input_cost_per_token),
+            ("output_cost_per_token", self.output_cost_per_token),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(StoreError::invalid(field, "must be a non-negative number"));
             }
@@ -400,7 +428,10 @@ impl ModelSpec {
             return Err(StoreError::invalid("max_in_flight", "must be at least 1"));
         }
         if self.admission_weight == 0 {
-            return Err(StoreError::invalid("admission_weight", "must be at least 1"));
+            return Err(StoreError::invalid(
+                "admission_weight",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -409,7 +440,12 @@ impl ModelSpec {
     pub fn redacted(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
-            o.insert("upstream_key_set".into(), serde_json::Value::Bool(self.upstream_key.as_deref().is_some_and(|k| !k.is_empty())));
+            o.insert(
+                "upstream_key_set".into(),
+                serde_json::Value::Bool(
+                    self.upstream_key.as_deref().is_some_and(|k| !k.is_empty()),
+                ),
+            );
         }
         v
     }
@@ -440,13 +476,16 @@ pub(super) fn model_from_row(r: &AnyRow, cipher: &UpstreamKeyCipher) -> Result<M
         pool: get(r, "pool")?,
         base_url: get(r, "base_url")?,
         upstream_model: get(r, "upstream_model")?,
-        upstream_key: sealed.map(|s| cipher.open(&s)).transpose().map_err(StoreError::Crypto)?,
+        upstream_key: sealed
+            .map(|s| cipher.open(&s))
+            .transpose()
+            .map_err(StoreError::Crypto)?,
         input_cost_per_token: get(r, "input_cost_per_token")?,
         output_cost_per_token: get(r, "output_cost_per_token")?,
         max_in_flight: get::<i64>(r, "max_in_flight")? as u32,
         admission_weight: get::<i64>(r, "admission_weight")? as u32,
         context_window: get::<Option<i64>>(r, "context_window")?.map(|v| v as u32),
-        enabled: get(r, "enabled")?,
+        enabled: get_bool(r, "enabled")?,
     })
 }
 

@@ -17,7 +17,9 @@ impl UpstreamKeyCipher {
     /// `secret` is any string; the AES key is its SHA-256.
     pub fn new(secret: Option<&str>) -> Self {
         Self {
-            key: secret.filter(|s| !s.is_empty()).map(|s| openssl::sha::sha256(s.as_bytes())),
+            key: secret
+                .filter(|s| !s.is_empty())
+                .map(|s| openssl::sha::sha256(s.as_bytes())),
         }
     }
 
@@ -28,12 +30,22 @@ impl UpstreamKeyCipher {
         let mut nonce = [0u8; NONCE_LEN];
         openssl::rand::rand_bytes(&mut nonce).map_err(|e| e.to_string())?;
         let mut tag = [0u8; TAG_LEN];
-        let sealed = encrypt_aead(Cipher::aes_256_gcm(), key, Some(&nonce), b"obleth-upstream-key", plain.as_bytes(), &mut tag)
-            .map_err(|e| e.to_string())?;
+        let sealed = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            key,
+            Some(&nonce),
+            b"obleth-upstream-key",
+            plain.as_bytes(),
+            &mut tag,
+        )
+        .map_err(|e| e.to_string())?;
         let mut all = nonce.to_vec();
         all.extend_from_slice(&sealed);
         all.extend_from_slice(&tag);
-        Ok(format!("{SEALED_PREFIX}{}", obleth_filters::auth::hex(&all)))
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            obleth_filters::auth::hex(&all)
+        ))
     }
 
     pub fn open(&self, stored: &str) -> Result<String, String> {
@@ -50,14 +62,23 @@ impl UpstreamKeyCipher {
         }
         let (nonce, rest) = bytes.split_at(NONCE_LEN);
         let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let plain = decrypt_aead(Cipher::aes_256_gcm(), key, Some(nonce), b"obleth-upstream-key", sealed, tag)
-            .map_err(|_| "cannot open a sealed upstream key: wrong OBLETH_ENCRYPTION_KEY?".to_string())?;
+        let plain = decrypt_aead(
+            Cipher::aes_256_gcm(),
+            key,
+            Some(nonce),
+            b"obleth-upstream-key",
+            sealed,
+            tag,
+        )
+        .map_err(|_| {
+            "cannot open a sealed upstream key: wrong OBLETH_ENCRYPTION_KEY?".to_string()
+        })?;
         String::from_utf8(plain).map_err(|e| e.to_string())
     }
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -76,7 +97,11 @@ mod tests {
         let sealed = c.seal("sk-upstream-123").unwrap();
         assert!(sealed.starts_with(SEALED_PREFIX));
         assert!(!sealed.contains("sk-upstream"));
-        assert_ne!(sealed, c.seal("sk-upstream-123").unwrap(), "fresh nonce each time");
+        assert_ne!(
+            sealed,
+            c.seal("sk-upstream-123").unwrap(),
+            "fresh nonce each time"
+        );
         assert_eq!(c.open(&sealed).unwrap(), "sk-upstream-123");
         assert!(UpstreamKeyCipher::new(Some("other")).open(&sealed).is_err());
         assert!(UpstreamKeyCipher::new(None).open(&sealed).is_err());

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 pub use obleth_mock_upstream::{MockConfig, MockUpstream};
 
+/// The admin token every test instance runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -93,6 +96,13 @@ fn frame(
     if !body.contains("server:") {
         text.push_str("server:\n  threads: 2\n  grace: 5s\n");
     }
+    if !body.contains("store:") {
+        let db = access_log.with_file_name("obleth.db");
+        text.push_str(&format!(
+            "store:\n  database_url: 'sqlite://{}'\n",
+            db.display()
+        ));
+    }
     text.push_str(body);
     text
 }
@@ -120,6 +130,7 @@ impl Obleth {
         let child = Command::new(env!("CARGO_BIN_EXE_obleth"))
             .args(["run", "-c"])
             .arg(&config_path)
+            .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -26,8 +26,11 @@ use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
+mod llm_route;
+
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{Algorithm, HashKey, PoolConfig};
+use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
 use crate::pool::{InFlight, Pool};
 use crate::routing::{Action, RequestView, Route, RouteConfig, RouteTable};
@@ -96,10 +99,16 @@ pub struct Shared {
     in_flight: AtomicUsize,
     /// False before the listeners start and once draining begins.
     pub ready: AtomicBool,
+    pub llm: Arc<LlmState>,
 }
 
 impl Shared {
-    pub fn new(generation: Generation, trusted_proxies: Vec<IpNet>, access_log: AccessLog) -> Self {
+    pub fn new(
+        generation: Generation,
+        trusted_proxies: Vec<IpNet>,
+        access_log: AccessLog,
+        llm: Arc<LlmState>,
+    ) -> Self {
         let generation = Arc::new(generation);
         let (generations, _) = watch::channel(generation.clone());
         Self {
@@ -109,6 +118,7 @@ impl Shared {
             access_log,
             in_flight: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
+            llm,
         }
     }
 
@@ -155,6 +165,10 @@ pub struct RequestCtx {
     _active: Active,
     started: Instant,
     route: Option<Arc<Route>>,
+    /// The pool attempts go to: the route's, or the requested model's.
+    pool: Option<Arc<Pool>>,
+    /// Set on LLM routes once the request passed auth and parsing.
+    llm: Option<llm_route::LlmCall>,
     request_id: String,
     /// Upstream attempts made so far.
     attempts: usize,
@@ -209,7 +223,7 @@ fn request_id_from(header: &RequestHeader) -> String {
 }
 
 /// Writes a complete response that obleth itself produces.
-async fn respond(
+pub(crate) async fn respond(
     session: &mut Session,
     status: u16,
     content_type: &HeaderValue,
@@ -303,6 +317,8 @@ impl ProxyHttp for Gateway {
             _active: Active::new(&self.shared),
             started: Instant::now(),
             route: None,
+            pool: None,
+            llm: None,
             request_id: String::new(),
             attempts: 0,
             tried: SmallVec::new(),
@@ -341,7 +357,13 @@ impl ProxyHttp for Gateway {
                 if route.pool.as_ref().is_some_and(|p| p.config.retries > 0) {
                     session.enable_retry_buffering();
                 }
+                ctx.pool = route.pool.clone();
                 Ok(false)
+            }
+            Action::Llm(action) => {
+                drop(view);
+                let generation = self.shared.current();
+                llm_route::request_filter(&self.shared.llm, &generation, action, session, ctx).await
             }
             Action::Redirect { status, location } => {
                 let location = location.render(&view, self.scheme);
@@ -379,13 +401,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.pool.clone())
-            .ok_or_else(|| {
-                Error::explain(ErrorType::InternalError, "proxy route without a pool")
-            })?;
+        let pool = ctx.pool.clone().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "proxy route without a pool")
+        })?;
+        if let Some(call) = ctx.llm.as_mut() {
+            call.body_sent = false;
+        }
         if ctx.attempts > 0 {
             pool.metrics.retries.inc();
         }
@@ -433,10 +454,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(pool), Some(claim)) = (
-            ctx.route.as_ref().and_then(|r| r.pool.as_ref()),
-            ctx.server.as_ref(),
-        ) {
+        if let (Some(pool), Some(claim)) = (ctx.pool.as_ref(), ctx.server.as_ref()) {
             pool.metrics.connect_failed.inc();
             pool.mark_connect_failure(claim.index());
             e.set_retry(ctx.attempts <= pool.config.retries);
@@ -453,7 +471,7 @@ impl ProxyHttp for Gateway {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let Some(pool) = ctx.route.as_ref().and_then(|r| r.pool.as_ref()) else {
+        let Some(pool) = ctx.pool.as_ref() else {
             e.set_retry(false);
             return e;
         };
@@ -479,11 +497,12 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.as_ref() else {
             return Ok(());
         };
-        let Action::Proxy(action) = &route.config.action else {
-            return Ok(());
+        let proxy = match &route.config.action {
+            Action::Proxy(action) => Some(action),
+            _ => None,
         };
 
-        if let Some((from, to)) = &action.rewrite_prefix {
+        if let Some((from, to)) = proxy.and_then(|a| a.rewrite_prefix.as_ref()) {
             let path = upstream.uri.path();
             if let Some(rest) = path.strip_prefix(from.as_str()) {
                 let mut new = String::with_capacity(to.len() + rest.len() + 16);
@@ -546,7 +565,12 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
 
-        action.request_headers.apply_to_request(upstream)?;
+        if let Some(action) = proxy {
+            action.request_headers.apply_to_request(upstream)?;
+        }
+        if let Some(call) = &ctx.llm {
+            call.rewrite_upstream_request(upstream)?;
+        }
         Ok(())
     }
 
@@ -557,7 +581,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.response_time = ctx.attempt_started.map(|t| t.elapsed());
-        if let Some(pool) = ctx.route.as_ref().and_then(|r| r.pool.as_ref()) {
+        if let Some(pool) = ctx.pool.as_ref() {
             pool.metrics.ok.inc();
         }
         check_total(ctx)
@@ -573,6 +597,19 @@ impl ProxyHttp for Gateway {
             action.response_headers.apply_to_response(response)?;
         }
         response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(call) = ctx.llm.as_mut() {
+            call.replace_body(body);
+        }
         Ok(())
     }
 
@@ -643,11 +680,7 @@ impl ProxyHttp for Gateway {
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             listener: &self.listener,
             route: ctx.route.as_ref().map_or("-", |r| r.name()),
-            pool: ctx
-                .route
-                .as_ref()
-                .and_then(|r| r.pool.as_ref())
-                .map_or("-", |p| p.name()),
+            pool: ctx.pool.as_ref().map_or("-", |p| p.name()),
             server: server.unwrap_or("-"),
             connect_ms: ms(ctx.connect_time),
             response_ms: ms(ctx.response_time),
@@ -660,17 +693,17 @@ impl ProxyHttp for Gateway {
             uri,
             version: version_text(req.version),
             request_id: &ctx.request_id,
+            tenant: ctx
+                .llm
+                .as_ref()
+                .map_or("-", |c| c.principal.tenant.name.as_str()),
         });
     }
 }
 
 /// Fails the request once the pool's `total` timeout has passed.
 fn check_total(ctx: &mut RequestCtx) -> Result<()> {
-    let total = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.pool.as_ref())
-        .and_then(|p| p.config.timeouts.total);
+    let total = ctx.pool.as_ref().and_then(|p| p.config.timeouts.total);
     if let (Some(total), Some(started)) = (total, ctx.upstream_started) {
         if started.elapsed() > total {
             ctx.total_timeout_hit = true;

@@ -17,6 +17,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::gateway::Shared;
 
+pub mod api;
+
 /// An axum router served on a pre-bound socket until shutdown.
 pub struct HttpEndpoint {
     name: &'static str,
@@ -64,12 +66,15 @@ impl BackgroundService for HttpEndpoint {
 }
 
 /// `/healthz` answers while the process runs; `/readyz` only while it
-/// accepts traffic (not before the listeners start, not while draining).
-pub fn admin_router(shared: Arc<Shared>) -> Router {
+/// accepts traffic (not before the listeners start, not while draining);
+/// everything under `/api/v1` is the token-protected admin API.
+pub fn admin_router(shared: Arc<Shared>, admin_token: &str) -> Router {
+    let api = api::router(shared.llm.clone(), admin_token);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(shared)
+        .merge(api)
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {

@@ -1,0 +1,362 @@
+//! The LLM side of the gateway: the store, the key resolver, the model
+//! catalog, and how changes made through the admin API reach every replica
+//! (Redis pub/sub, or in-process without Redis).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use http::HeaderValue;
+use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
+use obleth_filters::records::Model;
+use redis::aio::ConnectionManager;
+
+use crate::config::{
+    Algorithm, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts, UpstreamTls,
+};
+use crate::pool::Pool;
+use crate::store::secrets::UpstreamKeyCipher;
+use crate::store::{KeySpec, ModelSpec, Store, StoreError};
+
+/// Why the LLM side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmStartError {
+    #[error("store {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("redis {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("seed: {0}")]
+    Seed(StoreError),
+}
+
+/// A model ready to route to.
+#[derive(Debug)]
+pub struct CatalogModel {
+    pub model: Model,
+    /// Set for models served from a base URL instead of a configured pool.
+    pub direct: Option<DirectUpstream>,
+}
+
+/// A model's own upstream, built from its `base_url`.
+#[derive(Debug)]
+pub struct DirectUpstream {
+    pub pool: Arc<Pool>,
+    /// The URL's path, e.g. `/v1`; endpoint paths are appended to it.
+    pub base_path: String,
+    pub host: HeaderValue,
+}
+
+/// Enabled models by name and alias, swapped whole on every reload.
+#[derive(Default)]
+pub struct Catalog {
+    by_name: ArcSwap<HashMap<String, Arc<CatalogModel>>>,
+    listed: ArcSwap<Vec<Arc<CatalogModel>>>,
+}
+
+impl Catalog {
+    pub fn lookup(&self, name: &str) -> Option<Arc<CatalogModel>> {
+        self.by_name.load().get(name).cloned()
+    }
+
+    /// Every enabled model, once, by name.
+    pub fn list(&self) -> Arc<Vec<Arc<CatalogModel>>> {
+        self.listed.load_full()
+    }
+
+    async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let previous = self.by_name.load_full();
+        let mut by_name = HashMap::new();
+        let mut listed = Vec::new();
+        for model in store.models().await?.into_iter().filter(|m| m.enabled) {
+            let direct = match &model.base_url {
+                Some(url) => {
+                    let old = previous.get(&model.name).and_then(|m| m.direct.as_ref());
+                    match direct_upstream(&model.name, url, old).await {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!(model = %model.name, "model left out: base_url {url}: {e}");
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let entry = Arc::new(CatalogModel { model, direct });
+            for name in std::iter::once(&entry.model.name).chain(&entry.model.aliases) {
+                by_name.insert(name.clone(), entry.clone());
+            }
+            listed.push(entry);
+        }
+        self.by_name.store(Arc::new(by_name));
+        self.listed.store(Arc::new(listed));
+        Ok(())
+    }
+}
+
+async fn direct_upstream(
+    name: &str,
+    url: &str,
+    old: Option<&DirectUpstream>,
+) -> Result<DirectUpstream, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("scheme must be http or https".into()),
+    };
+    let host = uri.host().ok_or("no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let address = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("resolves to no address")?;
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    let config = PoolConfig {
+        name: format!("model:{name}"),
+        algorithm: Algorithm::RoundRobin,
+        servers: vec![ServerConfig {
+            name: authority.clone(),
+            address,
+            weight: 1,
+            max_connections: None,
+        }],
+        tls: tls.then(|| UpstreamTls {
+            sni: host.clone(),
+            verify: true,
+        }),
+        health_check: None,
+        timeouts: Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(300),
+            write: Duration::from_secs(60),
+            total: None,
+            idle_keepalive: Duration::from_secs(60),
+        },
+        retries: 1,
+        retry_non_idempotent: false,
+        host_header: HeaderValue::from_str(&authority).ok(),
+    };
+    Ok(DirectUpstream {
+        pool: Arc::new(Pool::new(config, old.map(|o| &*o.pool))),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Everything LLM routes need, shared by all listeners and the admin API.
+pub struct LlmState {
+    pub store: Store,
+    pub resolver: KeyResolver,
+    pub catalog: Catalog,
+    hot: Option<HotCache>,
+    publisher: Option<ConnectionManager>,
+    channel: String,
+}
+
+impl LlmState {
+    /// Connects the store (migrating and seeding it as configured) and
+    /// Redis, and loads the model catalog.
+    pub async fn start(config: &Config) -> Result<Arc<LlmState>, LlmStartError> {
+        let url = crate::config::redact_url(&config.store.database_url);
+        let store = Store::connect(
+            &config.store.database_url,
+            UpstreamKeyCipher::new(config.encryption_key.as_deref()),
+        )
+        .await
+        .map_err(|source| LlmStartError::Store {
+            url: url.clone(),
+            source,
+        })?;
+        if config.store.migrate {
+            store
+                .migrate()
+                .await
+                .map_err(|source| LlmStartError::Store { url, source })?;
+        }
+        let hasher = KeyHasher::new(config.api_key_pepper.as_deref());
+        apply_seed(&store, &hasher, &config.seed)
+            .await
+            .map_err(LlmStartError::Seed)?;
+
+        let (hot, publisher, channel) = match &config.redis {
+            Some(redis) => {
+                let conn = connect_redis(redis).await?;
+                (
+                    Some(HotCache::new(conn.clone(), redis.prefix.clone())),
+                    Some(conn),
+                    format!("{}invalidate", redis.prefix),
+                )
+            }
+            None => (None, None, String::new()),
+        };
+        let state = Arc::new(LlmState {
+            resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
+            catalog: Catalog::default(),
+            store,
+            hot,
+            publisher,
+            channel,
+        });
+        if let Err(e) = state.catalog.reload(&state.store).await {
+            tracing::error!("cannot load models: {e}");
+        }
+        if let Some(redis) = &config.redis {
+            tokio::spawn(listen_for_changes(state.clone(), redis.url.clone()));
+        }
+        Ok(state)
+    }
+
+    /// Called after every admin change: forgets cached principals of the
+    /// given key hashes in Redis, refreshes this replica and tells the others.
+    pub async fn changed(&self, key_hashes: &[String]) {
+        if let Some(hot) = &self.hot {
+            if let Err(e) = hot.forget(key_hashes).await {
+                tracing::warn!("cannot purge the redis hot cache: {e}");
+            }
+        }
+        self.refresh_local().await;
+        if let Some(conn) = &self.publisher {
+            let mut conn = conn.clone();
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg("changed")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = published {
+                tracing::warn!("cannot notify other replicas of a change: {e}");
+            }
+        }
+    }
+
+    async fn refresh_local(&self) {
+        self.resolver.invalidate_local();
+        if let Err(e) = self.catalog.reload(&self.store).await {
+            tracing::error!("cannot reload models: {e}");
+        }
+    }
+}
+
+async fn connect_redis(redis: &RedisConfig) -> Result<ConnectionManager, LlmStartError> {
+    let err = |source| LlmStartError::Redis {
+        url: crate::config::redact_url(&redis.url),
+        source,
+    };
+    let client = redis::Client::open(redis.url.as_str()).map_err(err)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| {
+        err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "connect timed out",
+        )))
+    })?
+    .map_err(err)
+}
+
+/// Follows the invalidation channel, reconnecting with a pause when Redis
+/// goes away; every message (and every reconnect, which may have missed
+/// messages) refreshes this replica.
+async fn listen_for_changes(state: Arc<LlmState>, url: String) {
+    loop {
+        let subscribed = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&state.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match subscribed {
+            Ok(mut pubsub) => {
+                state.refresh_local().await;
+                let mut messages = pubsub.on_message();
+                while messages.next().await.is_some() {
+                    state.refresh_local().await;
+                }
+                tracing::warn!("redis invalidation channel closed; resubscribing");
+            }
+            Err(e) => tracing::warn!("cannot subscribe to redis invalidations: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Makes the store hold what the file declares, changing only what differs
+/// (so restarts write no audit rows).
+async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<(), StoreError> {
+    const ACTOR: &str = "seed";
+    for group in &seed.groups {
+        match store.group(&group.name).await {
+            Ok(existing) if existing == *group => {}
+            Ok(_) | Err(StoreError::NotFound(_)) => {
+                store.put_group(ACTOR, group, true).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for tenant in &seed.tenants {
+        match store.tenant(&tenant.name).await {
+            Ok(existing) if existing.spec == *tenant => {}
+            Ok(existing) => {
+                store.update_tenant(ACTOR, &existing.id, tenant).await?;
+            }
+            Err(StoreError::NotFound(_)) => {
+                store.create_tenant(ACTOR, tenant).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for model in &seed.models {
+        match store.model(&model.name).await {
+            Ok(existing) => {
+                let mut stored = ModelSpec::of(&existing);
+                stored.upstream_key = model.upstream_key.clone();
+                let key_differs =
+                    model.upstream_key.is_some() && model.upstream_key != existing.upstream_key;
+                if stored != *model || key_differs {
+                    store.put_model(ACTOR, model, false).await?;
+                }
+            }
+            Err(StoreError::NotFound(_)) => {
+                store.put_model(ACTOR, model, true).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for key in &seed.keys {
+        use obleth_filters::auth::PrincipalSource;
+        let hash = hasher.hash(&key.secret);
+        let known = store
+            .principal_by_key_hash(&hash)
+            .await
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        if known.is_none() {
+            let tenant = store.tenant(&key.tenant).await?;
+            let spec = KeySpec {
+                name: key.name.clone(),
+                disabled: false,
+                weight: 100,
+                expires_at: None,
+                tokens_per_minute: None,
+                budget_tokens: None,
+                budget_usd: None,
+            };
+            let prefix = obleth_filters::auth::display_prefix(&key.secret);
+            store
+                .create_key(ACTOR, &tenant.id, &spec, &prefix, &hash)
+                .await?;
+        }
+    }
+    Ok(())
+}
