@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+scripts/services.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -303,3 +303,130 @@ pub fn served_by(resp: &reqwest::Response) -> String {
         .unwrap_or("-")
         .to_string()
 }
+
+/// A Postgres database of its own for one test, dropped afterwards.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "obleth_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        let mut conn = sqlx::postgres::PgConnection::connect(PG_ADMIN_URL)
+            .await
+            .expect("postgres on 127.0.0.1:5432 (scripts/services.sh starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    /// A direct connection, for looking at what obleth stored.
+    pub async fn connect(&self) -> sqlx::postgres::PgConnection {
+        use sqlx::Connection;
+        sqlx::postgres::PgConnection::connect(&self.url)
+            .await
+            .expect("connect test database")
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A Redis key prefix no other test uses.
+pub fn redis_prefix() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "obleth-test-{}-{}:",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Calls the admin API with the test token.
+pub struct Admin {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Admin {
+    pub fn of(obleth: &Obleth) -> Self {
+        Self {
+            base: format!("http://{}/api/v1", obleth.admin),
+            client: client(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("x-obleth-actor", "test-suite");
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("admin API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Asserts the status and returns the body.
+    pub async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        expected: u16,
+    ) -> serde_json::Value {
+        let (status, value) = self.call(method, path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {value}");
+        value
+    }
+}

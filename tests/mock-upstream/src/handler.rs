@@ -25,6 +25,9 @@ const X_MOCK_LATENCY_MS: HeaderName = HeaderName::from_static("x-mock-latency-ms
 const X_MOCK_STATUS: HeaderName = HeaderName::from_static("x-mock-status");
 const X_MOCK_TPS: HeaderName = HeaderName::from_static("x-mock-tps");
 const X_MOCK_FAULT: HeaderName = HeaderName::from_static("x-mock-fault");
+/// Echoes the `Authorization` the mock received, so tests can check which
+/// credential a proxy sent upstream.
+const X_MOCK_SAW_AUTHORIZATION: HeaderName = HeaderName::from_static("x-mock-saw-authorization");
 
 pub(crate) const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 pub(crate) const APPLICATION_JSON: &str = "application/json";
@@ -206,7 +209,13 @@ pub(crate) async fn handle(
             .tokens_per_second
             .unwrap_or(shared.config.tokens_per_second),
     );
-    Ok(respond(reply, &shared, pace, overrides.fault))
+    let mut response = respond(reply, &shared, pace, overrides.fault);
+    if let Some(credential) = parts.headers.get(hyper::header::AUTHORIZATION) {
+        response
+            .headers_mut()
+            .insert(X_MOCK_SAW_AUTHORIZATION, credential.clone());
+    }
+    Ok(response)
 }
 
 fn respond(
