@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod health;

@@ -38,6 +38,77 @@ enum Command {
         #[arg(short, long, default_value = "conf/obleth.yaml")]
         config: PathBuf,
     },
+    /// Apply pending database migrations to the configured store.
+    Migrate {
+        /// The YAML configuration file.
+        #[arg(short, long, default_value = "conf/obleth.yaml")]
+        config: PathBuf,
+    },
+    /// Manage tenants through the admin API (needs OBLETH_ADMIN_TOKEN).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+        /// Base URL of the admin API.
+        #[arg(
+            long,
+            env = "OBLETH_ADMIN_URL",
+            default_value = "http://127.0.0.1:9090",
+            global = true
+        )]
+        admin_url: String,
+    },
+    /// Manage API keys through the admin API (needs OBLETH_ADMIN_TOKEN).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+        /// Base URL of the admin API.
+        #[arg(
+            long,
+            env = "OBLETH_ADMIN_URL",
+            default_value = "http://127.0.0.1:9090",
+            global = true
+        )]
+        admin_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// Fair-share group.
+        #[arg(long, default_value = "default")]
+        group: String,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        /// 0 = unlimited.
+        #[arg(long, default_value_t = 0)]
+        tokens_per_minute: u64,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// RFC 3339 time after which the key stops working.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +123,83 @@ fn main() -> ExitCode {
             }
             Err(e) => report(&e),
         },
+        Command::Migrate { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(&e),
+            };
+            let done = block_on(async {
+                let cipher = obleth::store::secrets::UpstreamKeyCipher::new(
+                    config.encryption_key.as_deref(),
+                );
+                let store =
+                    obleth::store::Store::connect(&config.store.database_url, cipher).await?;
+                store.migrate().await
+            });
+            match done {
+                Ok(()) => {
+                    println!(
+                        "migrations applied to {}",
+                        obleth::config::redact_url(&config.store.database_url)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Tenant { command, admin_url } => admin_command(&admin_url, |client| async move {
+            match command {
+                TenantCommand::Create {
+                    name,
+                    group,
+                    weight,
+                    tokens_per_minute,
+                } => {
+                    let t = client
+                        .create_tenant(&name, &group, weight, tokens_per_minute)
+                        .await?;
+                    Ok(serde_json::to_string_pretty(&t).unwrap_or_default())
+                }
+                TenantCommand::List => {
+                    let list = client.list_tenants().await?;
+                    Ok(list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            format!(
+                                "{}  {}  {}\n",
+                                t["id"].as_str().unwrap_or("-"),
+                                t["name"].as_str().unwrap_or("-"),
+                                t["status"].as_str().unwrap_or("-")
+                            )
+                        })
+                        .collect())
+                }
+            }
+        }),
+        Command::Key { command, admin_url } => admin_command(&admin_url, |client| async move {
+            match command {
+                KeyCommand::Create {
+                    tenant,
+                    name,
+                    expires_at,
+                } => {
+                    let created = client
+                        .create_key(&tenant, &name, expires_at.as_deref())
+                        .await?;
+                    Ok(format!(
+                        "key {} created for tenant {}\nsecret (shown once, store it now): {}",
+                        created["key"]["id"].as_str().unwrap_or("-"),
+                        tenant,
+                        created["secret"].as_str().unwrap_or("-")
+                    ))
+                }
+                KeyCommand::List { tenant } => {
+                    Ok(obleth::cli::key_table(&client.list_keys(&tenant).await?))
+                }
+            }
+        }),
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -65,6 +213,42 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("obleth: cannot start a runtime: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("obleth: {e}");
+    ExitCode::FAILURE
+}
+
+fn admin_command<F, Fut>(admin_url: &str, f: F) -> ExitCode
+where
+    F: FnOnce(obleth::cli::AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<String, obleth::cli::CliError>>,
+{
+    let client = match obleth::cli::AdminClient::new(admin_url) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match block_on(f(client)) {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
