@@ -23,6 +23,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The compatibility test drives obleth with the official OpenAI client.
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+  echo "setup: installing the openai Python client"
+  python3 -m pip install --quiet openai
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked

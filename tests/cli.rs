@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::TempDir;
+use common::*;
 
 fn obleth(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
@@ -92,4 +92,140 @@ fn help_is_available_everywhere() {
         let (ok, out, _) = obleth(args);
         assert!(ok && out.contains("Usage"), "{args:?}: {out}");
     }
+}
+
+fn obleth_env(args: &[&str], admin: &Obleth) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(args)
+        .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OBLETH_ADMIN_URL", format!("http://{}", admin.admin))
+        .output()
+        .expect("obleth runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tenant_and_key_commands_call_the_admin_api() {
+    let obleth = Obleth::start("routes:\n  - name: r\n    respond: { status: 200 }\n").await;
+    let (ok, out, err) = obleth_env(
+        &["tenant", "create", "acme", "--tokens-per-minute", "5000"],
+        &obleth,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"tokens_per_minute\": 5000"), "{out}");
+    let (ok, out, err) = obleth_env(&["tenant", "create", "acme"], &obleth);
+    assert!(!ok && err.contains("409"), "duplicate: {out} {err}");
+
+    let (ok, out, err) = obleth_env(
+        &["key", "create", "--tenant", "acme", "--name", "ci"],
+        &obleth,
+    );
+    assert!(ok, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.split("store it now): ").nth(1))
+        .expect("secret line")
+        .trim()
+        .to_string();
+    assert!(secret.starts_with("obk_"), "{out}");
+
+    let (ok, out, err) = obleth_env(&["key", "list", "--tenant", "acme"], &obleth);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ci") && out.contains("active") && out.contains(&secret[..8]),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&secret),
+        "the list never shows a secret: {out}"
+    );
+    let (ok, out, _) = obleth_env(&["tenant", "list"], &obleth);
+    assert!(ok && out.contains("acme"), "{out}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(["key", "list", "--tenant", "acme"])
+        .env_remove("OBLETH_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OBLETH_ADMIN_TOKEN"));
+}
+
+#[test]
+fn migrate_prepares_a_new_store() {
+    let dir = TempDir::new();
+    let db = dir.path().join("fresh.db");
+    let path = write(
+        &dir,
+        &format!("store:\n  database_url: 'sqlite://{}'\n", db.display()),
+    );
+    let (ok, out, err) = obleth(&["migrate", "-c", &path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("migrations applied"), "{out}");
+    assert!(db.exists());
+    let (ok, _, err) = obleth(&["migrate", "-c", &path]);
+    assert!(ok, "migrating twice is harmless: {err}");
+}
+
+#[test]
+fn run_refuses_a_short_or_missing_admin_token() {
+    let dir = TempDir::new();
+    let db = dir.path().join("t.db");
+    let path = write(
+        &dir,
+        &format!(
+            "store:\n  database_url: 'sqlite://{}'\nlisteners: [{{ address: '127.0.0.1:{}' }}]\n",
+            db.display(),
+            free_port()
+        ),
+    );
+    for token in [None, Some("short")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_obleth"));
+        cmd.args(["run", "-c", &path])
+            .env_remove("OBLETH_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("OBLETH_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("OBLETH_ADMIN_TOKEN must be set"),
+            "{token:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_official_openai_python_client_works_through_obleth() {
+    let upstream = mock("vllm").await;
+    let config = format!(
+        "pools:\n{}seed:\n  tenants: [{{ name: acme }}]\n  models: [{{ name: small, pool: p }}]\n  keys: [{{ tenant: acme, name: k, secret: obk_python_client_0000000000000 }}]\n\
+         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
+        pool("p", &[&upstream], "")
+    );
+    let obleth = Obleth::start(&config).await;
+    let url = obleth.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([
+                "tests/openai_client.py",
+                &url,
+                "obk_python_client_0000000000000",
+                "small",
+            ])
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
