@@ -31,15 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2
-  return 1
-}
+source tests/bench/lib.sh
 
 UP=$(port)
 taskset -c "$LOAD_CORE" target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --name bench --threads 1 >/dev/null &
@@ -74,7 +66,7 @@ pids+=($!)
 HA_PID=$!
 wait_port "$HA"
 
-start_obleth() { # name access_log_format -> prints "port pid"
+start_obleth() { # name access_log_format -> sets STARTED_PORT and STARTED_PID
   local name=$1 format=$2 p a m
   p=$(port); a=$(port); m=$(port)
   cat >"$work/$name.yaml" <<EOF
@@ -83,6 +75,7 @@ listeners: [{ name: bench, address: "127.0.0.1:$p" }]
 admin: { address: "127.0.0.1:$a" }
 metrics: { address: "127.0.0.1:$m" }
 access_log: { format: $format, path: "$work/$name-access.log" }
+store: { database_url: "sqlite://$work/$name.db" }
 pools:
   - name: bench
     retries: 0
@@ -91,66 +84,30 @@ routes:
   - name: all
     proxy: { pool: bench }
 EOF
-  taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/$name.yaml" >/dev/null 2>"$work/$name.err" &
+  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+    taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/$name.yaml" >/dev/null 2>"$work/$name.err" &
   pids+=($!)
+  STARTED_PID=$!
   wait_port "$p"
-  echo "$p $!"
+  STARTED_PORT=$p
 }
 
-read -r OB OB_PID < <(start_obleth obleth off)
-if [ "${EXTRA:-}" = 1 ]; then read -r OBLOG OBLOG_PID < <(start_obleth obleth-log httplog); fi
-
-# The CPU column counts the proxy's (for `direct`: the upstream's) CPU time
-# per request, which varies far less between runs than req/s on a shared VM.
-
-# wrk prints latency with units; normalise to microseconds.
-to_us() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-    if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1000000; else print n
-  }'
-}
-
-# CPU time (user + system) a process has used, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-run() { # label port pid-whose-CPU-is-counted
-  local label=$1 p=$2 pid=$3 out before after
-  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$p/bench" >/dev/null
-  before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/bench")
-  after=$(cpu_ticks "$pid")
-  local rps p50 p99 errors requests cpu_us
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  cpu_us=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-  p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$label $rps $p50 $p99 $cpu_us ${errors:-}" >>"$work/results"
-}
+start_obleth obleth off
+OB=$STARTED_PORT OB_PID=$STARTED_PID
+if [ "${EXTRA:-}" = 1 ]; then
+  start_obleth obleth-log httplog
+  OBLOG=$STARTED_PORT OBLOG_PID=$STARTED_PID
+fi
 
 for _ in $(seq "$ROUNDS"); do
-  run direct "$UP" "$UP_PID"
-  run haproxy "$HA" "$HA_PID"
-  run obleth "$OB" "$OB_PID"
-  if [ -n "${OBLOG:-}" ]; then run obleth+accesslog "$OBLOG" "$OBLOG_PID"; fi
+  run direct "http://127.0.0.1:$UP/bench" "$UP_PID"
+  run haproxy "http://127.0.0.1:$HA/bench" "$HA_PID"
+  run obleth "http://127.0.0.1:$OB/bench" "$OB_PID"
+  if [ -n "${OBLOG:-}" ]; then run obleth+accesslog "http://127.0.0.1:$OBLOG/bench" "$OBLOG_PID"; fi
 done
 
 echo
 echo "edge benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s GET /bench (3-byte body), median of $ROUNDS rounds; proxy on core $PROXY_CORE, wrk + upstream on core $LOAD_CORE"
 echo "$(nproc) cores, $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), obleth $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo
-# Median round per target (by req/s), in first-seen order.
-sort -s -k1,1 -k2,2n "$work/results" | awk -v rounds="$ROUNDS" '
-  { n[$1]++; if (n[$1] == int((rounds + 1) / 2)) print }' >"$work/median"
-awk 'NR == FNR { row[$1] = $0; next } !seen[$1]++ { print row[$1] }' "$work/median" "$work/results" >"$work/table"
-awk '
-  { label[NR] = $1; rps[NR] = $2; p50[NR] = $3; p99[NR] = $4; cpu[NR] = $5; err = ""; for (i = 6; i <= NF; i++) err = err " " $i; errs[NR] = err
-    if ($1 == "haproxy") { hr = $2; h99 = $4; hcpu = $5 } }
-  END {
-    printf "| target | req/s | p50 (us) | p99 (us) | CPU us/req | req/s vs HAProxy | p99 vs HAProxy | CPU/req vs HAProxy |\n"
-    printf "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    for (i = 1; i <= NR; i++)
-      printf "| %s | %.0f | %.0f | %.0f | %.1f | %.2fx | %.2fx | %.2fx |%s\n", label[i], rps[i], p50[i], p99[i], cpu[i], rps[i] / hr, p99[i] / h99, cpu[i] / hcpu, errs[i]
-  }' "$work/table"
+table "$ROUNDS" haproxy

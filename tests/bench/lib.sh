@@ -1,0 +1,63 @@
+# Shared by the benchmark harnesses: ports, waiting, wrk runs and tables.
+# Source it after setting DURATION, CONNECTIONS, WARMUP and LOAD_CORE.
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2
+  return 1
+}
+
+# wrk prints latency with units; normalise to microseconds.
+to_us() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1000000; else print n
+  }'
+}
+
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run LABEL URL PID [wrk args...]: one warm-up and one measured wrk run;
+# appends "label req/s p50 p99 cpu-us-per-request errors" to $work/results.
+# The CPU column counts PID's CPU time per request, which varies far less
+# between runs than req/s on a shared VM.
+run() {
+  local label=$1 url=$2 pid=$3 out before after
+  shift 3
+  taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
+  after=$(cpu_ticks "$pid")
+  local rps p50 p99 errors requests cpu_us
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu_us=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+  p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$label $rps $p50 $p99 $cpu_us ${errors:-}" >>"$work/results"
+}
+
+# table ROUNDS BASELINE-LABEL: the median round of each target (by req/s),
+# in first-seen order, with ratios against BASELINE-LABEL.
+table() {
+  local rounds=$1 base=$2
+  sort -s -k1,1 -k2,2n "$work/results" | awk -v rounds="$rounds" '
+    { n[$1]++; if (n[$1] == int((rounds + 1) / 2)) print }' >"$work/median"
+  awk 'NR == FNR { row[$1] = $0; next } !seen[$1]++ { print row[$1] }' "$work/median" "$work/results" >"$work/table"
+  awk -v base="$base" '
+    { label[NR] = $1; rps[NR] = $2; p50[NR] = $3; p99[NR] = $4; cpu[NR] = $5; err = ""; for (i = 6; i <= NF; i++) err = err " " $i; errs[NR] = err
+      if ($1 == base) { hr = $2; h99 = $4; hcpu = $5 } }
+    END {
+      printf "| target | req/s | p50 (us) | p99 (us) | CPU us/req | req/s vs %s | p99 vs %s | CPU/req vs %s |\n", base, base, base
+      printf "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+      for (i = 1; i <= NR; i++)
+        printf "| %s | %.0f | %.0f | %.0f | %.1f | %.2fx | %.2fx | %.2fx |%s\n", label[i], rps[i], p50[i], p99[i], cpu[i], rps[i] / hr, p99[i] / h99, cpu[i] / hcpu, errs[i]
+    }' "$work/table"
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# What key auth and LLM routing cost: the same chat completion request sent
+# through an `llm` route (key auth from the in-process cache, body parsed,
+# model and credential rewritten) and through a plain `proxy` route to the
+# same upstream, in the same run, plus the upstream directly. obleth gets
+# core 0 alone (one thread); wrk and the mock upstream share core 1.
+#
+#   tests/bench/llm_auth.sh             # 3 rounds of 10 s per target
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+KEY=obk_bench_000000000000000000000000
+
+scripts/setup.sh bench
+cargo build --release --quiet -p obleth -p obleth-mock-upstream
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+source tests/bench/lib.sh
+
+UP=$(port)
+taskset -c "$LOAD_CORE" target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --name bench --threads 1 >/dev/null &
+pids+=($!)
+UP_PID=$!
+wait_port "$UP"
+
+OB=$(port)
+cat >"$work/obleth.yaml" <<YAML
+server: { threads: 1, grace: 1s }
+listeners: [{ name: bench, address: "127.0.0.1:$OB" }]
+admin: { address: "127.0.0.1:$(port)" }
+metrics: { address: "127.0.0.1:$(port)" }
+access_log: { format: "off" }
+store: { database_url: "sqlite://$work/obleth.db" }
+pools:
+  - name: p
+    retries: 0
+    servers: [{ address: "127.0.0.1:$UP" }]
+seed:
+  tenants: [{ name: bench }]
+  models: [{ name: bench-model, pool: p, upstream_model: mock-model }]
+  keys: [{ tenant: bench, name: k, secret: $KEY }]
+routes:
+  - name: llm
+    match: { path: { prefix: /v1/ } }
+    llm: {}
+  - name: plain
+    match: { path: { prefix: /plain/ } }
+    proxy: { pool: p, rewrite_prefix: { from: /plain, to: / } }
+YAML
+OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+  taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/obleth.yaml" >/dev/null 2>"$work/obleth.err" &
+pids+=($!)
+OB_PID=$!
+wait_port "$OB"
+
+cat >"$work/chat.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":2}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+curl -fsS -o /dev/null "http://127.0.0.1:$OB/v1/chat/completions" -H "authorization: Bearer $KEY" \
+  -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+
+for _ in $(seq "$ROUNDS"); do
+  run direct "http://127.0.0.1:$UP/v1/chat/completions" "$UP_PID" -s "$work/chat.lua"
+  run proxy-route "http://127.0.0.1:$OB/plain/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
+  run llm-route "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
+done
+
+echo
+echo "LLM route benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s POST /v1/chat/completions (max_tokens 2), median of $ROUNDS rounds"
+echo "proxy-route: plain proxy, no auth; llm-route: key auth (cached), body parse, model + credential rewrite"
+echo
+table "$ROUNDS" proxy-route
