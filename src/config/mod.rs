@@ -674,7 +674,7 @@ impl Validator {
             grace,
             trusted_proxies,
             upstream_keepalive_pool: raw.upstream_keepalive_pool.unwrap_or(1024),
-            work_stealing: raw.work_stealing.unwrap_or(false),
+            work_stealing: raw.work_stealing.unwrap_or(true),
         }
     }
 

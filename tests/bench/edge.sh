@@ -70,7 +70,7 @@ start_obleth() { # name access_log_format -> sets STARTED_PORT and STARTED_PID
   local name=$1 format=$2 p a m
   p=$(port); a=$(port); m=$(port)
   cat >"$work/$name.yaml" <<EOF
-server: { threads: 1, grace: 1s }
+server: { threads: 1, grace: 1s, work_stealing: ${WORK_STEALING:-true} }
 listeners: [{ name: bench, address: "127.0.0.1:$p" }]
 admin: { address: "127.0.0.1:$a" }
 metrics: { address: "127.0.0.1:$m" }
