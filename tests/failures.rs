@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 
-fn routes(pool: &str) -> String {
-    format!("routes:\n  - name: all\n    proxy: {{ pool: {pool} }}\n")
-}
-
 #[tokio::test]
 async fn a_server_that_closes_before_answering_is_retried_on_another() {
     let (a, b) = (mock("a").await, mock("b").await);
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a, &b], "retries: 1"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
@@ -58,7 +54,7 @@ async fn post_is_not_retried_after_reaching_a_server_unless_allowed() {
         ("retries: 1\nretry_non_idempotent: true", 2),
     ] {
         let before = a.requests() + b.requests();
-        let config = format!("pools:\n{}{}", pool("p", &[&a, &b], extra), routes("p"));
+        let config = format!("pools:\n{}{}", pool("p", &[&a, &b], extra), catch_all("p"));
         let obleth = Obleth::start(&config).await;
         let r = client()
             .post(obleth.url("/echo"))
@@ -82,7 +78,7 @@ async fn nothing_is_retried_once_the_response_has_started() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a, &b], "retries: 3"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let r = client()
@@ -122,7 +118,7 @@ async fn no_server_left_answers_503_with_retry_after() {
             &[&a],
             "health_check: { path: /health, interval: 50ms, rise: 1, fall: 1 }"
         ),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -144,7 +140,7 @@ async fn read_timeout_waiting_for_the_response_head_is_a_504() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a], "retries: 0\ntimeouts: { read: 300ms }"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let started = Instant::now();
@@ -180,7 +176,7 @@ async fn idle_read_between_body_chunks_cuts_a_stalled_body() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a], "retries: 0\ntimeouts: { read: 300ms }"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let r = client()
@@ -213,7 +209,7 @@ async fn total_timeout_bounds_a_slowly_trickling_response() {
             &[&a],
             "retries: 0\ntimeouts: { read: 2s, total: 700ms }"
         ),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let started = Instant::now();
@@ -262,7 +258,7 @@ async fn connect_timeout_is_a_504() {
     }
     let config = format!(
         "pools:\n  - name: p\n    retries: 0\n    timeouts: {{ connect: 300ms }}\n    servers: [{{ address: '{addr}' }}]\n{}",
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let started = Instant::now();
@@ -275,7 +271,7 @@ async fn connect_timeout_is_a_504() {
 #[tokio::test]
 async fn streams_pass_through_chunk_by_chunk() {
     let a = mock("a").await;
-    let config = format!("pools:\n{}{}", pool("p", &[&a], ""), routes("p"));
+    let config = format!("pools:\n{}{}", pool("p", &[&a], ""), catch_all("p"));
     let obleth = Obleth::start(&config).await;
     let started = Instant::now();
     let r = client()

@@ -22,10 +22,6 @@ async fn tally(
     counts
 }
 
-fn routes(pool: &str) -> String {
-    format!("routes:\n  - name: all\n    proxy: {{ pool: {pool} }}\n")
-}
-
 #[tokio::test]
 async fn weighted_round_robin_splits_by_weight() {
     let (a, b) = (mock("a").await, mock("b").await);
@@ -33,7 +29,7 @@ async fn weighted_round_robin_splits_by_weight() {
         "pools:\n  - name: p\n    servers:\n      - {{ address: '{}', weight: 3 }}\n      - {{ address: '{}', weight: 1 }}\n{}",
         a.addr,
         b.addr,
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
@@ -48,7 +44,7 @@ async fn random_spreads_over_all_servers() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a, &b], "algorithm: random"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
@@ -62,7 +58,7 @@ async fn least_in_flight_avoids_the_busy_server() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a, &b], "algorithm: least_in_flight"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
@@ -97,7 +93,7 @@ async fn consistent_hash_keeps_a_key_on_one_server() {
                 &refs,
                 &format!("algorithm: consistent_hash\nhash_key: '{hash_key}'")
             ),
-            routes("p")
+            catch_all("p")
         );
         let obleth = Obleth::start(&config).await;
         let c = client();
@@ -135,7 +131,7 @@ async fn health_checks_eject_a_failing_server_and_bring_it_back() {
             &[&a, &b],
             "health_check: { path: /health, interval: 100ms, timeout: 500ms, rise: 2, fall: 2 }"
         ),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     let c = client();
@@ -174,7 +170,7 @@ async fn tcp_health_check_ejects_a_stopped_server() {
             &[&a, &b],
             "health_check: { kind: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }"
         ),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     b.stop();
@@ -195,7 +191,7 @@ async fn refused_connections_eject_the_server_passively() {
     let config = format!(
         "pools:\n{}{}",
         pool("p", &[&a, &b], "retries: 1"),
-        routes("p")
+        catch_all("p")
     );
     let obleth = Obleth::start(&config).await;
     b.stop();

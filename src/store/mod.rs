@@ -162,6 +162,30 @@ impl Store {
         Ok(self.pool.begin().await?)
     }
 
+    /// Deletes one row of `table` and audits it as `{entity}.delete`.
+    async fn delete(
+        &self,
+        actor: &str,
+        table: &str,
+        column: &str,
+        entity: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(e, entity))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("{entity} {id:?}")));
+        }
+        let action = format!("{entity}.delete");
+        Self::audit(&mut tx, actor, &action, entity, id, &serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ---- audit ------------------------------------------------------------
 
     async fn audit(
@@ -272,31 +296,14 @@ impl Store {
     }
 
     pub async fn delete_group(&self, actor: &str, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM fairshare_groups WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
+        self.delete(actor, "fairshare_groups", "name", "group", name)
             .await
-            .map_err(|e| match classify(e, "group") {
+            .map_err(|e| match e {
                 StoreError::Invalid { .. } => {
                     StoreError::Conflict(format!("group {name:?} still has tenants"))
                 }
                 other => other,
-            })?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("group {name:?}")));
-        }
-        Self::audit(
-            &mut tx,
-            actor,
-            "group.delete",
-            "group",
-            name,
-            &serde_json::json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            })
     }
 
     // ---- tenants ----------------------------------------------------------
@@ -379,25 +386,7 @@ impl Store {
     }
 
     pub async fn delete_tenant(&self, actor: &str, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM tenants WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("tenant {id:?}")));
-        }
-        Self::audit(
-            &mut tx,
-            actor,
-            "tenant.delete",
-            "tenant",
-            id,
-            &serde_json::json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.delete(actor, "tenants", "id", "tenant", id).await
     }
 
     /// The hashes of a tenant's keys, so caches holding them can be purged.
@@ -545,25 +534,7 @@ impl Store {
     }
 
     pub async fn delete_key(&self, actor: &str, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM api_keys WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("key {id:?}")));
-        }
-        Self::audit(
-            &mut tx,
-            actor,
-            "key.delete",
-            "key",
-            id,
-            &serde_json::json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.delete(actor, "api_keys", "id", "key", id).await
     }
 
     // ---- models -----------------------------------------------------------
@@ -665,25 +636,7 @@ impl Store {
     }
 
     pub async fn delete_model(&self, actor: &str, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM models WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("model {name:?}")));
-        }
-        Self::audit(
-            &mut tx,
-            actor,
-            "model.delete",
-            "model",
-            name,
-            &serde_json::json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.delete(actor, "models", "name", "model", name).await
     }
 }
 

@@ -22,14 +22,6 @@ ROUNDS=${ROUNDS:-3}
 scripts/setup.sh bench
 cargo build --release --quiet -p obleth -p obleth-mock-upstream
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 source tests/bench/lib.sh
 

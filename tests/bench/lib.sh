@@ -1,5 +1,16 @@
-# Shared by the benchmark harnesses: ports, waiting, wrk runs and tables.
-# Source it after setting DURATION, CONNECTIONS, WARMUP and LOAD_CORE.
+# Shared by the benchmark harnesses: a work directory and the processes to
+# stop on exit, ports, waiting, wrk runs and tables. Source it after setting
+# DURATION, CONNECTIONS, WARMUP and LOAD_CORE; add every started process's
+# pid to `pids`.
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -20,14 +20,6 @@ KEY=obk_bench_000000000000000000000000
 scripts/setup.sh bench
 cargo build --release --quiet -p obleth -p obleth-mock-upstream
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 source tests/bench/lib.sh
 
 UP=$(port)

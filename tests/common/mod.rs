@@ -295,6 +295,11 @@ pub fn pool(name: &str, servers: &[&MockUpstream], extra: &str) -> String {
     text
 }
 
+/// A `routes` section with one catch-all route proxying to `pool`.
+pub fn catch_all(pool: &str) -> String {
+    format!("routes:\n  - name: all\n    proxy: {{ pool: {pool} }}\n")
+}
+
 /// Which mock server answered, from its `x-mock-server` header.
 pub fn served_by(resp: &reqwest::Response) -> String {
     resp.headers()
