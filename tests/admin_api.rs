@@ -38,6 +38,31 @@ fn chat(model: &str) -> Value {
     json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })
 }
 
+/// Creates tenant `acme`, model `small` on pool `p` and a key; returns the
+/// key's secret.
+async fn tenant_model_and_key(admin: &Admin) -> String {
+    admin
+        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 201)
+        .await;
+    admin
+        .ok(
+            "POST",
+            "/models",
+            Some(json!({ "name": "small", "pool": "p" })),
+            201,
+        )
+        .await;
+    let created = admin
+        .ok(
+            "POST",
+            "/tenants/acme/keys",
+            Some(json!({ "name": "k" })),
+            201,
+        )
+        .await;
+    created["secret"].as_str().expect("secret").to_string()
+}
+
 /// Every row of every table, as text.
 async fn dump(db: &PgDatabase) -> String {
     let mut conn = db.connect().await;
@@ -387,28 +412,7 @@ async fn changes_reach_another_replica_within_seconds() {
     let a = start(&upstream, &db, &prefix).await;
     let b = start(&upstream, &db, &prefix).await;
     let admin = Admin::of(&a);
-    admin
-        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 201)
-        .await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "small", "pool": "p" })),
-            201,
-        )
-        .await;
-    let secret = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "k" })),
-            201,
-        )
-        .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = tenant_model_and_key(&admin).await;
     let key_id = admin.ok("GET", "/tenants/acme/keys", None, 200).await[0]["id"]
         .as_str()
         .unwrap()
@@ -476,28 +480,7 @@ async fn a_replica_serves_keys_cached_in_redis_without_asking_postgres() {
     let prefix = redis_prefix();
     let a = start(&upstream, &db, &prefix).await;
     let admin = Admin::of(&a);
-    admin
-        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 201)
-        .await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "small", "pool": "p" })),
-            201,
-        )
-        .await;
-    let secret = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "k" })),
-            201,
-        )
-        .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = tenant_model_and_key(&admin).await;
     let call = |o: &Obleth, key: &str| {
         client()
             .post(o.url("/v1/chat/completions"))

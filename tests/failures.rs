@@ -12,12 +12,7 @@ use futures_util::StreamExt;
 #[tokio::test]
 async fn a_server_that_closes_before_answering_is_retried_on_another() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a, &b], "retries: 1"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a, &b], "retries: 1").await;
     let c = client();
     // Round robin starts at a; the fault header makes every server close, so
     // both are tried and the client gets a 502 after exactly one retry.
@@ -75,12 +70,7 @@ async fn post_is_not_retried_after_reaching_a_server_unless_allowed() {
 #[tokio::test]
 async fn nothing_is_retried_once_the_response_has_started() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a, &b], "retries: 3"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a, &b], "retries: 3").await;
     let r = client()
         .post(obleth.url("/v1/chat/completions"))
         .header("x-mock-fault", "close-mid-body")
@@ -137,12 +127,7 @@ async fn no_server_left_answers_503_with_retry_after() {
 #[tokio::test]
 async fn read_timeout_waiting_for_the_response_head_is_a_504() {
     let a = mock("a").await;
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a], "retries: 0\ntimeouts: { read: 300ms }"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a], "retries: 0\ntimeouts: { read: 300ms }").await;
     let started = Instant::now();
     let r = client()
         .get(obleth.url("/echo"))
@@ -173,12 +158,7 @@ async fn read_timeout_waiting_for_the_response_head_is_a_504() {
 #[tokio::test]
 async fn idle_read_between_body_chunks_cuts_a_stalled_body() {
     let a = mock("a").await;
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a], "retries: 0\ntimeouts: { read: 300ms }"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a], "retries: 0\ntimeouts: { read: 300ms }").await;
     let r = client()
         .get(obleth.url("/echo"))
         .header("x-mock-fault", "slow-body-ms:1000")
@@ -271,8 +251,7 @@ async fn connect_timeout_is_a_504() {
 #[tokio::test]
 async fn streams_pass_through_chunk_by_chunk() {
     let a = mock("a").await;
-    let config = format!("pools:\n{}{}", pool("p", &[&a], ""), catch_all("p"));
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a], "").await;
     let started = Instant::now();
     let r = client()
         .post(obleth.url("/v1/chat/completions"))

@@ -41,12 +41,7 @@ async fn weighted_round_robin_splits_by_weight() {
 #[tokio::test]
 async fn random_spreads_over_all_servers() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a, &b], "algorithm: random"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a, &b], "algorithm: random").await;
     let c = client();
     let counts = tally(&obleth, 200, |_| c.get(obleth.url("/bench"))).await;
     assert!(counts["a"] > 60 && counts["b"] > 60, "{counts:?}");
@@ -55,12 +50,7 @@ async fn random_spreads_over_all_servers() {
 #[tokio::test]
 async fn least_in_flight_avoids_the_busy_server() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a, &b], "algorithm: least_in_flight"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a, &b], "algorithm: least_in_flight").await;
     let c = client();
     // Hold one slow request on whichever server takes it first …
     let slow = {
@@ -188,12 +178,7 @@ async fn tcp_health_check_ejects_a_stopped_server() {
 #[tokio::test]
 async fn refused_connections_eject_the_server_passively() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a, &b], "retries: 1"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a, &b], "retries: 1").await;
     b.stop();
     let c = client();
     // The first request that picks b fails over to a and takes b out.

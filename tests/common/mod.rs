@@ -295,6 +295,17 @@ pub fn pool(name: &str, servers: &[&MockUpstream], extra: &str) -> String {
     text
 }
 
+/// Starts obleth with one pool `p` of `servers` (plus `extra` pool lines)
+/// behind a catch-all proxy route.
+pub async fn proxy_to(servers: &[&MockUpstream], extra: &str) -> Obleth {
+    Obleth::start(&format!(
+        "pools:\n{}{}",
+        pool("p", servers, extra),
+        catch_all("p")
+    ))
+    .await
+}
+
 /// A `routes` section with one catch-all route proxying to `pool`.
 pub fn catch_all(pool: &str) -> String {
     format!("routes:\n  - name: all\n    proxy: {{ pool: {pool} }}\n")
