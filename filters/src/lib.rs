@@ -4,5 +4,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod budget;
 pub mod openai;
 pub mod records;
+pub mod usage;

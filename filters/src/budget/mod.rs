@@ -1,0 +1,428 @@
+//! Token budgets that are never overspent. Before the upstream call a
+//! request's worst-case cost is reserved, atomically and in one round trip
+//! per scope, against the scope's tokens-per-minute bucket and its term
+//! budget; nothing is reserved when it does not fit. After the call the
+//! actual cost is settled exactly once per request id: committed, the
+//! reservation released, the unused part returned to the bucket.
+//!
+//! Two stores share these semantics: Redis (Lua scripts, one scope's keys
+//! under one hash tag, so Redis Cluster works) for many replicas, and an
+//! in-process one for a single replica without Redis.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+/// How long an unsettled reservation is kept (a crashed replica's
+/// reservations stop counting after this).
+pub const RESERVATION_TTL_SECS: u64 = 3600;
+/// How long a settled request id is remembered, so repeats are no-ops.
+pub const SETTLED_TTL_SECS: u64 = 86_400;
+
+/// What one scope (a tenant, or a key with limits of its own) may spend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// 0 = unlimited.
+    pub tokens_per_minute: u64,
+    pub budget_tokens: Option<u64>,
+    pub budget_usd_micros: Option<u64>,
+    /// `lifetime`, or the month (`2026-11`) in the tenant's timezone.
+    pub period: String,
+}
+
+/// A scope and its limits, e.g. `t:ten_123`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub id: String,
+    pub limits: Limits,
+}
+
+/// A cost in tokens and USD millionths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub tokens: u64,
+    pub usd_micros: u64,
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Reserved; tokens left in the bucket (`None` when unlimited).
+    Admitted { remaining_tokens: Option<u64> },
+    /// The bucket refills enough in `retry_after_ms`.
+    RateLimited { retry_after_ms: u64 },
+    /// The estimate exceeds the whole per-minute bucket.
+    TooLarge,
+    /// The term budget cannot cover the estimate.
+    BudgetExhausted,
+}
+
+/// The store could not be asked; the caller applies `fail_open`.
+#[derive(Debug, thiserror::Error)]
+#[error("budget store unavailable: {0}")]
+pub struct BudgetUnavailable(pub String);
+
+/// Reserve and settle, with the same semantics in every store.
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    async fn reserve(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        estimate: Cost,
+        now_ms: i64,
+    ) -> Result<Decision, BudgetUnavailable>;
+
+    /// Returns false when `request_id` was already settled (nothing changed).
+    async fn settle(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        actual: Cost,
+        now_ms: i64,
+    ) -> Result<bool, BudgetUnavailable>;
+}
+
+fn limit_arg(v: Option<u64>) -> i64 {
+    v.map_or(-1, |v| v as i64)
+}
+
+/// Budgets in Redis.
+pub struct RedisBudgets {
+    conn: ConnectionManager,
+    prefix: String,
+    reserve: Script,
+    settle: Script,
+}
+
+impl RedisBudgets {
+    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            conn,
+            prefix: prefix.into(),
+            reserve: Script::new(include_str!("reserve.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+        }
+    }
+
+    /// Keys of one scope share the hash tag `{scope}`.
+    fn key(&self, scope: &Scope, suffix: &str) -> String {
+        format!("{}{{{}}}:{suffix}", self.prefix, scope.id)
+    }
+}
+
+#[async_trait]
+impl BudgetStore for RedisBudgets {
+    async fn reserve(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        estimate: Cost,
+        now_ms: i64,
+    ) -> Result<Decision, BudgetUnavailable> {
+        let l = &scope.limits;
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .reserve
+            .key(self.key(scope, "bucket"))
+            .key(self.key(scope, "spend"))
+            .key(self.key(scope, &format!("res:{request_id}")))
+            .arg(now_ms)
+            .arg(l.tokens_per_minute)
+            .arg(estimate.tokens)
+            .arg(estimate.usd_micros)
+            .arg(limit_arg(l.budget_tokens))
+            .arg(limit_arg(l.budget_usd_micros))
+            .arg(&l.period)
+            .arg(RESERVATION_TTL_SECS)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetUnavailable(e.to_string()))?;
+        Ok(match reply.as_slice() {
+            [1, remaining] | [2, remaining] => Decision::Admitted {
+                remaining_tokens: (*remaining >= 0).then_some(*remaining as u64),
+            },
+            [2] => Decision::Admitted {
+                remaining_tokens: None,
+            },
+            [0, retry] => Decision::RateLimited {
+                retry_after_ms: (*retry).max(1) as u64,
+            },
+            [3] => Decision::BudgetExhausted,
+            [4] => Decision::TooLarge,
+            other => return Err(BudgetUnavailable(format!("unexpected reply {other:?}"))),
+        })
+    }
+
+    async fn settle(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        actual: Cost,
+        now_ms: i64,
+    ) -> Result<bool, BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .settle
+            .key(self.key(scope, "bucket"))
+            .key(self.key(scope, "spend"))
+            .key(self.key(scope, &format!("res:{request_id}")))
+            .key(self.key(scope, &format!("done:{request_id}")))
+            .arg(now_ms)
+            .arg(scope.limits.tokens_per_minute)
+            .arg(actual.tokens)
+            .arg(actual.usd_micros)
+            .arg(&scope.limits.period)
+            .arg(SETTLED_TTL_SECS)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| BudgetUnavailable(e.to_string()))?;
+        Ok(reply.first() == Some(&1))
+    }
+}
+
+#[derive(Default)]
+struct ScopeState {
+    level: f64,
+    ts: i64,
+    bucket_started: bool,
+    period: String,
+    tokens: u64,
+    usd: u64,
+    reserved_tokens: u64,
+    reserved_usd: u64,
+    reservations: HashMap<String, Cost>,
+    settled: HashMap<String, i64>,
+}
+
+impl ScopeState {
+    fn refill(&mut self, tpm: u64, now: i64) -> f64 {
+        if !self.bucket_started {
+            self.bucket_started = true;
+            self.level = tpm as f64;
+            self.ts = now;
+        }
+        if now > self.ts {
+            self.level =
+                (self.level + (now - self.ts) as f64 * tpm as f64 / 60_000.0).min(tpm as f64);
+            self.ts = now;
+        }
+        self.level
+    }
+
+    fn roll_period(&mut self, period: &str) {
+        if self.period != period {
+            if !self.period.is_empty() {
+                self.tokens = 0;
+                self.usd = 0;
+            }
+            self.period = period.to_string();
+        }
+    }
+}
+
+/// Budgets in this process only (one replica, no Redis).
+#[derive(Default)]
+pub struct LocalBudgets {
+    scopes: Mutex<HashMap<String, ScopeState>>,
+}
+
+#[async_trait]
+impl BudgetStore for LocalBudgets {
+    async fn reserve(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        estimate: Cost,
+        now_ms: i64,
+    ) -> Result<Decision, BudgetUnavailable> {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let s = scopes.entry(scope.id.clone()).or_default();
+        let l = &scope.limits;
+        if s.reservations.contains_key(request_id) {
+            return Ok(Decision::Admitted {
+                remaining_tokens: None,
+            });
+        }
+        let tpm = l.tokens_per_minute;
+        let mut level = None;
+        if tpm > 0 {
+            if estimate.tokens > tpm {
+                return Ok(Decision::TooLarge);
+            }
+            let current = s.refill(tpm, now_ms);
+            if current < estimate.tokens as f64 {
+                let wait =
+                    ((estimate.tokens as f64 - current) * 60_000.0 / tpm as f64).ceil() as u64;
+                return Ok(Decision::RateLimited {
+                    retry_after_ms: wait.max(1),
+                });
+            }
+            level = Some(current);
+        }
+        s.roll_period(&l.period);
+        if l.budget_tokens
+            .is_some_and(|b| s.tokens + s.reserved_tokens + estimate.tokens > b)
+            || l.budget_usd_micros
+                .is_some_and(|b| s.usd + s.reserved_usd + estimate.usd_micros > b)
+        {
+            return Ok(Decision::BudgetExhausted);
+        }
+        if let Some(current) = level {
+            s.level = current - estimate.tokens as f64;
+        }
+        s.reserved_tokens += estimate.tokens;
+        s.reserved_usd += estimate.usd_micros;
+        s.reservations.insert(request_id.to_string(), estimate);
+        Ok(Decision::Admitted {
+            remaining_tokens: level.map(|_| s.level.max(0.0) as u64),
+        })
+    }
+
+    async fn settle(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        actual: Cost,
+        now_ms: i64,
+    ) -> Result<bool, BudgetUnavailable> {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let s = scopes.entry(scope.id.clone()).or_default();
+        s.settled
+            .retain(|_, at| now_ms - *at < SETTLED_TTL_SECS as i64 * 1000);
+        if s.settled.contains_key(request_id) {
+            return Ok(false);
+        }
+        let reserved = s.reservations.remove(request_id).unwrap_or_default();
+        s.roll_period(&scope.limits.period);
+        s.tokens += actual.tokens;
+        s.usd += actual.usd_micros;
+        s.reserved_tokens = s.reserved_tokens.saturating_sub(reserved.tokens);
+        s.reserved_usd = s.reserved_usd.saturating_sub(reserved.usd_micros);
+        let tpm = scope.limits.tokens_per_minute;
+        if tpm > 0 {
+            let level = s.refill(tpm, now_ms);
+            s.level = (level + reserved.tokens as f64 - actual.tokens as f64).min(tpm as f64);
+        }
+        s.settled.insert(request_id.to_string(), now_ms);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(tpm: u64, budget: Option<u64>) -> Scope {
+        Scope {
+            id: "t:test".into(),
+            limits: Limits {
+                tokens_per_minute: tpm,
+                budget_tokens: budget,
+                budget_usd_micros: None,
+                period: "lifetime".into(),
+            },
+        }
+    }
+
+    fn cost(tokens: u64) -> Cost {
+        Cost {
+            tokens,
+            usd_micros: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn local_store_reserves_refunds_and_refills() {
+        let b = LocalBudgets::default();
+        let s = scope(600, None);
+        assert_eq!(
+            b.reserve(&s, "r1", cost(500), 0).await.unwrap(),
+            Decision::Admitted {
+                remaining_tokens: Some(100)
+            }
+        );
+        assert_eq!(
+            b.reserve(&s, "r2", cost(200), 0).await.unwrap(),
+            Decision::RateLimited {
+                retry_after_ms: 10_000
+            }
+        );
+        assert!(
+            b.settle(&s, "r1", cost(100), 0).await.unwrap(),
+            "400 tokens refunded"
+        );
+        assert!(
+            !b.settle(&s, "r1", cost(100), 0).await.unwrap(),
+            "settles once"
+        );
+        assert_eq!(
+            b.reserve(&s, "r2", cost(200), 0).await.unwrap(),
+            Decision::Admitted {
+                remaining_tokens: Some(300)
+            }
+        );
+        // 600 per minute: 10 per second refill.
+        assert_eq!(
+            b.reserve(&s, "r3", cost(310), 0).await.unwrap(),
+            Decision::RateLimited {
+                retry_after_ms: 1_000
+            }
+        );
+        assert!(matches!(
+            b.reserve(&s, "r3", cost(310), 1_000).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+        assert_eq!(
+            b.reserve(&s, "big", cost(601), 1_000).await.unwrap(),
+            Decision::TooLarge
+        );
+    }
+
+    #[tokio::test]
+    async fn local_store_term_budget_counts_reservations_and_commits() {
+        let b = LocalBudgets::default();
+        let s = scope(0, Some(1000));
+        assert!(matches!(
+            b.reserve(&s, "a", cost(600), 0).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+        assert_eq!(
+            b.reserve(&s, "b", cost(600), 0).await.unwrap(),
+            Decision::BudgetExhausted
+        );
+        b.settle(&s, "a", cost(300), 0).await.unwrap();
+        assert!(matches!(
+            b.reserve(&s, "b", cost(700), 0).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+        assert_eq!(
+            b.reserve(&s, "c", cost(1), 0).await.unwrap(),
+            Decision::BudgetExhausted
+        );
+        let mut next_month = s.clone();
+        next_month.limits.period = "2026-12".into();
+        let mut this_month = s.clone();
+        this_month.limits.period = "2026-11".into();
+        let b = LocalBudgets::default();
+        b.reserve(&this_month, "x", cost(900), 0).await.unwrap();
+        b.settle(&this_month, "x", cost(900), 0).await.unwrap();
+        assert_eq!(
+            b.reserve(&this_month, "y", cost(200), 0).await.unwrap(),
+            Decision::BudgetExhausted
+        );
+        assert!(matches!(
+            b.reserve(&next_month, "y", cost(200), 0).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+    }
+}

@@ -1,0 +1,55 @@
+-- Reserve a request's worst-case cost against one scope, atomically.
+-- KEYS: 1 bucket (hash level, ts), 2 spend (hash period, tokens, usd,
+--       rtokens, rusd), 3 reservation of this request (string "tokens:usd")
+-- ARGV: 1 now ms, 2 tokens per minute (0 = unlimited), 3 estimated tokens,
+--       4 estimated USD micros, 5 token budget (-1 = none), 6 USD micros
+--       budget (-1 = none), 7 current period id, 8 reservation TTL seconds
+-- Returns {1, remaining tokens (-1 unlimited)} admitted, {2} already
+-- reserved, {0, retry after ms} rate limited, {3} term budget exhausted,
+-- {4} larger than the whole bucket. Nothing is written unless admitted.
+local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local est, est_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
+local btok, busd = tonumber(ARGV[5]), tonumber(ARGV[6])
+local period, ttl = ARGV[7], tonumber(ARGV[8])
+
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {2}
+end
+
+local level = -1
+if tpm > 0 then
+  if est > tpm then
+    return {4}
+  end
+  local b = redis.call('HMGET', KEYS[1], 'level', 'ts')
+  level = tonumber(b[1]) or tpm
+  local ts = tonumber(b[2]) or now
+  if now > ts then
+    level = math.min(tpm, level + (now - ts) * tpm / 60000)
+  end
+  if level < est then
+    return {0, math.ceil((est - level) * 60000 / tpm)}
+  end
+end
+
+local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')
+local tokens, usd = tonumber(s[2]) or 0, tonumber(s[3]) or 0
+local rtok, rusd = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+if s[1] and s[1] ~= period then
+  -- A new monthly period: committed spend starts again, reservations stay.
+  tokens, usd = 0, 0
+end
+if btok >= 0 and tokens + rtok + est > btok then
+  return {3}
+end
+if busd >= 0 and usd + rusd + est_usd > busd then
+  return {3}
+end
+
+if tpm > 0 then
+  level = level - est
+  redis.call('HSET', KEYS[1], 'level', tostring(level), 'ts', now)
+end
+redis.call('HSET', KEYS[2], 'period', period, 'tokens', tokens, 'usd', usd, 'rtokens', rtok + est, 'rusd', rusd + est_usd)
+redis.call('SET', KEYS[3], est .. ':' .. est_usd, 'EX', ttl)
+return {1, math.floor(level)}

@@ -1,0 +1,173 @@
+//! The Redis budget scripts against a real Redis (127.0.0.1:6379), checked
+//! step by step against the in-process store: both must decide alike.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use obleth_filters::budget::{
+    BudgetStore, Cost, Decision, Limits, LocalBudgets, RedisBudgets, Scope,
+};
+
+async fn redis_store() -> RedisBudgets {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis on 127.0.0.1:6379 (scripts/services.sh)");
+    let prefix = format!(
+        "obleth-budget-test-{}-{}-{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    RedisBudgets::new(conn, prefix)
+}
+
+fn scope(
+    tpm: u64,
+    budget_tokens: Option<u64>,
+    budget_usd_micros: Option<u64>,
+    period: &str,
+) -> Scope {
+    Scope {
+        id: "t:acme".into(),
+        limits: Limits {
+            tokens_per_minute: tpm,
+            budget_tokens,
+            budget_usd_micros,
+            period: period.into(),
+        },
+    }
+}
+
+fn cost(tokens: u64, usd_micros: u64) -> Cost {
+    Cost { tokens, usd_micros }
+}
+
+/// One step: reserve or settle, with the time it happens at.
+enum Step {
+    Reserve(&'static str, Cost, i64),
+    Settle(&'static str, Cost, i64),
+}
+
+async fn replay(store: &dyn BudgetStore, s: &Scope, steps: &[Step]) -> Vec<String> {
+    let mut out = Vec::new();
+    for step in steps {
+        out.push(match step {
+            Step::Reserve(id, c, t) => {
+                format!("{:?}", store.reserve(s, id, *c, *t).await.expect("reserve"))
+            }
+            Step::Settle(id, c, t) => format!(
+                "settled={}",
+                store.settle(s, id, *c, *t).await.expect("settle")
+            ),
+        });
+    }
+    out
+}
+
+#[tokio::test]
+async fn redis_and_in_process_budgets_decide_alike() {
+    use Step::*;
+    let s = scope(600, Some(2_000), Some(5_000), "2026-11");
+    let steps = [
+        Reserve("a", cost(500, 1_000), 0),
+        Reserve("b", cost(200, 1_000), 0),
+        Settle("a", cost(120, 300), 100),
+        Settle("a", cost(120, 300), 100),
+        Reserve("b", cost(200, 1_000), 100),
+        Reserve("c", cost(450, 1_000), 100),
+        Reserve("c", cost(450, 1_000), 15_000),
+        Settle("b", cost(200, 1_000), 20_000),
+        Settle("c", cost(450, 2_500), 20_000),
+        Reserve("d", cost(10, 1_500), 60_000),
+        Reserve("e", cost(601, 0), 60_000),
+    ];
+    let redis = redis_store().await;
+    let local = LocalBudgets::default();
+    let from_redis = replay(&redis, &s, &steps).await;
+    let from_local = replay(&local, &s, &steps).await;
+    assert_eq!(from_redis, from_local);
+    assert_eq!(
+        from_redis[1],
+        format!(
+            "{:?}",
+            Decision::RateLimited {
+                retry_after_ms: 10_000
+            }
+        )
+    );
+    assert_eq!(
+        from_redis[3], "settled=false",
+        "a second settlement changes nothing"
+    );
+    assert_eq!(
+        from_redis[9],
+        format!("{:?}", Decision::BudgetExhausted),
+        "USD budget: 300+1000+2500+1500 > 5000"
+    );
+    assert_eq!(from_redis[10], format!("{:?}", Decision::TooLarge));
+}
+
+#[tokio::test]
+async fn a_new_month_starts_from_zero_committed_spend() {
+    let redis = redis_store().await;
+    let november = scope(0, Some(1_000), None, "2026-11");
+    let december = scope(0, Some(1_000), None, "2026-12");
+    redis
+        .reserve(&november, "x", cost(900, 0), 0)
+        .await
+        .unwrap();
+    redis.settle(&november, "x", cost(900, 0), 0).await.unwrap();
+    assert_eq!(
+        redis
+            .reserve(&november, "y", cost(200, 0), 0)
+            .await
+            .unwrap(),
+        Decision::BudgetExhausted
+    );
+    assert!(matches!(
+        redis
+            .reserve(&december, "y", cost(200, 0), 0)
+            .await
+            .unwrap(),
+        Decision::Admitted { .. }
+    ));
+    let mut lifetime = scope(0, Some(1_000), None, "lifetime");
+    lifetime.id = "t:forever".into();
+    redis
+        .reserve(&lifetime, "z", cost(1_000, 0), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.reserve(&lifetime, "w", cost(1, 0), 0).await.unwrap(),
+        Decision::BudgetExhausted
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reservations_never_exceed_the_term_budget() {
+    let redis = Arc::new(redis_store().await);
+    let s = Arc::new(scope(0, Some(10_000), None, "lifetime"));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (redis, s) = (redis.clone(), s.clone());
+            tokio::spawn(async move {
+                redis
+                    .reserve(&s, &format!("r{i}"), cost(170, 0), 0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Decision::Admitted { .. }) {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10_000 / 170, "exactly as many as fit");
+}
