@@ -10,11 +10,12 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
+use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets};
 use obleth_filters::records::Model;
 use redis::aio::ConnectionManager;
 
 use crate::config::{
-    Algorithm, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts, UpstreamTls,
+    Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts, UpstreamTls,
 };
 use crate::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
@@ -154,6 +155,9 @@ pub struct LlmState {
     pub store: Store,
     pub resolver: KeyResolver,
     pub catalog: Catalog,
+    /// Redis-backed with Redis configured, in-process otherwise.
+    pub budgets: Arc<dyn BudgetStore>,
+    pub budget_settings: BudgetSettings,
     hot: Option<HotCache>,
     publisher: Option<ConnectionManager>,
     channel: String,
@@ -195,7 +199,13 @@ impl LlmState {
             }
             None => (None, None, String::new()),
         };
+        let budgets: Arc<dyn BudgetStore> = match (&publisher, &config.redis) {
+            (Some(conn), Some(redis)) => Arc::new(RedisBudgets::new(conn.clone(), format!("{}budget:", redis.prefix))),
+            _ => Arc::new(LocalBudgets::default()),
+        };
         let state = Arc::new(LlmState {
+            budgets,
+            budget_settings: config.budgets.clone(),
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),
             store,

@@ -23,6 +23,10 @@ pub struct Families {
     pub upstream_retries: IntCounterVec,
     pub server_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub budget_rejections: IntCounterVec,
+    pub budget_fail_open: IntCounter,
+    pub settlements: IntCounterVec,
+    pub tokens: IntCounterVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -65,6 +69,29 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
         "obleth_config_reloads_total",
         "Configuration reloads, by result",
         &["result"]
+    )
+    .expect("metric registers once"),
+    budget_rejections: register_int_counter_vec!(
+        "obleth_budget_rejections_total",
+        "LLM requests refused by a budget, by reason (rate, too_large, term, unavailable)",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+    budget_fail_open: prometheus::register_int_counter!(
+        "obleth_budget_fail_open_total",
+        "LLM requests admitted without a reservation because the budget store was unreachable"
+    )
+    .expect("metric registers once"),
+    settlements: register_int_counter_vec!(
+        "obleth_budget_settlements_total",
+        "Settlements, by outcome (charged, refunded, estimated, repeated, failed)",
+        &["outcome"]
+    )
+    .expect("metric registers once"),
+    tokens: register_int_counter_vec!(
+        "obleth_tokens_total",
+        "Tokens settled, by direction (input, output)",
+        &["direction"]
     )
     .expect("metric registers once"),
 });

@@ -102,11 +102,36 @@ impl LlmRequest {
         })
     }
 
-    /// The body to send upstream, with `model` replaced by `upstream_model`.
-    pub fn to_upstream(&self, upstream_model: &str) -> Vec<u8> {
+    /// Whether a streamed request asked for the final usage event itself.
+    pub fn asks_for_usage(&self) -> bool {
+        self.body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The body to send upstream: `model` replaced by `upstream_model`, and
+    /// with `request_usage`, `stream_options.include_usage` set so a stream
+    /// reports its usage.
+    pub fn to_upstream(&self, upstream_model: &str, request_usage: bool) -> Vec<u8> {
         let mut body = self.body.clone();
         body.insert("model".into(), Value::String(upstream_model.into()));
+        if request_usage {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(o) = options {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
         serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// Bytes of the request body: an upper bound of its prompt tokens for
+    /// byte-level tokenizers, so reservations cover the worst case.
+    pub fn prompt_bound(&self) -> u64 {
+        serde_json::to_vec(&self.body).map_or(0, |b| b.len() as u64)
     }
 }
 
@@ -152,9 +177,13 @@ mod tests {
             (r.model.as_str(), r.stream, r.max_tokens),
             ("gpt", true, Some(7))
         );
-        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3")).unwrap();
+        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3", false)).unwrap();
         assert_eq!(up["model"], "llama-3");
         assert_eq!(up["max_tokens"], 7);
+        assert!(up.get("stream_options").is_none());
+        assert!(!r.asks_for_usage());
+        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3", true)).unwrap();
+        assert_eq!(up["stream_options"]["include_usage"], true);
         assert_eq!(
             LlmRequest::parse(br#"{"messages":[]}"#),
             Err(BodyError::MissingModel)

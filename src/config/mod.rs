@@ -39,6 +39,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub admin_auth: AdminAuth,
     pub seed: Seed,
+    pub budgets: BudgetSettings,
     /// `OBLETH_API_KEY_PEPPER`: mixed into every key hash.
     pub api_key_pepper: Option<String>,
     /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
@@ -60,6 +61,16 @@ pub struct RedisConfig {
     pub url: String,
     /// Prepended to every Redis key and channel obleth uses.
     pub prefix: String,
+}
+
+/// How token budgets behave.
+#[derive(Debug, Clone)]
+pub struct BudgetSettings {
+    /// Admit requests (and count them) when the budget store is
+    /// unreachable; `false` answers 503 at once.
+    pub fail_open: bool,
+    /// Completion tokens reserved when a request gives no `max_tokens`.
+    pub default_max_tokens: u64,
 }
 
 /// How the admin API authenticates operators.
@@ -256,6 +267,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OBLETH_ACCESS_LOG_PATH", "access_log.path"),
     ("OBLETH_DATABASE_URL", "store.database_url"),
     ("OBLETH_REDIS_URL", "redis.url"),
+    ("OBLETH_FAIL_OPEN", "budgets.fail_open"),
 ];
 
 impl Config {
@@ -456,6 +468,18 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut
     if let Some(url) = env("OBLETH_REDIS_URL") {
         raw.redis.url = Some(url);
     }
+    if let Some(flag) = env("OBLETH_FAIL_OPEN") {
+        match flag.as_str() {
+            "true" | "1" => raw.budgets.fail_open = Some(true),
+            "false" | "0" => raw.budgets.fail_open = Some(false),
+            _ => v.problems.push(Problem {
+                file: "environment".into(),
+                position: None,
+                key: "OBLETH_FAIL_OPEN".into(),
+                message: format!("{flag:?} is not true or false"),
+            }),
+        }
+    }
 }
 
 /// Collects problems while converting the raw file into a [`Config`].
@@ -555,6 +579,14 @@ impl Validator {
             }
         });
         let seed = self.seed(raw.seed, &pools);
+        let default_max_tokens = raw.budgets.default_max_tokens.unwrap_or(4096);
+        if default_max_tokens == 0 {
+            self.problem("budgets.default_max_tokens", "must be at least 1");
+        }
+        let budgets = BudgetSettings {
+            fail_open: raw.budgets.fail_open.unwrap_or(true),
+            default_max_tokens: default_max_tokens.max(1),
+        };
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()
             .enumerate()
@@ -583,6 +615,7 @@ impl Validator {
                 generate_dev_token: raw.admin.generate_dev_token.unwrap_or(false),
             },
             seed,
+            budgets,
             api_key_pepper: None,
             encryption_key: None,
         }

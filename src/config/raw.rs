@@ -29,6 +29,15 @@ pub struct RawConfig {
     pub redis: RawRedis,
     #[serde(default)]
     pub seed: RawSeed,
+    #[serde(default)]
+    pub budgets: RawBudgets,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    pub fail_open: Option<bool>,
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

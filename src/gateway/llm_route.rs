@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use obleth_filters::access::{self, Denied};
 use obleth_filters::auth::{credential, AuthError};
 use obleth_filters::openai::{error_body, BodyError, Endpoint, LlmRequest};
-use obleth_filters::records::Principal;
+use obleth_filters::budget::{Cost, Decision, Limits, Scope};
+use obleth_filters::records::{BudgetPeriod, Principal};
+use obleth_filters::usage::UsageMeter;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -17,6 +19,7 @@ use serde_json::json;
 
 use super::{respond, Generation, RequestCtx};
 use crate::llm::{CatalogModel, LlmState};
+use crate::metrics::FAMILIES;
 use crate::routing::LlmAction;
 
 /// An LLM request that passed every gate, on its way upstream.
@@ -28,6 +31,46 @@ pub struct LlmCall {
     body: Bytes,
     /// Whether this attempt already sent `body`; reset for each retry.
     pub body_sent: bool,
+    /// What was reserved, to be settled in `logging`.
+    hold: BudgetHold,
+    /// Remove the usage event obleth asked for on the client's behalf.
+    strip_usage: bool,
+    meter: Option<UsageMeter>,
+    response_bytes: u64,
+    /// Status of the upstream's response head, once it arrived.
+    pub upstream_status: Option<u16>,
+}
+
+/// The reservations of one request.
+struct BudgetHold {
+    /// Internal and unique (client-chosen request ids could collide).
+    id: String,
+    scopes: Vec<Scope>,
+    prompt_bound: u64,
+    rate: Option<RateLimitHeaders>,
+    settled: bool,
+}
+
+/// OpenAI-style `x-ratelimit-*-tokens` values of the tenant's bucket.
+#[derive(Clone, Copy)]
+struct RateLimitHeaders {
+    limit: u64,
+    remaining: u64,
+}
+
+impl RateLimitHeaders {
+    /// Time until the bucket is full again at its refill rate.
+    fn reset_ms(&self) -> u64 {
+        (self.limit.saturating_sub(self.remaining)).saturating_mul(60_000) / self.limit.max(1)
+    }
+
+    fn headers(&self) -> Vec<(HeaderName, String)> {
+        vec![
+            (HeaderName::from_static("x-ratelimit-limit-tokens"), self.limit.to_string()),
+            (HeaderName::from_static("x-ratelimit-remaining-tokens"), self.remaining.to_string()),
+            (HeaderName::from_static("x-ratelimit-reset-tokens"), format!("{}ms", self.reset_ms())),
+        ]
+    }
 }
 
 /// A refusal with its status and OpenAI error code; the single place where
@@ -36,6 +79,7 @@ struct Rejection {
     status: u16,
     code: &'static str,
     message: String,
+    headers: Vec<(HeaderName, String)>,
 }
 
 impl Rejection {
@@ -44,7 +88,13 @@ impl Rejection {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Self {
+        self.headers.extend(headers);
+        self
     }
 }
 
@@ -180,15 +230,138 @@ async fn admit(
             format!("no pool serves the model `{}`", model.model.name),
         ));
     };
+    let hold = reserve(llm, &principal, &model, &request).await?;
+    // A stream that did not ask for usage gets it anyway (for settlement);
+    // the extra event is removed again on the way back.
+    let strip_usage = request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
     ctx.pool = Some(pool);
     ctx.llm = Some(LlmCall {
-        body: Bytes::from(request.to_upstream(&model.model.upstream_model)),
+        body: Bytes::from(request.to_upstream(&model.model.upstream_model, strip_usage)),
         principal,
         model,
         endpoint,
         body_sent: false,
+        hold,
+        strip_usage,
+        meter: None,
+        response_bytes: 0,
+        upstream_status: None,
     });
     Ok(false)
+}
+
+/// USD millionths for a token count, rounded up (reservations) or to the
+/// nearest (settlements).
+fn usd_micros(model: &CatalogModel, prompt: u64, completion: u64, round_up: bool) -> u64 {
+    let m = &model.model;
+    let usd = prompt as f64 * m.input_cost_per_token + completion as f64 * m.output_cost_per_token;
+    let micros = usd * 1e6;
+    (if round_up { micros.ceil() } else { micros.round() }).max(0.0) as u64
+}
+
+/// The scopes with limits: the tenant, and the key when it has its own.
+fn scopes_of(principal: &Principal) -> Vec<Scope> {
+    let t = &principal.tenant;
+    let period = match t.budget_period {
+        BudgetPeriod::Lifetime => "lifetime".to_string(),
+        BudgetPeriod::Monthly => {
+            let tz = jiff::tz::TimeZone::get(&t.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+            jiff::Timestamp::now().to_zoned(tz).strftime("%Y-%m").to_string()
+        }
+    };
+    let micros = |usd: Option<f64>| usd.map(|v| (v * 1e6).round().max(0.0) as u64);
+    let mut scopes = Vec::new();
+    if t.tokens_per_minute > 0 || t.budget_tokens.is_some() || t.budget_usd.is_some() {
+        scopes.push(Scope {
+            id: format!("t:{}", t.id),
+            limits: Limits {
+                tokens_per_minute: t.tokens_per_minute,
+                budget_tokens: t.budget_tokens,
+                budget_usd_micros: micros(t.budget_usd),
+                period: period.clone(),
+            },
+        });
+    }
+    let k = &principal.key;
+    if k.tokens_per_minute.is_some_and(|v| v > 0) || k.budget_tokens.is_some() || k.budget_usd.is_some() {
+        scopes.push(Scope {
+            id: format!("k:{}", k.id),
+            limits: Limits {
+                tokens_per_minute: k.tokens_per_minute.unwrap_or(0),
+                budget_tokens: k.budget_tokens,
+                budget_usd_micros: micros(k.budget_usd),
+                period,
+            },
+        });
+    }
+    scopes
+}
+
+/// Reserves the worst-case cost in every scope, or nothing at all.
+async fn reserve(llm: &LlmState, principal: &Principal, model: &CatalogModel, request: &LlmRequest) -> Result<BudgetHold, Rejection> {
+    let prompt_bound = request.prompt_bound();
+    let completion_bound = request.max_tokens.unwrap_or(llm.budget_settings.default_max_tokens);
+    let estimate = Cost {
+        tokens: prompt_bound + completion_bound,
+        usd_micros: usd_micros(model, prompt_bound, completion_bound, true),
+    };
+    let mut hold = BudgetHold {
+        id: format!("{:032x}", rand::random::<u128>()),
+        scopes: Vec::new(),
+        prompt_bound,
+        rate: None,
+        settled: false,
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    for scope in scopes_of(principal) {
+        let decision = llm.budgets.reserve(&scope, &hold.id, estimate, now).await;
+        let tpm = scope.limits.tokens_per_minute;
+        let rejection = match decision {
+            Ok(Decision::Admitted { remaining_tokens }) => {
+                if hold.rate.is_none() && tpm > 0 {
+                    hold.rate = Some(RateLimitHeaders {
+                        limit: tpm,
+                        remaining: remaining_tokens.unwrap_or(0),
+                    });
+                }
+                hold.scopes.push(scope);
+                continue;
+            }
+            Ok(Decision::RateLimited { retry_after_ms }) => {
+                FAMILIES.budget_rejections.with_label_values(&["rate"]).inc();
+                let rate = RateLimitHeaders { limit: tpm, remaining: 0 };
+                Rejection::new(429, "rate_limit_exceeded", format!("tokens per minute exhausted ({} needed, limit {tpm}); retry in {retry_after_ms} ms", estimate.tokens))
+                    .with_headers(rate.headers())
+                    .with_headers(vec![(header::RETRY_AFTER, retry_after_ms.div_ceil(1000).max(1).to_string())])
+            }
+            Ok(Decision::TooLarge) => {
+                FAMILIES.budget_rejections.with_label_values(&["too_large"]).inc();
+                Rejection::new(429, "request_too_large", format!("this request may use {} tokens, more than the limit of {tpm} per minute; lower max_tokens", estimate.tokens))
+            }
+            Ok(Decision::BudgetExhausted) => {
+                FAMILIES.budget_rejections.with_label_values(&["term"]).inc();
+                Rejection::new(403, "budget_exhausted", "the token or spending budget is exhausted")
+            }
+            Err(e) if llm.budget_settings.fail_open => {
+                FAMILIES.budget_fail_open.inc();
+                tracing::warn!("admitting without a reservation (fail_open): {e}");
+                continue;
+            }
+            Err(e) => {
+                FAMILIES.budget_rejections.with_label_values(&["unavailable"]).inc();
+                tracing::error!("refusing (fail_open is off): {e}");
+                Rejection::new(503, "budget_unavailable", "budgets cannot be checked right now")
+            }
+        };
+        // Give back what earlier scopes reserved for this request.
+        for reserved in &hold.scopes {
+            if let Err(e) = llm.budgets.settle(reserved, &hold.id, Cost::default(), now).await {
+                tracing::warn!("cannot release a reservation: {e}");
+            }
+        }
+        return Err(rejection);
+    }
+    Ok(hold)
 }
 
 /// Reads the whole body (bounded); Pingora keeps it for the upstream and
@@ -259,6 +432,77 @@ async fn list_models(
 }
 
 impl LlmCall {
+    /// Rate-limit headers for the response, when the tenant has a bucket.
+    pub fn response_headers(&self) -> Vec<(HeaderName, String)> {
+        self.hold.rate.map(|r| r.headers()).unwrap_or_default()
+    }
+
+    /// Starts metering a response with `status` and `content_type`.
+    pub fn start_response(&mut self, status: u16, content_type: Option<&[u8]>) {
+        self.upstream_status = Some(status);
+        if (200..300).contains(&status) {
+            let event_stream = content_type.is_some_and(|c| c.starts_with(b"text/event-stream"));
+            self.meter = Some(UsageMeter::new(event_stream, self.strip_usage));
+        }
+    }
+
+    /// Whether the response body is rewritten (usage event removed).
+    pub fn strips_usage(&self) -> bool {
+        self.meter.is_some() && self.strip_usage
+    }
+
+    /// Meters a response chunk going to the client (and drops the usage
+    /// event the client did not ask for).
+    pub fn observe_response(&mut self, body: &mut Option<Bytes>, end: bool) {
+        let Some(meter) = self.meter.as_mut() else { return };
+        let chunk = body.as_deref().unwrap_or_default();
+        self.response_bytes += chunk.len() as u64;
+        if let Some(replaced) = meter.observe(chunk, end) {
+            *body = Some(Bytes::from(replaced));
+        }
+    }
+
+    /// Settles every reservation exactly once: the reported usage, else an
+    /// estimate of what was generated, or nothing when the upstream gave no
+    /// successful response.
+    pub async fn settle(&mut self, llm: &LlmState) {
+        if std::mem::replace(&mut self.hold.settled, true) {
+            return;
+        }
+        let succeeded = self.upstream_status.is_some_and(|s| (200..300).contains(&s));
+        let reported = self.meter.as_ref().and_then(UsageMeter::usage);
+        let (outcome, prompt, completion) = match (succeeded, reported) {
+            (false, _) => ("refunded", 0, 0),
+            (true, Some(u)) => ("charged", u.prompt_tokens, u.completion_tokens),
+            (true, None) => {
+                // No usage reported: bill an estimate of the text, never zero.
+                let completion = match &self.meter {
+                    Some(m) if m.streamed_chunks() > 0 => m.streamed_chunks(),
+                    _ => self.response_bytes.div_ceil(4),
+                };
+                ("estimated", self.hold.prompt_bound.div_ceil(4), completion)
+            }
+        };
+        FAMILIES.tokens.with_label_values(&["input"]).inc_by(prompt);
+        FAMILIES.tokens.with_label_values(&["output"]).inc_by(completion);
+        let actual = Cost {
+            tokens: prompt + completion,
+            usd_micros: usd_micros(&self.model, prompt, completion, false),
+        };
+        let now = jiff::Timestamp::now().as_millisecond();
+        for scope in &self.hold.scopes {
+            let label = match llm.budgets.settle(scope, &self.hold.id, actual, now).await {
+                Ok(true) => outcome,
+                Ok(false) => "repeated",
+                Err(e) => {
+                    tracing::error!(scope = %scope.id, "settlement failed: {e}");
+                    "failed"
+                }
+            };
+            FAMILIES.settlements.with_label_values(&[label]).inc();
+        }
+    }
+
     /// Replaces the client's credential with the model's upstream key, sets
     /// the length of the rewritten body, and for models with a base URL the
     /// path and host.

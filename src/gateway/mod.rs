@@ -229,13 +229,13 @@ pub(crate) async fn respond(
     content_type: &HeaderValue,
     body: Bytes,
     request_id: &str,
-    extra: Option<(HeaderName, String)>,
+    extra: impl IntoIterator<Item = (HeaderName, String)>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(X_REQUEST_ID, request_id)?;
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         resp.insert_header(name, value)?;
     }
     let empty = body.is_empty();
@@ -597,7 +597,31 @@ impl ProxyHttp for Gateway {
             action.response_headers.apply_to_response(response)?;
         }
         response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(call) = ctx.llm.as_mut() {
+            for (name, value) in call.response_headers() {
+                response.insert_header(name, value)?;
+            }
+            let content_type = response.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+            call.start_response(response.status.as_u16(), content_type);
+            if call.strips_usage() {
+                // The body changes length when the usage event is removed.
+                response.remove_header(&header::CONTENT_LENGTH);
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(call) = ctx.llm.as_mut() {
+            call.observe_response(body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn request_body_filter(
@@ -649,6 +673,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(call) = ctx.llm.as_mut() {
+            call.settle(&self.shared.llm).await;
+        }
         let written = session.response_written().map(|r| r.status.as_u16());
         let status = written.unwrap_or(if ctx.error_status > 0 {
             ctx.error_status
