@@ -15,7 +15,8 @@ use obleth_filters::records::Model;
 use redis::aio::ConnectionManager;
 
 use crate::config::{
-    Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts, UpstreamTls,
+    Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts,
+    UpstreamTls,
 };
 use crate::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
@@ -200,7 +201,10 @@ impl LlmState {
             None => (None, None, String::new()),
         };
         let budgets: Arc<dyn BudgetStore> = match (&publisher, &config.redis) {
-            (Some(conn), Some(redis)) => Arc::new(RedisBudgets::new(conn.clone(), format!("{}budget:", redis.prefix))),
+            (Some(conn), Some(redis)) => Arc::new(RedisBudgets::new(
+                conn.clone(),
+                format!("{}budget:", redis.prefix),
+            )),
             _ => Arc::new(LocalBudgets::default()),
         };
         let state = Arc::new(LlmState {
@@ -258,9 +262,13 @@ async fn connect_redis(redis: &RedisConfig) -> Result<ConnectionManager, LlmStar
         source,
     };
     let client = redis::Client::open(redis.url.as_str()).map_err(err)?;
+    // Fail fast while Redis is away: the request path applies fail_open
+    // rather than waiting for reconnects.
     let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2));
+        .set_connection_timeout(Duration::from_millis(500))
+        .set_response_timeout(Duration::from_millis(500))
+        .set_number_of_retries(1)
+        .set_max_delay(200);
     tokio::time::timeout(
         Duration::from_secs(5),
         ConnectionManager::new_with_config(client, config),

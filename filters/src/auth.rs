@@ -25,6 +25,8 @@ pub const FOUND_TTL: Duration = Duration::from_secs(300);
 /// How long an unknown key is remembered as unknown.
 pub const MISSING_TTL: Duration = Duration::from_secs(30);
 const LOCAL_CAPACITY: u64 = 100_000;
+/// Longest wait for the Redis hot cache before asking the store.
+const HOT_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Prefix of every secret obleth issues, so leaked keys are recognisable.
 pub const SECRET_PREFIX: &str = "obk_";
@@ -170,7 +172,11 @@ impl HotCache {
 
     async fn get(&self, hash: &str) -> redis::RedisResult<Option<HotEntry>> {
         let mut conn = self.conn.clone();
-        let text: Option<String> = conn.get(self.key(hash)).await?;
+        let text: Option<String> = tokio::time::timeout(HOT_DEADLINE, conn.get(self.key(hash)))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::IoError, "redis timed out"))
+            })??;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
@@ -181,7 +187,12 @@ impl HotCache {
         };
         let text = serde_json::to_string(entry).unwrap_or_default();
         let mut conn = self.conn.clone();
-        conn.set_ex(self.key(hash), text, ttl.as_secs()).await
+        tokio::time::timeout(
+            HOT_DEADLINE,
+            conn.set_ex(self.key(hash), text, ttl.as_secs()),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "redis timed out")))?
     }
 
     /// Forgets the given key hashes (after a change to them or their tenant).

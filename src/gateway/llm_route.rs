@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use obleth_filters::access::{self, Denied};
 use obleth_filters::auth::{credential, AuthError};
-use obleth_filters::openai::{error_body, BodyError, Endpoint, LlmRequest};
 use obleth_filters::budget::{Cost, Decision, Limits, Scope};
+use obleth_filters::openai::{error_body, BodyError, Endpoint, LlmRequest};
 use obleth_filters::records::{BudgetPeriod, Principal};
 use obleth_filters::usage::UsageMeter;
 use pingora::http::RequestHeader;
@@ -66,9 +66,18 @@ impl RateLimitHeaders {
 
     fn headers(&self) -> Vec<(HeaderName, String)> {
         vec![
-            (HeaderName::from_static("x-ratelimit-limit-tokens"), self.limit.to_string()),
-            (HeaderName::from_static("x-ratelimit-remaining-tokens"), self.remaining.to_string()),
-            (HeaderName::from_static("x-ratelimit-reset-tokens"), format!("{}ms", self.reset_ms())),
+            (
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                self.limit.to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                self.remaining.to_string(),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+                format!("{}ms", self.reset_ms()),
+            ),
         ]
     }
 }
@@ -131,7 +140,10 @@ impl From<BodyError> for Rejection {
 
 async fn reject(session: &mut Session, ctx: &RequestCtx, r: Rejection) -> Result<bool> {
     let content_type = HeaderValue::from_static("application/json");
-    let retry = (r.status == 503).then(|| (header::RETRY_AFTER, "1".to_string()));
+    let mut headers = r.headers;
+    if r.status == 503 && !headers.iter().any(|(n, _)| n == header::RETRY_AFTER) {
+        headers.push((header::RETRY_AFTER, "1".to_string()));
+    }
     let body = Bytes::from(error_body(r.status, r.code, &r.message));
     respond(
         session,
@@ -139,7 +151,7 @@ async fn reject(session: &mut Session, ctx: &RequestCtx, r: Rejection) -> Result
         &content_type,
         body,
         &ctx.request_id,
-        retry,
+        headers,
     )
     .await?;
     Ok(true)
@@ -233,7 +245,8 @@ async fn admit(
     let hold = reserve(llm, &principal, &model, &request).await?;
     // A stream that did not ask for usage gets it anyway (for settlement);
     // the extra event is removed again on the way back.
-    let strip_usage = request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
+    let strip_usage =
+        request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
     ctx.pool = Some(pool);
     ctx.llm = Some(LlmCall {
         body: Bytes::from(request.to_upstream(&model.model.upstream_model, strip_usage)),
@@ -256,7 +269,12 @@ fn usd_micros(model: &CatalogModel, prompt: u64, completion: u64, round_up: bool
     let m = &model.model;
     let usd = prompt as f64 * m.input_cost_per_token + completion as f64 * m.output_cost_per_token;
     let micros = usd * 1e6;
-    (if round_up { micros.ceil() } else { micros.round() }).max(0.0) as u64
+    (if round_up {
+        micros.ceil()
+    } else {
+        micros.round()
+    })
+    .max(0.0) as u64
 }
 
 /// The scopes with limits: the tenant, and the key when it has its own.
@@ -266,7 +284,10 @@ fn scopes_of(principal: &Principal) -> Vec<Scope> {
         BudgetPeriod::Lifetime => "lifetime".to_string(),
         BudgetPeriod::Monthly => {
             let tz = jiff::tz::TimeZone::get(&t.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            jiff::Timestamp::now().to_zoned(tz).strftime("%Y-%m").to_string()
+            jiff::Timestamp::now()
+                .to_zoned(tz)
+                .strftime("%Y-%m")
+                .to_string()
         }
     };
     let micros = |usd: Option<f64>| usd.map(|v| (v * 1e6).round().max(0.0) as u64);
@@ -283,7 +304,10 @@ fn scopes_of(principal: &Principal) -> Vec<Scope> {
         });
     }
     let k = &principal.key;
-    if k.tokens_per_minute.is_some_and(|v| v > 0) || k.budget_tokens.is_some() || k.budget_usd.is_some() {
+    if k.tokens_per_minute.is_some_and(|v| v > 0)
+        || k.budget_tokens.is_some()
+        || k.budget_usd.is_some()
+    {
         scopes.push(Scope {
             id: format!("k:{}", k.id),
             limits: Limits {
@@ -298,9 +322,16 @@ fn scopes_of(principal: &Principal) -> Vec<Scope> {
 }
 
 /// Reserves the worst-case cost in every scope, or nothing at all.
-async fn reserve(llm: &LlmState, principal: &Principal, model: &CatalogModel, request: &LlmRequest) -> Result<BudgetHold, Rejection> {
+async fn reserve(
+    llm: &LlmState,
+    principal: &Principal,
+    model: &CatalogModel,
+    request: &LlmRequest,
+) -> Result<BudgetHold, Rejection> {
     let prompt_bound = request.prompt_bound();
-    let completion_bound = request.max_tokens.unwrap_or(llm.budget_settings.default_max_tokens);
+    let completion_bound = request
+        .max_tokens
+        .unwrap_or(llm.budget_settings.default_max_tokens);
     let estimate = Cost {
         tokens: prompt_bound + completion_bound,
         usd_micros: usd_micros(model, prompt_bound, completion_bound, true),
@@ -328,19 +359,35 @@ async fn reserve(llm: &LlmState, principal: &Principal, model: &CatalogModel, re
                 continue;
             }
             Ok(Decision::RateLimited { retry_after_ms }) => {
-                FAMILIES.budget_rejections.with_label_values(&["rate"]).inc();
-                let rate = RateLimitHeaders { limit: tpm, remaining: 0 };
+                FAMILIES
+                    .budget_rejections
+                    .with_label_values(&["rate"])
+                    .inc();
+                let rate = RateLimitHeaders {
+                    limit: tpm,
+                    remaining: 0,
+                };
                 Rejection::new(429, "rate_limit_exceeded", format!("tokens per minute exhausted ({} needed, limit {tpm}); retry in {retry_after_ms} ms", estimate.tokens))
                     .with_headers(rate.headers())
                     .with_headers(vec![(header::RETRY_AFTER, retry_after_ms.div_ceil(1000).max(1).to_string())])
             }
             Ok(Decision::TooLarge) => {
-                FAMILIES.budget_rejections.with_label_values(&["too_large"]).inc();
+                FAMILIES
+                    .budget_rejections
+                    .with_label_values(&["too_large"])
+                    .inc();
                 Rejection::new(429, "request_too_large", format!("this request may use {} tokens, more than the limit of {tpm} per minute; lower max_tokens", estimate.tokens))
             }
             Ok(Decision::BudgetExhausted) => {
-                FAMILIES.budget_rejections.with_label_values(&["term"]).inc();
-                Rejection::new(403, "budget_exhausted", "the token or spending budget is exhausted")
+                FAMILIES
+                    .budget_rejections
+                    .with_label_values(&["term"])
+                    .inc();
+                Rejection::new(
+                    403,
+                    "budget_exhausted",
+                    "the token or spending budget is exhausted",
+                )
             }
             Err(e) if llm.budget_settings.fail_open => {
                 FAMILIES.budget_fail_open.inc();
@@ -348,14 +395,25 @@ async fn reserve(llm: &LlmState, principal: &Principal, model: &CatalogModel, re
                 continue;
             }
             Err(e) => {
-                FAMILIES.budget_rejections.with_label_values(&["unavailable"]).inc();
+                FAMILIES
+                    .budget_rejections
+                    .with_label_values(&["unavailable"])
+                    .inc();
                 tracing::error!("refusing (fail_open is off): {e}");
-                Rejection::new(503, "budget_unavailable", "budgets cannot be checked right now")
+                Rejection::new(
+                    503,
+                    "budget_unavailable",
+                    "budgets cannot be checked right now",
+                )
             }
         };
         // Give back what earlier scopes reserved for this request.
         for reserved in &hold.scopes {
-            if let Err(e) = llm.budgets.settle(reserved, &hold.id, Cost::default(), now).await {
+            if let Err(e) = llm
+                .budgets
+                .settle(reserved, &hold.id, Cost::default(), now)
+                .await
+            {
                 tracing::warn!("cannot release a reservation: {e}");
             }
         }
@@ -454,7 +512,9 @@ impl LlmCall {
     /// Meters a response chunk going to the client (and drops the usage
     /// event the client did not ask for).
     pub fn observe_response(&mut self, body: &mut Option<Bytes>, end: bool) {
-        let Some(meter) = self.meter.as_mut() else { return };
+        let Some(meter) = self.meter.as_mut() else {
+            return;
+        };
         let chunk = body.as_deref().unwrap_or_default();
         self.response_bytes += chunk.len() as u64;
         if let Some(replaced) = meter.observe(chunk, end) {
@@ -469,7 +529,9 @@ impl LlmCall {
         if std::mem::replace(&mut self.hold.settled, true) {
             return;
         }
-        let succeeded = self.upstream_status.is_some_and(|s| (200..300).contains(&s));
+        let succeeded = self
+            .upstream_status
+            .is_some_and(|s| (200..300).contains(&s));
         let reported = self.meter.as_ref().and_then(UsageMeter::usage);
         let (outcome, prompt, completion) = match (succeeded, reported) {
             (false, _) => ("refunded", 0, 0),
@@ -484,7 +546,10 @@ impl LlmCall {
             }
         };
         FAMILIES.tokens.with_label_values(&["input"]).inc_by(prompt);
-        FAMILIES.tokens.with_label_values(&["output"]).inc_by(completion);
+        FAMILIES
+            .tokens
+            .with_label_values(&["output"])
+            .inc_by(completion);
         let actual = Cost {
             tokens: prompt + completion,
             usd_micros: usd_micros(&self.model, prompt, completion, false),

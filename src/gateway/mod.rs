@@ -601,7 +601,10 @@ impl ProxyHttp for Gateway {
             for (name, value) in call.response_headers() {
                 response.insert_header(name, value)?;
             }
-            let content_type = response.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+            let content_type = response
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes());
             call.start_response(response.status.as_u16(), content_type);
             if call.strips_usage() {
                 // The body changes length when the usage event is removed.

@@ -21,6 +21,20 @@ use redis::Script;
 pub const RESERVATION_TTL_SECS: u64 = 3600;
 /// How long a settled request id is remembered, so repeats are no-ops.
 pub const SETTLED_TTL_SECS: u64 = 86_400;
+/// Longest wait for Redis on the request path before `fail_open` applies.
+pub const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(750);
+
+async fn within_deadline<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BudgetUnavailable> {
+    match tokio::time::timeout(REDIS_DEADLINE, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BudgetUnavailable(e.to_string())),
+        Err(_) => Err(BudgetUnavailable(format!(
+            "no answer within {REDIS_DEADLINE:?}"
+        ))),
+    }
+}
 
 /// What one scope (a tenant, or a key with limits of its own) may spend.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,9 +139,8 @@ impl BudgetStore for RedisBudgets {
     ) -> Result<Decision, BudgetUnavailable> {
         let l = &scope.limits;
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .reserve
-            .key(self.key(scope, "bucket"))
+        let mut invocation = self.reserve.key(self.key(scope, "bucket"));
+        invocation
             .key(self.key(scope, "spend"))
             .key(self.key(scope, &format!("res:{request_id}")))
             .arg(now_ms)
@@ -137,10 +150,8 @@ impl BudgetStore for RedisBudgets {
             .arg(limit_arg(l.budget_tokens))
             .arg(limit_arg(l.budget_usd_micros))
             .arg(&l.period)
-            .arg(RESERVATION_TTL_SECS)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BudgetUnavailable(e.to_string()))?;
+            .arg(RESERVATION_TTL_SECS);
+        let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(match reply.as_slice() {
             [1, remaining] | [2, remaining] => Decision::Admitted {
                 remaining_tokens: (*remaining >= 0).then_some(*remaining as u64),
@@ -165,9 +176,8 @@ impl BudgetStore for RedisBudgets {
         now_ms: i64,
     ) -> Result<bool, BudgetUnavailable> {
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .settle
-            .key(self.key(scope, "bucket"))
+        let mut invocation = self.settle.key(self.key(scope, "bucket"));
+        invocation
             .key(self.key(scope, "spend"))
             .key(self.key(scope, &format!("res:{request_id}")))
             .key(self.key(scope, &format!("done:{request_id}")))
@@ -176,10 +186,8 @@ impl BudgetStore for RedisBudgets {
             .arg(actual.tokens)
             .arg(actual.usd_micros)
             .arg(&scope.limits.period)
-            .arg(SETTLED_TTL_SECS)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| BudgetUnavailable(e.to_string()))?;
+            .arg(SETTLED_TTL_SECS);
+        let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(reply.first() == Some(&1))
     }
 }
