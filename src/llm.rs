@@ -9,9 +9,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use http::HeaderValue;
+use jiff::Timestamp;
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
-use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets};
+use obleth_filters::budget::{BudgetStore, Limits, LocalBudgets, RedisBudgets, Scope};
 use obleth_filters::records::Model;
+use obleth_filters::records::{ApiKey, BudgetPeriod, Tenant};
 use redis::aio::ConnectionManager;
 
 use crate::config::{
@@ -21,6 +23,48 @@ use crate::config::{
 use crate::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
+
+/// The budget period a tenant is in at `now`: `lifetime`, or the month in
+/// its timezone (`2026-11`).
+pub fn budget_period(tenant: &Tenant, now: Timestamp) -> String {
+    match tenant.budget_period {
+        BudgetPeriod::Lifetime => "lifetime".to_string(),
+        BudgetPeriod::Monthly => {
+            let tz = jiff::tz::TimeZone::get(&tenant.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+            now.to_zoned(tz).strftime("%Y-%m").to_string()
+        }
+    }
+}
+
+fn usd_micros(usd: Option<f64>) -> Option<u64> {
+    usd.map(|v| (v * 1e6).round().max(0.0) as u64)
+}
+
+/// The tenant's budget scope.
+pub fn tenant_scope(tenant: &Tenant, now: Timestamp) -> Scope {
+    Scope {
+        id: format!("t:{}", tenant.id),
+        limits: Limits {
+            tokens_per_minute: tenant.tokens_per_minute,
+            budget_tokens: tenant.budget_tokens,
+            budget_usd_micros: usd_micros(tenant.budget_usd),
+            period: budget_period(tenant, now),
+        },
+    }
+}
+
+/// A key's own budget scope (counted in its tenant's period).
+pub fn key_scope(key: &ApiKey, tenant: &Tenant, now: Timestamp) -> Scope {
+    Scope {
+        id: format!("k:{}", key.id),
+        limits: Limits {
+            tokens_per_minute: key.tokens_per_minute.unwrap_or(0),
+            budget_tokens: key.budget_tokens,
+            budget_usd_micros: usd_micros(key.budget_usd),
+            period: budget_period(tenant, now),
+        },
+    }
+}
 
 /// Why the LLM side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -377,4 +421,41 @@ async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monthly_periods_follow_the_tenants_timezone() {
+        let mut t = Tenant {
+            id: "t".into(),
+            name: "t".into(),
+            group: "default".into(),
+            group_weight: 100,
+            weight: 100,
+            tokens_per_minute: 0,
+            max_in_flight: None,
+            status: obleth_filters::records::TenantStatus::Active,
+            timezone: "Asia/Tokyo".into(),
+            active_from: None,
+            active_until: None,
+            weekly_windows: vec![],
+            budget_tokens: Some(1),
+            budget_usd: None,
+            budget_period: BudgetPeriod::Monthly,
+            allowed_models: vec![],
+        };
+        let late_november_utc: Timestamp = "2026-11-30T16:30:00Z".parse().unwrap();
+        assert_eq!(
+            budget_period(&t, late_november_utc),
+            "2026-12",
+            "already December in Tokyo"
+        );
+        t.timezone = "America/Los_Angeles".into();
+        assert_eq!(budget_period(&t, late_november_utc), "2026-11");
+        t.budget_period = BudgetPeriod::Lifetime;
+        assert_eq!(budget_period(&t, late_november_utc), "lifetime");
+    }
 }

@@ -293,3 +293,109 @@ async fn a_dead_redis_is_survived_as_fail_open_says() {
         }
     }
 }
+
+#[tokio::test]
+async fn operators_read_and_reset_budgets_and_the_reset_is_audited() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(
+        &upstream,
+        "{ name: acme, budget_tokens: 1000, tokens_per_minute: 5000 }",
+        None,
+        true,
+    ))
+    .await;
+    let admin = Admin::of(&obleth);
+    let body: Value = post(&obleth, &chat(50)).await.json().await.unwrap();
+    let reported = body["usage"]["total_tokens"].as_u64().unwrap();
+    let budget = admin.ok("GET", "/tenants/acme/budget", None, 200).await;
+    assert_eq!(budget["standing"]["committed_tokens"], reported, "{budget}");
+    assert_eq!(budget["standing"]["reserved_tokens"], 0);
+    assert_eq!(budget["limits"]["budget_tokens"], 1000);
+    assert!(budget["standing"]["bucket_tokens"].as_u64().unwrap() <= 5000);
+
+    // Spend the rest, get refused, reset, get served again.
+    while post(&obleth, &chat(300)).await.status() == 200 {}
+    assert_eq!(post(&obleth, &chat(300)).await.status(), 403);
+    let after = admin
+        .ok("POST", "/tenants/acme/budget/reset", None, 200)
+        .await;
+    assert_eq!(after["standing"]["committed_tokens"], 0);
+    assert_eq!(post(&obleth, &chat(300)).await.status(), 200);
+    let audit = admin
+        .ok("GET", "/audit?entity_type=tenant", None, 200)
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "tenant.budget_reset"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_refund_and_a_client_leaving_mid_stream_pays_what_was_generated() {
+    let upstream = mock("vllm").await;
+    let config = config(
+        &upstream,
+        "{ name: acme, budget_tokens: 100000 }",
+        None,
+        true,
+    )
+    .replace(
+        "    servers:",
+        "    retries: 0\n    timeouts: { read: 300ms }\n    servers:",
+    );
+    let obleth = Obleth::start(&config).await;
+    let admin = Admin::of(&obleth);
+    let committed = || async {
+        admin.ok("GET", "/tenants/acme/budget", None, 200).await["standing"]["committed_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let timed_out = client()
+        .post(obleth.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-mock-latency-ms", "2000")
+        .json(&chat(50))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(timed_out.status(), 504);
+    assert_eq!(committed().await, 0, "a timeout is refunded");
+
+    // 200 tokens at 20/s: leave after the first few.
+    let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "go" }], "max_tokens": 200, "stream": true });
+    let resp = client()
+        .post(obleth.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-mock-tps", "20")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = futures_util::StreamExt::fuse(resp.bytes_stream());
+    for _ in 0..3 {
+        futures_util::StreamExt::next(&mut stream).await;
+    }
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let charged = loop {
+        let c = committed().await;
+        if c > 0 || std::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(charged > 0, "what was generated is charged");
+    assert!(charged < 200, "only what was generated: {charged}");
+    let settled = obleth
+        .metric("obleth_budget_settlements_total{outcome=\"estimated\"}")
+        .await;
+    assert_eq!(
+        settled, 1.0,
+        "no usage arrived, so the streamed text was counted"
+    );
+}

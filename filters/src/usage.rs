@@ -17,7 +17,8 @@ impl Usage {
     }
 
     fn from_json(v: &Value) -> Option<Usage> {
-        let u = v.get("usage")?;
+        // Streams with include_usage carry `"usage": null` on every chunk.
+        let u = v.get("usage").filter(|u| u.is_object())?;
         let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
         let completion = u
             .get("completion_tokens")
@@ -251,6 +252,15 @@ mod tests {
             assert_eq!(feed(&mut m, STREAM, piece), without, "piece {piece}");
             assert_eq!(m.usage().map(|u| u.completion_tokens), Some(2));
         }
+    }
+
+    #[test]
+    fn null_usage_on_stream_chunks_is_not_usage() {
+        let mut m = UsageMeter::new(true, false);
+        let text = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n";
+        feed(&mut m, text, 8);
+        assert_eq!(m.usage(), None);
+        assert_eq!(m.streamed_chunks(), 1);
     }
 
     #[test]

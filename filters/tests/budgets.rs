@@ -110,6 +110,23 @@ async fn redis_and_in_process_budgets_decide_alike() {
         "USD budget: 300+1000+2500+1500 > 5000"
     );
     assert_eq!(from_redis[10], format!("{:?}", Decision::TooLarge));
+    assert_eq!(
+        redis.standing(&s, 60_000).await.unwrap(),
+        local.standing(&s, 60_000).await.unwrap()
+    );
+    let standing = redis.standing(&s, 60_000).await.unwrap();
+    assert_eq!(standing.committed_tokens, 120 + 200 + 450);
+    assert_eq!(standing.reserved_tokens, 0);
+    redis.reset_term(&s).await.unwrap();
+    local.reset_term(&s).await.unwrap();
+    assert_eq!(
+        redis.standing(&s, 60_000).await.unwrap().committed_tokens,
+        0
+    );
+    assert_eq!(
+        redis.standing(&s, 60_000).await.unwrap(),
+        local.standing(&s, 60_000).await.unwrap()
+    );
 }
 
 #[tokio::test]

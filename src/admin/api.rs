@@ -196,6 +196,10 @@ pub fn router(llm: Arc<LlmState>, admin_token: &str) -> Router {
         .routes(routes!(list_models, create_model))
         .routes(routes!(get_model, patch_model, delete_model))
         .routes(routes!(list_audit))
+        .routes(routes!(tenant_budget))
+        .routes(routes!(reset_tenant_budget))
+        .routes(routes!(key_budget))
+        .routes(routes!(reset_key_budget))
         .split_for_parts();
     let document = Arc::new(api);
     router
@@ -618,4 +622,108 @@ async fn list_audit(
         )
         .await?;
     Ok(Json(rows))
+}
+
+// ---- budgets -------------------------------------------------------------
+
+/// A scope's limits and where it stands now.
+#[derive(Serialize, ToSchema)]
+struct BudgetView {
+    /// `t:<tenant id>` or `k:<key id>`.
+    scope: String,
+    #[schema(value_type = Object)]
+    limits: obleth_filters::budget::Limits,
+    #[schema(value_type = Object)]
+    standing: obleth_filters::budget::Standing,
+}
+
+async fn budget_view(s: &ApiState, scope: obleth_filters::budget::Scope) -> ApiResult<BudgetView> {
+    let standing = s
+        .llm
+        .budgets
+        .standing(&scope, jiff::Timestamp::now().as_millisecond())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(BudgetView {
+        scope: scope.id,
+        limits: scope.limits,
+        standing,
+    })
+}
+
+async fn reset(
+    s: &ApiState,
+    headers: &HeaderMap,
+    scope: obleth_filters::budget::Scope,
+    entity: &str,
+    id: &str,
+) -> ApiResult<BudgetView> {
+    let before = budget_view(s, scope.clone()).await?;
+    s.llm
+        .budgets
+        .reset_term(&scope)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let detail = json!({ "period": scope.limits.period, "committed_tokens_before": before.standing.committed_tokens,
+        "committed_usd_micros_before": before.standing.committed_usd_micros });
+    s.llm
+        .store
+        .record(
+            &actor(headers),
+            &format!("{entity}.budget_reset"),
+            entity,
+            id,
+            &detail,
+        )
+        .await?;
+    budget_view(s, scope).await
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/budget", params(("id" = String, Path, description = "id or name")),
+    responses((status = 200, body = BudgetView), (status = 404, body = ErrorBody)))]
+async fn tenant_budget(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BudgetView>> {
+    let tenant: obleth_filters::records::Tenant = s.llm.store.tenant(&id).await?.into();
+    let scope = crate::llm::tenant_scope(&tenant, jiff::Timestamp::now());
+    Ok(Json(budget_view(&s, scope).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/budget/reset", params(("id" = String, Path, description = "id or name")),
+    responses((status = 200, body = BudgetView), (status = 404, body = ErrorBody)))]
+async fn reset_tenant_budget(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BudgetView>> {
+    let tenant: obleth_filters::records::Tenant = s.llm.store.tenant(&id).await?.into();
+    let scope = crate::llm::tenant_scope(&tenant, jiff::Timestamp::now());
+    let id = tenant.id.clone();
+    Ok(Json(reset(&s, &headers, scope, "tenant", &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/keys/{id}/budget", params(("id" = String, Path)),
+    responses((status = 200, body = BudgetView), (status = 404, body = ErrorBody)))]
+async fn key_budget(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BudgetView>> {
+    let (key, _) = s.llm.store.key(&id).await?;
+    let tenant: obleth_filters::records::Tenant = s.llm.store.tenant(&key.tenant_id).await?.into();
+    let scope = crate::llm::key_scope(&key, &tenant, jiff::Timestamp::now());
+    Ok(Json(budget_view(&s, scope).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/budget/reset", params(("id" = String, Path)),
+    responses((status = 200, body = BudgetView), (status = 404, body = ErrorBody)))]
+async fn reset_key_budget(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BudgetView>> {
+    let (key, _) = s.llm.store.key(&id).await?;
+    let tenant: obleth_filters::records::Tenant = s.llm.store.tenant(&key.tenant_id).await?.into();
+    let scope = crate::llm::key_scope(&key, &tenant, jiff::Timestamp::now());
+    Ok(Json(reset(&s, &headers, scope, "key", &id).await?))
 }

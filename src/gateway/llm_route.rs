@@ -8,9 +8,9 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use obleth_filters::access::{self, Denied};
 use obleth_filters::auth::{credential, AuthError};
-use obleth_filters::budget::{Cost, Decision, Limits, Scope};
+use obleth_filters::budget::{Cost, Decision, Scope};
 use obleth_filters::openai::{error_body, BodyError, Endpoint, LlmRequest};
-use obleth_filters::records::{BudgetPeriod, Principal};
+use obleth_filters::records::Principal;
 use obleth_filters::usage::UsageMeter;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -18,7 +18,7 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::{respond, Generation, RequestCtx};
-use crate::llm::{CatalogModel, LlmState};
+use crate::llm::{key_scope, tenant_scope, CatalogModel, LlmState};
 use crate::metrics::FAMILIES;
 use crate::routing::LlmAction;
 
@@ -279,46 +279,14 @@ fn usd_micros(model: &CatalogModel, prompt: u64, completion: u64, round_up: bool
 
 /// The scopes with limits: the tenant, and the key when it has its own.
 fn scopes_of(principal: &Principal) -> Vec<Scope> {
-    let t = &principal.tenant;
-    let period = match t.budget_period {
-        BudgetPeriod::Lifetime => "lifetime".to_string(),
-        BudgetPeriod::Monthly => {
-            let tz = jiff::tz::TimeZone::get(&t.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            jiff::Timestamp::now()
-                .to_zoned(tz)
-                .strftime("%Y-%m")
-                .to_string()
-        }
-    };
-    let micros = |usd: Option<f64>| usd.map(|v| (v * 1e6).round().max(0.0) as u64);
-    let mut scopes = Vec::new();
-    if t.tokens_per_minute > 0 || t.budget_tokens.is_some() || t.budget_usd.is_some() {
-        scopes.push(Scope {
-            id: format!("t:{}", t.id),
-            limits: Limits {
-                tokens_per_minute: t.tokens_per_minute,
-                budget_tokens: t.budget_tokens,
-                budget_usd_micros: micros(t.budget_usd),
-                period: period.clone(),
-            },
-        });
-    }
-    let k = &principal.key;
-    if k.tokens_per_minute.is_some_and(|v| v > 0)
-        || k.budget_tokens.is_some()
-        || k.budget_usd.is_some()
-    {
-        scopes.push(Scope {
-            id: format!("k:{}", k.id),
-            limits: Limits {
-                tokens_per_minute: k.tokens_per_minute.unwrap_or(0),
-                budget_tokens: k.budget_tokens,
-                budget_usd_micros: micros(k.budget_usd),
-                period,
-            },
-        });
-    }
-    scopes
+    let now = jiff::Timestamp::now();
+    [
+        tenant_scope(&principal.tenant, now),
+        key_scope(&principal.key, &principal.tenant, now),
+    ]
+    .into_iter()
+    .filter(|s| s.limits.is_limited())
+    .collect()
 }
 
 /// Reserves the worst-case cost in every scope, or nothing at all.

@@ -211,6 +211,21 @@ impl Store {
         Ok(())
     }
 
+    /// Records an action taken outside the store (e.g. a budget reset).
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        entity_type: &str,
+        entity_id: &str,
+        detail: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        Self::audit(&mut tx, actor, action, entity_type, entity_id, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Audit rows, newest first; `before` pages backwards by id.
     pub async fn audit_log(
         &self,

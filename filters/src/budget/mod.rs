@@ -37,7 +37,7 @@ async fn within_deadline<T>(
 }
 
 /// What one scope (a tenant, or a key with limits of its own) may spend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Limits {
     /// 0 = unlimited.
     pub tokens_per_minute: u64,
@@ -47,8 +47,17 @@ pub struct Limits {
     pub period: String,
 }
 
+impl Limits {
+    /// Whether any limit applies (a scope without any needs no reservation).
+    pub fn is_limited(&self) -> bool {
+        self.tokens_per_minute > 0
+            || self.budget_tokens.is_some()
+            || self.budget_usd_micros.is_some()
+    }
+}
+
 /// A scope and its limits, e.g. `t:ten_123`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Scope {
     pub id: String,
     pub limits: Limits,
@@ -98,6 +107,24 @@ pub trait BudgetStore: Send + Sync {
         actual: Cost,
         now_ms: i64,
     ) -> Result<bool, BudgetUnavailable>;
+
+    /// The scope's bucket, committed and reserved spend in its current period.
+    async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable>;
+
+    /// Sets the committed spend of the current period back to zero
+    /// (reservations in flight still count).
+    async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable>;
+}
+
+/// Where a scope stands, for operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Standing {
+    /// Tokens in the per-minute bucket now (`None`: unlimited).
+    pub bucket_tokens: Option<u64>,
+    pub committed_tokens: u64,
+    pub committed_usd_micros: u64,
+    pub reserved_tokens: u64,
+    pub reserved_usd_micros: u64,
 }
 
 fn limit_arg(v: Option<u64>) -> i64 {
@@ -189,6 +216,65 @@ impl BudgetStore for RedisBudgets {
             .arg(SETTLED_TTL_SECS);
         let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(reply.first() == Some(&1))
+    }
+
+    async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let bucket: (Option<f64>, Option<i64>) = within_deadline(
+            redis::cmd("HMGET")
+                .arg(self.key(scope, "bucket"))
+                .arg("level")
+                .arg("ts")
+                .query_async(&mut conn),
+        )
+        .await?;
+        let spend: (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+        ) = within_deadline(
+            redis::cmd("HMGET")
+                .arg(self.key(scope, "spend"))
+                .arg(&["period", "tokens", "usd", "rtokens", "rusd"])
+                .query_async(&mut conn),
+        )
+        .await?;
+        let tpm = scope.limits.tokens_per_minute;
+        let bucket_tokens = (tpm > 0).then(|| {
+            let level = bucket.0.unwrap_or(tpm as f64);
+            let ts = bucket.1.unwrap_or(now_ms);
+            let refilled = level + (now_ms - ts).max(0) as f64 * tpm as f64 / 60_000.0;
+            refilled.min(tpm as f64).max(0.0) as u64
+        });
+        let same_period = spend.0.as_deref().is_none_or(|p| p == scope.limits.period);
+        Ok(Standing {
+            bucket_tokens,
+            committed_tokens: if same_period { spend.1.unwrap_or(0) } else { 0 },
+            committed_usd_micros: if same_period { spend.2.unwrap_or(0) } else { 0 },
+            reserved_tokens: spend.3.unwrap_or(0),
+            reserved_usd_micros: spend.4.unwrap_or(0),
+        })
+    }
+
+    async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        within_deadline(
+            redis::cmd("HSET")
+                .arg(self.key(scope, "spend"))
+                .arg(&[
+                    "tokens",
+                    "0",
+                    "usd",
+                    "0",
+                    "period",
+                    scope.limits.period.as_str(),
+                ])
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -323,6 +409,36 @@ impl BudgetStore for LocalBudgets {
         }
         s.settled.insert(request_id.to_string(), now_ms);
         Ok(true)
+    }
+
+    async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable> {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let s = scopes.entry(scope.id.clone()).or_default();
+        let tpm = scope.limits.tokens_per_minute;
+        let bucket_tokens = (tpm > 0).then(|| s.refill(tpm, now_ms).max(0.0) as u64);
+        let same_period = s.period.is_empty() || s.period == scope.limits.period;
+        Ok(Standing {
+            bucket_tokens,
+            committed_tokens: if same_period { s.tokens } else { 0 },
+            committed_usd_micros: if same_period { s.usd } else { 0 },
+            reserved_tokens: s.reserved_tokens,
+            reserved_usd_micros: s.reserved_usd,
+        })
+    }
+
+    async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable> {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let s = scopes.entry(scope.id.clone()).or_default();
+        s.tokens = 0;
+        s.usd = 0;
+        s.period = scope.limits.period.clone();
+        Ok(())
     }
 }
 
