@@ -72,6 +72,8 @@ pub enum BodyError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmRequest {
     body: Map<String, Value>,
+    /// Bytes of the body as received.
+    received_len: usize,
     pub model: String,
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`, when given.
@@ -96,6 +98,7 @@ impl LlmRequest {
             .and_then(Value::as_u64);
         Ok(LlmRequest {
             body,
+            received_len: bytes.len(),
             model,
             stream,
             max_tokens,
@@ -114,8 +117,8 @@ impl LlmRequest {
     /// The body to send upstream: `model` replaced by `upstream_model`, and
     /// with `request_usage`, `stream_options.include_usage` set so a stream
     /// reports its usage.
-    pub fn to_upstream(&self, upstream_model: &str, request_usage: bool) -> Vec<u8> {
-        let mut body = self.body.clone();
+    pub fn into_upstream(self, upstream_model: &str, request_usage: bool) -> Vec<u8> {
+        let mut body = self.body;
         body.insert("model".into(), Value::String(upstream_model.into()));
         if request_usage {
             let options = body
@@ -131,7 +134,7 @@ impl LlmRequest {
     /// Bytes of the request body: an upper bound of its prompt tokens for
     /// byte-level tokenizers, so reservations cover the worst case.
     pub fn prompt_bound(&self) -> u64 {
-        serde_json::to_vec(&self.body).map_or(0, |b| b.len() as u64)
+        self.received_len as u64
     }
 }
 
@@ -177,12 +180,12 @@ mod tests {
             (r.model.as_str(), r.stream, r.max_tokens),
             ("gpt", true, Some(7))
         );
-        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3", false)).unwrap();
+        let up: Value = serde_json::from_slice(&r.clone().into_upstream("llama-3", false)).unwrap();
         assert_eq!(up["model"], "llama-3");
         assert_eq!(up["max_tokens"], 7);
         assert!(up.get("stream_options").is_none());
         assert!(!r.asks_for_usage());
-        let up: Value = serde_json::from_slice(&r.to_upstream("llama-3", true)).unwrap();
+        let up: Value = serde_json::from_slice(&r.into_upstream("llama-3", true)).unwrap();
         assert_eq!(up["stream_options"]["include_usage"], true);
         assert_eq!(
             LlmRequest::parse(br#"{"messages":[]}"#),

@@ -89,8 +89,24 @@ impl UsageMeter {
                     self.pending.extend_from_slice(chunk);
                 }
                 if end {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&self.pending) {
-                        self.usage = Usage::from_json(&v).or(self.usage);
+                    /// Only `usage` is read; serde skips the rest.
+                    #[derive(serde::Deserialize)]
+                    struct WithUsage {
+                        usage: Option<Counts>,
+                    }
+                    #[derive(serde::Deserialize)]
+                    struct Counts {
+                        #[serde(default)]
+                        prompt_tokens: u64,
+                        #[serde(default)]
+                        completion_tokens: u64,
+                    }
+                    if let Ok(WithUsage { usage: Some(c) }) = serde_json::from_slice(&self.pending)
+                    {
+                        self.usage = Some(Usage {
+                            prompt_tokens: c.prompt_tokens,
+                            completion_tokens: c.completion_tokens,
+                        });
                     }
                     self.pending = Vec::new();
                 }

@@ -249,7 +249,7 @@ async fn admit(
         request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
     ctx.pool = Some(pool);
     ctx.llm = Some(LlmCall {
-        body: Bytes::from(request.to_upstream(&model.model.upstream_model, strip_usage)),
+        body: Bytes::from(request.into_upstream(&model.model.upstream_model, strip_usage)),
         principal,
         model,
         endpoint,

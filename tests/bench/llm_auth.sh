@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# What key auth and LLM routing cost: the same chat completion request sent
-# through an `llm` route (key auth from the in-process cache, body parsed,
-# model and credential rewritten) and through a plain `proxy` route to the
-# same upstream, in the same run, plus the upstream directly. obleth gets
+# What key auth, LLM routing and budgets cost: the same chat completion
+# request sent through a plain `proxy` route, through an `llm` route (key
+# auth from the in-process cache, body parsed, model and credential
+# rewritten) for a tenant without limits, and for a tenant with a token
+# budget and a per-minute limit (reserve and settle in Redis on loopback),
+# in the same run, plus the upstream directly. obleth gets
 # core 0 alone (one thread); wrk and the mock upstream share core 1.
 #
 #   tests/bench/llm_auth.sh             # 3 rounds of 10 s per target
@@ -16,8 +18,10 @@ LOAD_CORE=${LOAD_CORE:-1}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 KEY=obk_bench_000000000000000000000000
+BUDGET_KEY=obk_bench_budget_0000000000000000
 
 scripts/setup.sh bench
+scripts/services.sh
 cargo build --release --quiet -p obleth -p obleth-mock-upstream
 
 source tests/bench/lib.sh
@@ -36,14 +40,15 @@ admin: { address: "127.0.0.1:$(port)" }
 metrics: { address: "127.0.0.1:$(port)" }
 access_log: { format: "off" }
 store: { database_url: "sqlite://$work/obleth.db" }
+redis: { url: "redis://127.0.0.1:6379", prefix: "obleth-bench-$$:" }
 pools:
   - name: p
     retries: 0
     servers: [{ address: "127.0.0.1:$UP" }]
 seed:
-  tenants: [{ name: bench }]
+  tenants: [{ name: bench }, { name: limited, budget_tokens: 100000000000, tokens_per_minute: 1000000000 }]
   models: [{ name: bench-model, pool: p, upstream_model: mock-model }]
-  keys: [{ tenant: bench, name: k, secret: $KEY }]
+  keys: [{ tenant: bench, name: k, secret: $KEY }, { tenant: limited, name: k, secret: $BUDGET_KEY }]
 routes:
   - name: llm
     match: { path: { prefix: /v1/ } }
@@ -64,17 +69,22 @@ wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hel
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
-curl -fsS -o /dev/null "http://127.0.0.1:$OB/v1/chat/completions" -H "authorization: Bearer $KEY" \
-  -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+sed "s/$KEY/$BUDGET_KEY/" "$work/chat.lua" >"$work/chat-budget.lua"
+for k in "$KEY" "$BUDGET_KEY"; do
+  curl -fsS -o /dev/null "http://127.0.0.1:$OB/v1/chat/completions" -H "authorization: Bearer $k" \
+    -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+done
 
 for _ in $(seq "$ROUNDS"); do
   run direct "http://127.0.0.1:$UP/v1/chat/completions" "$UP_PID" -s "$work/chat.lua"
   run proxy-route "http://127.0.0.1:$OB/plain/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
   run llm-route "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
+  run llm-route+budget "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/chat-budget.lua"
 done
 
 echo
 echo "LLM route benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s POST /v1/chat/completions (max_tokens 2), median of $ROUNDS rounds"
-echo "proxy-route: plain proxy, no auth; llm-route: key auth (cached), body parse, model + credential rewrite"
+echo "proxy-route: plain proxy, no auth; llm-route: key auth (cached), body parse, model + credential rewrite;"
+echo "llm-route+budget: the same for a tenant with limits: Lua reserve before and settle after, Redis on loopback"
 echo
 table "$ROUNDS" proxy-route
