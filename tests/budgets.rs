@@ -399,3 +399,46 @@ async fn timeouts_refund_and_a_client_leaving_mid_stream_pays_what_was_generated
         "no usage arrived, so the streamed text was counted"
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_before_the_first_byte_is_refunded() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(
+        &upstream,
+        "{ name: acme, budget_tokens: 100000 }",
+        None,
+        true,
+    ))
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(obleth.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-mock-latency-ms", "1000")
+        .json(&chat(50))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while obleth
+        .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
+        .await
+        < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let budget = Admin::of(&obleth)
+        .ok("GET", "/tenants/acme/budget", None, 200)
+        .await;
+    assert_eq!(budget["standing"]["committed_tokens"], 0, "{budget}");
+    assert_eq!(budget["standing"]["reserved_tokens"], 0, "{budget}");
+    let line = obleth.access_lines(1).await.remove(0);
+    assert!(
+        line.contains(" 499 "),
+        "recorded as a client disconnect: {line}"
+    );
+}
