@@ -324,6 +324,16 @@ pub struct LocalBudgets {
     scopes: Mutex<HashMap<String, ScopeState>>,
 }
 
+impl LocalBudgets {
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, ScopeState>>, BudgetUnavailable> {
+        self.scopes
+            .lock()
+            .map_err(|_| BudgetUnavailable("in-process budgets are poisoned".into()))
+    }
+}
+
 #[async_trait]
 impl BudgetStore for LocalBudgets {
     async fn reserve(
@@ -333,10 +343,7 @@ impl BudgetStore for LocalBudgets {
         estimate: Cost,
         now_ms: i64,
     ) -> Result<Decision, BudgetUnavailable> {
-        let mut scopes = self
-            .scopes
-            .lock()
-            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let mut scopes = self.lock()?;
         let s = scopes.entry(scope.id.clone()).or_default();
         let l = &scope.limits;
         if s.reservations.contains_key(request_id) {
@@ -386,10 +393,7 @@ impl BudgetStore for LocalBudgets {
         actual: Cost,
         now_ms: i64,
     ) -> Result<bool, BudgetUnavailable> {
-        let mut scopes = self
-            .scopes
-            .lock()
-            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let mut scopes = self.lock()?;
         let s = scopes.entry(scope.id.clone()).or_default();
         s.settled
             .retain(|_, at| now_ms - *at < SETTLED_TTL_SECS as i64 * 1000);
@@ -412,10 +416,7 @@ impl BudgetStore for LocalBudgets {
     }
 
     async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable> {
-        let mut scopes = self
-            .scopes
-            .lock()
-            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let mut scopes = self.lock()?;
         let s = scopes.entry(scope.id.clone()).or_default();
         let tpm = scope.limits.tokens_per_minute;
         let bucket_tokens = (tpm > 0).then(|| s.refill(tpm, now_ms).max(0.0) as u64);
@@ -430,10 +431,7 @@ impl BudgetStore for LocalBudgets {
     }
 
     async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable> {
-        let mut scopes = self
-            .scopes
-            .lock()
-            .map_err(|_| BudgetUnavailable("poisoned".into()))?;
+        let mut scopes = self.lock()?;
         let s = scopes.entry(scope.id.clone()).or_default();
         s.tokens = 0;
         s.usd = 0;
