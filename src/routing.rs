@@ -348,14 +348,6 @@ impl RouteTable {
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.config.matcher.matches(req))
     }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -150,14 +150,6 @@ impl Store {
             .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(self.pool.begin().await?)
     }
