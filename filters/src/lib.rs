@@ -3,6 +3,7 @@
 //! Pingora's phases.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod openai;
