@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use jiff::Timestamp;
+use obleth_filters::admission::{Capacity, Scheduler};
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
 use obleth_filters::budget::{BudgetStore, Limits, LocalBudgets, RedisBudgets, Scope};
 use obleth_filters::records::Model;
@@ -17,8 +18,8 @@ use obleth_filters::records::{ApiKey, BudgetPeriod, Tenant};
 use redis::aio::ConnectionManager;
 
 use crate::config::{
-    Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed, ServerConfig, Timeouts,
-    UpstreamTls,
+    AdmissionSettings, Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed,
+    ServerConfig, Timeouts, UpstreamTls,
 };
 use crate::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
@@ -203,6 +204,9 @@ pub struct LlmState {
     /// Redis-backed with Redis configured, in-process otherwise.
     pub budgets: Arc<dyn BudgetStore>,
     pub budget_settings: BudgetSettings,
+    /// Fair admission; each enabled model is a pool of `max_in_flight`.
+    pub scheduler: Scheduler,
+    pub admission: AdmissionSettings,
     hot: Option<HotCache>,
     publisher: Option<ConnectionManager>,
     channel: String,
@@ -254,6 +258,13 @@ impl LlmState {
         let state = Arc::new(LlmState {
             budgets,
             budget_settings: config.budgets.clone(),
+            scheduler: Scheduler::new(Capacity {
+                global: config.admission.global_max_in_flight,
+                queue_per_pool: config.admission.queue_per_pool,
+                timeout: config.admission.timeout,
+                brownout_after: config.admission.brownout_wait,
+            }),
+            admission: config.admission.clone(),
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),
             store,
@@ -261,9 +272,7 @@ impl LlmState {
             publisher,
             channel,
         });
-        if let Err(e) = state.catalog.reload(&state.store).await {
-            tracing::error!("cannot load models: {e}");
-        }
+        state.reload_models().await;
         if let Some(redis) = &config.redis {
             tokio::spawn(listen_for_changes(state.clone(), redis.url.clone()));
         }
@@ -294,8 +303,18 @@ impl LlmState {
 
     async fn refresh_local(&self) {
         self.resolver.invalidate_local();
+        self.reload_models().await;
+    }
+
+    /// Reloads the catalog and sizes each model's admission pool (live:
+    /// waiters are let in at once when a pool grew).
+    async fn reload_models(&self) {
         if let Err(e) = self.catalog.reload(&self.store).await {
-            tracing::error!("cannot reload models: {e}");
+            tracing::error!("cannot load models: {e}");
+        }
+        for entry in self.catalog.list().iter() {
+            self.scheduler
+                .set_pool_size(&entry.model.name, entry.model.max_in_flight);
         }
     }
 }
@@ -410,6 +429,7 @@ async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<()
                 disabled: false,
                 weight: 100,
                 expires_at: None,
+                max_in_flight: None,
                 tokens_per_minute: None,
                 budget_tokens: None,
                 budget_usd: None,

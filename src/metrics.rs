@@ -27,11 +27,18 @@ pub struct Families {
     pub budget_fail_open: IntCounter,
     pub settlements: IntCounterVec,
     pub tokens: IntCounterVec,
+    pub llm_requests: IntCounterVec,
+    pub queue_wait: HistogramVec,
+    pub admitted_in_flight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub pool_in_flight: IntGaugeVec,
+    pub pool_queue_depth: IntGaugeVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
 /// Pingora's own metrics.
-pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
+pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    Families {
     requests: register_int_counter_vec!(
         "obleth_http_requests_total",
         "Requests answered, by route and status class",
@@ -94,7 +101,62 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
         &["direction"]
     )
     .expect("metric registers once"),
+    llm_requests: register_int_counter_vec!(
+        "obleth_requests_total",
+        "LLM requests answered, by status and admission (fast, queued, brownout, or rejected: refused before or at admission)",
+        &["status", "admission"]
+    )
+    .expect("metric registers once"),
+    queue_wait: register_histogram_vec!(
+        "obleth_queue_wait_seconds",
+        "Time an LLM request waited for an admission slot, by admission",
+        &["admission"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    admitted_in_flight: register_int_gauge!(
+        "obleth_in_flight",
+        "LLM requests holding an admission slot"
+    )
+    .expect("metric registers once"),
+    queue_depth: register_int_gauge!(
+        "obleth_queue_depth",
+        "LLM requests waiting for an admission slot, all pools"
+    )
+    .expect("metric registers once"),
+    pool_in_flight: register_int_gauge_vec!(
+        "obleth_pool_in_flight",
+        "LLM requests holding a slot of a model pool",
+        &["pool"]
+    )
+    .expect("metric registers once"),
+    pool_queue_depth: register_int_gauge_vec!(
+        "obleth_pool_queue_depth",
+        "LLM requests waiting for a slot of a model pool",
+        &["pool"]
+    )
+    .expect("metric registers once"),
+}
 });
+
+/// Copies the admission scheduler's load into the gauges; run at scrape
+/// time so the request path pays nothing for them. Pools are the enabled
+/// models, a set the operator controls.
+pub fn observe_admission(snapshot: &obleth_filters::admission::Snapshot) {
+    let f = &*FAMILIES;
+    f.admitted_in_flight.set(i64::from(snapshot.in_flight));
+    f.queue_depth.set(snapshot.queued as i64);
+    f.pool_in_flight.reset();
+    f.pool_queue_depth.reset();
+    for pool in &snapshot.pools {
+        f.pool_in_flight
+            .with_label_values(&[&pool.pool])
+            .set(i64::from(pool.in_flight));
+        f.pool_queue_depth
+            .with_label_values(&[&pool.pool])
+            .set(pool.queued as i64);
+    }
+}
 
 /// Status classes in the order of [`RouteMetrics::by_class`].
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];

@@ -106,7 +106,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         admin_address,
         admin_router(shared.clone(), &admin_token),
     )?;
-    let metrics = HttpEndpoint::bind("metrics", metrics_address, metrics_router())?;
+    let metrics = HttpEndpoint::bind(
+        "metrics",
+        metrics_address,
+        metrics_router(shared.llm.scheduler.clone()),
+    )?;
 
     for listener in &listeners {
         add_listener(&mut pingora_server, &shared, listener)?;

@@ -161,6 +161,7 @@ mod tests {
                 disabled: false,
                 weight: 100,
                 expires_at: None,
+                max_in_flight: None,
                 tokens_per_minute: None,
                 budget_tokens: None,
                 budget_usd: None,

@@ -39,6 +39,7 @@ pub struct Ticket {
     pub tenant_max_in_flight: Option<u32>,
     pub key: String,
     pub key_weight: u32,
+    pub key_max_in_flight: Option<u32>,
     pub estimated_tokens: u64,
 }
 
@@ -90,8 +91,52 @@ pub struct Capacity {
 struct Flow {
     /// Tokens served divided by weight.
     service: f64,
+    /// Tokens served, unweighted, for the fairshare snapshot.
+    served: f64,
+    weight: u32,
     in_flight: u32,
     waiting: usize,
+}
+
+impl Flow {
+    fn active(&self) -> bool {
+        self.in_flight > 0 || self.waiting > 0
+    }
+}
+
+/// One pool as the fairshare API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolSnapshot {
+    pub pool: String,
+    pub size: u32,
+    pub in_flight: u32,
+    pub queued: usize,
+    pub groups: Vec<FlowSnapshot>,
+    pub tenants: Vec<FlowSnapshot>,
+}
+
+/// A group or tenant within a pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowSnapshot {
+    /// The group name, or `group/tenant`.
+    pub name: String,
+    pub weight: u32,
+    /// Its weight over the weights of its active siblings (0 when idle).
+    pub share: f64,
+    pub in_flight: u32,
+    pub queued: usize,
+    /// Tokens served since the pool was last idle (estimates corrected to
+    /// actual tokens at settlement).
+    pub service_tokens: u64,
+}
+
+/// The whole scheduler at one moment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub global: u32,
+    pub in_flight: u32,
+    pub queued: usize,
+    pub pools: Vec<PoolSnapshot>,
 }
 
 struct Waiter {
@@ -189,7 +234,9 @@ fn flows<'a>(pool: &'a mut PoolState, t: &Ticket) -> [&'a mut Flow; 3] {
 fn charge(pool: &mut PoolState, t: &Ticket, tokens: f64) {
     let weights = [t.group_weight, t.tenant_weight, t.key_weight];
     for (flow, w) in flows(pool, t).into_iter().zip(weights) {
-        flow.service = (flow.service + tokens / f64::from(w.max(1))).max(0.0);
+        flow.weight = w.max(1);
+        flow.service = (flow.service + tokens / f64::from(flow.weight)).max(0.0);
+        flow.served = (flow.served + tokens).max(0.0);
     }
 }
 
@@ -219,6 +266,36 @@ impl Scheduler {
             state.capacity.global = global;
             dispatch(&mut state);
         }
+    }
+
+    /// The global ceiling.
+    pub fn global(&self) -> u32 {
+        self.state.lock().map(|s| s.capacity.global).unwrap_or(0)
+    }
+
+    /// Every pool's size, load and flows, for the fairshare API and metrics.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let state = self.state.lock().ok()?;
+        let pools = state
+            .pools
+            .iter()
+            .map(|(name, p)| PoolSnapshot {
+                pool: name.clone(),
+                size: p.size,
+                in_flight: p.in_flight,
+                queued: p.waiting,
+                groups: flow_snapshots(&p.groups, |_| String::new()),
+                tenants: flow_snapshots(&p.tenants, |name| {
+                    name.split_once('/').map_or("", |(g, _)| g).to_string()
+                }),
+            })
+            .collect();
+        Some(Snapshot {
+            global: state.capacity.global,
+            in_flight: state.in_flight,
+            queued: state.pools.values().map(|p| p.waiting).sum(),
+            pools,
+        })
     }
 
     /// Requests in flight and waiting, in total.
@@ -346,6 +423,7 @@ impl Drop for Leave<'_> {
             for flow in flows(pool, self.ticket) {
                 flow.waiting = flow.waiting.saturating_sub(1);
             }
+            forget_idle(pool, self.ticket);
         }
     }
 }
@@ -358,13 +436,78 @@ fn release(state: &mut State, ticket: &Ticket) {
         for flow in flows(pool, ticket) {
             flow.in_flight = flow.in_flight.saturating_sub(1);
         }
+        forget_idle(pool, ticket);
     }
     dispatch(state);
 }
 
+/// Keeps the flow tables as small as the set of active clients. A pool
+/// with nobody in flight or waiting starts afresh; an idle flow whose
+/// service is not ahead of its active siblings is dropped, since on return
+/// it would be lifted to them anyway. Idle flows that are ahead stay, so
+/// leaving briefly does not wipe out what they were served.
+fn forget_idle(pool: &mut PoolState, t: &Ticket) {
+    if pool.in_flight == 0 && pool.waiting == 0 {
+        pool.groups.clear();
+        pool.tenants.clear();
+        pool.keys.clear();
+        pool.queues.clear();
+        return;
+    }
+    fn forget(map: &mut HashMap<String, Flow>, id: &str, siblings: &str) {
+        if map.get(id).is_none_or(Flow::active) {
+            return;
+        }
+        let floor = map
+            .iter()
+            .filter(|(name, f)| f.active() && name.starts_with(siblings))
+            .map(|(_, f)| f.service)
+            .reduce(f64::min);
+        let service = map.get(id).map_or(0.0, |f| f.service);
+        if floor.is_none_or(|floor| service <= floor) {
+            map.remove(id);
+        }
+    }
+    forget(&mut pool.groups, &t.group, "");
+    forget(&mut pool.tenants, &tenant_id(t), &format!("{}/", t.group));
+    let key = key_id(t);
+    forget(&mut pool.keys, &key, &format!("{}/", tenant_id(t)));
+    if pool.queues.get(&key).is_some_and(VecDeque::is_empty) {
+        pool.queues.remove(&key);
+    }
+}
+
+fn flow_snapshots(
+    map: &HashMap<String, Flow>,
+    parent: impl Fn(&str) -> String,
+) -> Vec<FlowSnapshot> {
+    let mut active_weight: HashMap<String, u32> = HashMap::new();
+    for (name, f) in map.iter().filter(|(_, f)| f.active()) {
+        *active_weight.entry(parent(name)).or_default() += f.weight;
+    }
+    let mut flows: Vec<FlowSnapshot> = map
+        .iter()
+        .map(|(name, f)| FlowSnapshot {
+            name: name.clone(),
+            weight: f.weight,
+            share: match active_weight.get(&parent(name)) {
+                Some(&total) if f.active() && total > 0 => f64::from(f.weight) / f64::from(total),
+                _ => 0.0,
+            },
+            in_flight: f.in_flight,
+            queued: f.waiting,
+            service_tokens: f.served.round() as u64,
+        })
+        .collect();
+    flows.sort_by(|a, b| a.name.cmp(&b.name));
+    flows
+}
+
 fn within_caps(pool: &PoolState, t: &Ticket) -> bool {
-    let in_flight = pool.tenants.get(&tenant_id(t)).map_or(0, |f| f.in_flight);
-    t.tenant_max_in_flight.is_none_or(|cap| in_flight < cap)
+    let tenant = pool.tenants.get(&tenant_id(t)).map_or(0, |f| f.in_flight);
+    let key = pool.keys.get(&key_id(t)).map_or(0, |f| f.in_flight);
+    t.tenant_max_in_flight.is_none_or(|cap| tenant < cap)
+        && t.key_max_in_flight.is_none_or(|cap| key < cap)
 }
 
 /// A flow that had nobody waiting starts at the least service among its
@@ -373,7 +516,7 @@ fn lift_if_newly_backlogged(pool: &mut PoolState, t: &Ticket) {
     fn lift(map: &mut HashMap<String, Flow>, id: &str, siblings: &str) {
         let floor = map
             .iter()
-            .filter(|(name, f)| (f.waiting > 0 || f.in_flight > 0) && name.starts_with(siblings))
+            .filter(|(name, f)| f.active() && name.starts_with(siblings))
             .map(|(_, f)| f.service)
             .reduce(f64::min);
         let flow = map.entry(id.to_string()).or_default();
@@ -475,6 +618,7 @@ mod tests {
             tenant_max_in_flight: None,
             key: key.into(),
             key_weight: 100,
+            key_max_in_flight: None,
             estimated_tokens: tokens,
         }
     }
@@ -633,5 +777,84 @@ mod tests {
         assert_eq!(s.load(), (1, 0));
         drop(hold);
         assert_eq!(s.load(), (0, 0), "no slot leaked");
+    }
+
+    /// Random arrivals, departures and capacity changes; after every step
+    /// the limits hold and no slot stays free while an eligible request
+    /// waits.
+    #[tokio::test(start_paused = true)]
+    async fn limits_and_work_conservation_hold_under_random_load() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let s = Scheduler::new(Capacity {
+            global: 6,
+            queue_per_pool: 1_000,
+            timeout: Duration::from_secs(3600),
+            brownout_after: None,
+        });
+        s.set_pool_size("p", 4);
+        s.set_pool_size("q", 3);
+        let mut waiting = tokio::task::JoinSet::new();
+        let mut held: Vec<Permit> = Vec::new();
+        for step in 0..3_000 {
+            match next(10) {
+                0..=4 => {
+                    let tenant = next(4);
+                    let mut t = ticket(
+                        "g",
+                        &format!("t{tenant}"),
+                        100,
+                        &format!("k{}", next(2)),
+                        1 + next(500),
+                    );
+                    t.pool = if next(3) == 0 { "q" } else { "p" }.into();
+                    t.tenant_max_in_flight = (tenant == 0).then_some(1);
+                    t.key_max_in_flight = (tenant == 1).then_some(1);
+                    let s = s.clone();
+                    waiting.spawn(async move { s.admit(t).await });
+                }
+                5..=8 if !held.is_empty() => {
+                    let at = next(held.len() as u64) as usize;
+                    let permit = held.swap_remove(at);
+                    permit.correct(next(800));
+                }
+                _ => s.set_pool_size("p", 1 + next(5) as u32),
+            }
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            while let Some(done) = waiting.try_join_next() {
+                held.push(
+                    done.expect("admit task")
+                        .expect("no refusal without a timeout"),
+                );
+            }
+            let snap = s.snapshot().expect("snapshot");
+            assert!(snap.in_flight <= snap.global, "step {step}: {snap:?}");
+            assert_eq!(snap.in_flight as usize, held.len(), "step {step}");
+            for pool in &snap.pools {
+                let cap_of = |name: &str| (name == "g/t0").then_some(1);
+                for t in &pool.tenants {
+                    if let Some(cap) = cap_of(&t.name) {
+                        assert!(t.in_flight <= cap, "step {step}: {t:?}");
+                    }
+                }
+                let room = pool.in_flight < pool.size && snap.in_flight < snap.global;
+                // Waiting with room is only allowed for capped clients.
+                let blocked = |t: &FlowSnapshot| {
+                    t.queued == 0 || t.name == "g/t0" && t.in_flight >= 1 || t.name == "g/t1"
+                };
+                assert!(
+                    !room || pool.tenants.iter().all(blocked),
+                    "step {step}: a slot is free while {} waits: {pool:?}",
+                    pool.pool
+                );
+            }
+        }
     }
 }

@@ -131,6 +131,25 @@ impl LlmRequest {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
+    /// Lowers the output limit to `cap` (brownout): each of `max_tokens`
+    /// and `max_completion_tokens` that is present and larger is capped,
+    /// and `max_tokens` is set when the request gave neither.
+    pub fn cap_max_tokens(&mut self, cap: u64) {
+        let mut present = false;
+        for field in ["max_tokens", "max_completion_tokens"] {
+            if let Some(v) = self.body.get_mut(field) {
+                present = true;
+                if v.as_u64().is_none_or(|n| n > cap) {
+                    *v = Value::from(cap);
+                }
+            }
+        }
+        if !present {
+            self.body.insert("max_tokens".into(), Value::from(cap));
+        }
+        self.max_tokens = Some(self.max_tokens.map_or(cap, |n| n.min(cap)));
+    }
+
     /// Bytes of the request body: an upper bound of its prompt tokens for
     /// byte-level tokenizers, so reservations cover the worst case.
     pub fn prompt_bound(&self) -> u64 {
@@ -199,5 +218,24 @@ mod tests {
             LlmRequest::parse(b"{"),
             Err(BodyError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn brownout_caps_the_output_limit_in_the_upstream_body() {
+        let capped = |body: &[u8]| {
+            let mut r = LlmRequest::parse(body).unwrap();
+            r.cap_max_tokens(256);
+            let limit = r.max_tokens;
+            let up: Value = serde_json::from_slice(&r.into_upstream("m", false)).unwrap();
+            (up, limit)
+        };
+        let (up, limit) = capped(br#"{"model":"m","max_tokens":4000}"#);
+        assert_eq!((up["max_tokens"].as_u64(), limit), (Some(256), Some(256)));
+        let (up, _) = capped(br#"{"model":"m","max_completion_tokens":900,"max_tokens":100}"#);
+        assert_eq!(up["max_completion_tokens"], 256);
+        assert_eq!(up["max_tokens"], 100, "a smaller limit stays");
+        let (up, limit) = capped(br#"{"model":"m"}"#);
+        assert_eq!((up["max_tokens"].as_u64(), limit), (Some(256), Some(256)));
+        assert!(up.get("max_completion_tokens").is_none());
     }
 }

@@ -70,6 +70,9 @@ pub struct ApiKey {
     pub weight: u32,
     /// Unix milliseconds.
     pub expires_at: Option<i64>,
+    /// Concurrent requests of this key per model pool, below its tenant's.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     pub tokens_per_minute: Option<u64>,
     pub budget_tokens: Option<u64>,
     pub budget_usd: Option<f64>,

@@ -1,5 +1,5 @@
-//! The admin API under `/api/v1/`: groups, tenants, keys, models and the
-//! audit log. Every route needs `Authorization: Bearer $OBLETH_ADMIN_TOKEN`;
+//! The admin API under `/api/v1/`: groups, tenants, keys, models, the
+//! audit log, budgets and admission capacity. Every route needs `Authorization: Bearer $OBLETH_ADMIN_TOKEN`;
 //! every mutation is audited in its own transaction and then propagated to
 //! the caches of every replica. The OpenAPI document is generated from the
 //! handlers below.
@@ -200,6 +200,8 @@ pub fn router(llm: Arc<LlmState>, admin_token: &str) -> Router {
         .routes(routes!(reset_tenant_budget))
         .routes(routes!(key_budget))
         .routes(routes!(reset_key_budget))
+        .routes(routes!(get_capacity, put_capacity))
+        .routes(routes!(fairshare))
         .split_for_parts();
     let document = Arc::new(api);
     router
@@ -596,7 +598,7 @@ async fn delete_model(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct AuditQuery {
-    /// `group`, `tenant`, `key` or `model`.
+    /// `group`, `tenant`, `key`, `model` or `capacity`.
     entity_type: Option<String>,
     entity_id: Option<String>,
     /// Return rows with an id below this one (the previous page's last id).
@@ -726,4 +728,99 @@ async fn reset_key_budget(
     let tenant: obleth_filters::records::Tenant = s.llm.store.tenant(&key.tenant_id).await?.into();
     let scope = crate::llm::key_scope(&key, &tenant, jiff::Timestamp::now());
     Ok(Json(reset(&s, &headers, scope, "key", &id).await?))
+}
+
+// ---- admission -----------------------------------------------------------
+
+/// The global ceiling and each model pool's load.
+#[derive(Serialize, ToSchema)]
+struct CapacityView {
+    global_max_in_flight: u32,
+    in_flight: u32,
+    queued: usize,
+    pools: Vec<PoolLoad>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct PoolLoad {
+    pool: String,
+    max_in_flight: u32,
+    in_flight: u32,
+    queued: usize,
+}
+
+/// Body of `PUT /capacity`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CapacityChange {
+    global_max_in_flight: u32,
+}
+
+fn snapshot(s: &ApiState) -> ApiResult<obleth_filters::admission::Snapshot> {
+    s.llm.scheduler.snapshot().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the scheduler is unavailable",
+        )
+    })
+}
+
+fn capacity_view(s: &ApiState) -> ApiResult<CapacityView> {
+    let snap = snapshot(s)?;
+    Ok(CapacityView {
+        global_max_in_flight: snap.global,
+        in_flight: snap.in_flight,
+        queued: snap.queued,
+        pools: snap
+            .pools
+            .into_iter()
+            .map(|p| PoolLoad {
+                pool: p.pool,
+                max_in_flight: p.size,
+                in_flight: p.in_flight,
+                queued: p.queued,
+            })
+            .collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/capacity", responses((status = 200, body = CapacityView)))]
+async fn get_capacity(State(s): State<ApiState>) -> ApiResult<Json<CapacityView>> {
+    Ok(Json(capacity_view(&s)?))
+}
+
+/// Changes this process's global ceiling at once (waiters are let in when
+/// it grows; when it shrinks, requests in flight finish undisturbed). The
+/// value lasts until restart, where the configuration applies again.
+#[utoipa::path(put, path = "/api/v1/capacity", request_body = CapacityChange,
+    responses((status = 200, body = CapacityView), (status = 400, body = ErrorBody)))]
+async fn put_capacity(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Body(change): Body<CapacityChange>,
+) -> ApiResult<Json<CapacityView>> {
+    if change.global_max_in_flight == 0 {
+        return Err(StoreError::invalid("global_max_in_flight", "must be at least 1").into());
+    }
+    let before = s.llm.scheduler.global();
+    s.llm
+        .store
+        .record(
+            &actor(&headers),
+            "capacity.update",
+            "capacity",
+            "global",
+            &json!({ "global_max_in_flight_before": before, "global_max_in_flight": change.global_max_in_flight }),
+        )
+        .await?;
+    s.llm.scheduler.set_global(change.global_max_in_flight);
+    Ok(Json(capacity_view(&s)?))
+}
+
+#[utoipa::path(get, path = "/api/v1/fairshare",
+    responses((status = 200, description = "Per pool: size, in flight, queued, and per group and tenant (`group/tenant id`) the weight, its share among active siblings, in flight, queued and tokens served since the pool was last idle", body = Object)))]
+async fn fairshare(
+    State(s): State<ApiState>,
+) -> ApiResult<Json<obleth_filters::admission::Snapshot>> {
+    Ok(Json(snapshot(&s)?))
 }

@@ -85,10 +85,14 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     }
 }
 
-pub fn metrics_router() -> Router {
+/// `/metrics`, with the admission gauges brought up to date first.
+pub fn metrics_router(scheduler: obleth_filters::admission::Scheduler) -> Router {
     Router::new().route(
         "/metrics",
-        get(|| async {
+        get(move || async move {
+            if let Some(snapshot) = scheduler.snapshot() {
+                crate::metrics::observe_admission(&snapshot);
+            }
             (
                 [(
                     axum::http::header::CONTENT_TYPE,

@@ -40,6 +40,7 @@ pub struct Config {
     pub admin_auth: AdminAuth,
     pub seed: Seed,
     pub budgets: BudgetSettings,
+    pub admission: AdmissionSettings,
     /// `OBLETH_API_KEY_PEPPER`: mixed into every key hash.
     pub api_key_pepper: Option<String>,
     /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
@@ -71,6 +72,23 @@ pub struct BudgetSettings {
     pub fail_open: bool,
     /// Completion tokens reserved when a request gives no `max_tokens`.
     pub default_max_tokens: u64,
+}
+
+/// Limits of fair admission on LLM routes.
+#[derive(Debug, Clone)]
+pub struct AdmissionSettings {
+    /// Admitted LLM requests in this process at once
+    /// (`OBLETH_GLOBAL_MAX_IN_FLIGHT`); changed live by `PUT /api/v1/capacity`.
+    pub global_max_in_flight: u32,
+    /// Waiting requests per model pool before new ones get 429.
+    pub queue_per_pool: usize,
+    /// Longest wait for a slot before a 503.
+    pub timeout: Duration,
+    /// Waits longer than this are served degraded (`OBLETH_BROWNOUT_WAIT_MS`;
+    /// `None` when set to 0).
+    pub brownout_wait: Option<Duration>,
+    /// The `max_tokens` a degraded request is capped to.
+    pub brownout_max_tokens: u64,
 }
 
 /// How the admin API authenticates operators.
@@ -268,6 +286,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("OBLETH_DATABASE_URL", "store.database_url"),
     ("OBLETH_REDIS_URL", "redis.url"),
     ("OBLETH_FAIL_OPEN", "budgets.fail_open"),
+    (
+        "OBLETH_GLOBAL_MAX_IN_FLIGHT",
+        "admission.global_max_in_flight",
+    ),
+    ("OBLETH_BROWNOUT_WAIT_MS", "admission.brownout_wait"),
 ];
 
 impl Config {
@@ -442,16 +465,27 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut
     if let Some(addr) = env("OBLETH_METRICS_LISTEN") {
         raw.metrics.address = Some(addr);
     }
-    if let Some(threads) = env("OBLETH_THREADS") {
-        match threads.parse() {
-            Ok(n) => raw.server.threads = Some(n),
-            Err(_) => v.problems.push(Problem {
+    let mut number = |name: &str| -> Option<u64> {
+        let text = env(name)?;
+        let parsed = text.parse().ok();
+        if parsed.is_none() {
+            v.problems.push(Problem {
                 file: "environment".into(),
                 position: None,
-                key: "OBLETH_THREADS".into(),
-                message: format!("{threads:?} is not a number"),
-            }),
+                key: name.into(),
+                message: format!("{text:?} is not a number"),
+            });
         }
+        parsed
+    };
+    if let Some(n) = number("OBLETH_THREADS") {
+        raw.server.threads = Some(n as usize);
+    }
+    if let Some(n) = number("OBLETH_GLOBAL_MAX_IN_FLIGHT") {
+        raw.admission.global_max_in_flight = Some(n.min(u64::from(u32::MAX)) as u32);
+    }
+    if let Some(ms) = number("OBLETH_BROWNOUT_WAIT_MS") {
+        raw.admission.brownout_wait = Some(format!("{ms}ms"));
     }
     if let Some(grace) = env("OBLETH_GRACE") {
         raw.server.grace = Some(grace);
@@ -587,6 +621,7 @@ impl Validator {
             fail_open: raw.budgets.fail_open.unwrap_or(true),
             default_max_tokens: default_max_tokens.max(1),
         };
+        let admission = self.admission(&raw.admission);
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()
             .enumerate()
@@ -616,8 +651,41 @@ impl Validator {
             },
             seed,
             budgets,
+            admission,
             api_key_pepper: None,
             encryption_key: None,
+        }
+    }
+
+    fn admission(&mut self, raw: &RawAdmission) -> AdmissionSettings {
+        let global_max_in_flight = raw.global_max_in_flight.unwrap_or(64);
+        if global_max_in_flight == 0 {
+            self.problem("admission.global_max_in_flight", "must be at least 1");
+        }
+        let queue_per_pool = raw.queue_per_pool.unwrap_or(1024);
+        let timeout = self.duration(
+            "admission.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(30),
+        );
+        if timeout.is_zero() {
+            self.problem("admission.timeout", "must be longer than zero");
+        }
+        let brownout_wait = self.duration(
+            "admission.brownout_wait",
+            raw.brownout_wait.as_deref(),
+            Duration::from_millis(750),
+        );
+        let brownout_max_tokens = raw.brownout_max_tokens.unwrap_or(256);
+        if brownout_max_tokens == 0 {
+            self.problem("admission.brownout_max_tokens", "must be at least 1");
+        }
+        AdmissionSettings {
+            global_max_in_flight: global_max_in_flight.max(1),
+            queue_per_pool,
+            timeout,
+            brownout_wait: (!brownout_wait.is_zero()).then_some(brownout_wait),
+            brownout_max_tokens: brownout_max_tokens.max(1),
         }
     }
 
@@ -1400,6 +1468,44 @@ routes:
         assert_eq!(c.listeners[0].address.port(), 2000);
         assert_eq!(c.admin_address.port(), 2001);
         assert_eq!(c.access_log.format, AccessLogFormat::Json);
+    }
+
+    #[test]
+    fn admission_limits_come_from_the_file_or_the_environment() {
+        let text = "admission: { global_max_in_flight: 8, timeout: 2s, brownout_wait: 1s }\n";
+        let c = parse(text).expect("valid");
+        assert_eq!(c.admission.global_max_in_flight, 8);
+        assert_eq!(c.admission.brownout_wait, Some(Duration::from_secs(1)));
+        assert_eq!(c.admission.brownout_max_tokens, 256);
+        let env = |global: &'static str, wait: &'static str| {
+            move |name: &str| match name {
+                "OBLETH_GLOBAL_MAX_IN_FLIGHT" => Some(global.to_string()),
+                "OBLETH_BROWNOUT_WAIT_MS" => Some(wait.to_string()),
+                _ => None,
+            }
+        };
+        let c = Config::parse(text, Path::new("t.yaml"), env("3", "0")).expect("valid");
+        assert_eq!(c.admission.global_max_in_flight, 3);
+        assert_eq!(c.admission.brownout_wait, None, "0 disables brownout");
+        let Err(ConfigError::Invalid(p)) =
+            Config::parse(text, Path::new("t.yaml"), env("lots", "5"))
+        else {
+            panic!("a bad number is refused");
+        };
+        assert!(
+            p[0].to_string()
+                .contains("OBLETH_GLOBAL_MAX_IN_FLIGHT: \"lots\" is not a number"),
+            "{p:?}"
+        );
+        let p = problems("admission: { global_max_in_flight: 0, timeout: 0s }\n").join("\n");
+        assert!(
+            p.contains("test.yaml:1:14: admission.global_max_in_flight: must be at least 1"),
+            "{p}"
+        );
+        assert!(
+            p.contains("admission.timeout: must be longer than zero"),
+            "{p}"
+        );
     }
 
     #[test]

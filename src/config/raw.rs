@@ -31,6 +31,18 @@ pub struct RawConfig {
     pub seed: RawSeed,
     #[serde(default)]
     pub budgets: RawBudgets,
+    #[serde(default)]
+    pub admission: RawAdmission,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    pub global_max_in_flight: Option<u32>,
+    pub queue_per_pool: Option<usize>,
+    pub timeout: Option<String>,
+    pub brownout_wait: Option<String>,
+    pub brownout_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use obleth_filters::access::{self, Denied};
+use obleth_filters::admission::{Admission, Permit, Refusal, Ticket};
 use obleth_filters::auth::{credential, AuthError};
 use obleth_filters::budget::{Cost, Decision, Scope};
 use obleth_filters::openai::{error_body, BodyError, Endpoint, LlmRequest};
@@ -39,6 +40,10 @@ pub struct LlmCall {
     response_bytes: u64,
     /// Status of the upstream's response head, once it arrived.
     pub upstream_status: Option<u16>,
+    /// The admission slot, freed when the call (the request context) ends.
+    permit: Permit,
+    /// Set when brownout capped the request's output to this many tokens.
+    brownout_cap: Option<u64>,
 }
 
 /// The reservations of one request.
@@ -128,6 +133,20 @@ impl From<Denied> for Rejection {
     }
 }
 
+impl From<Refusal> for Rejection {
+    fn from(e: Refusal) -> Self {
+        let (status, code) = match e {
+            Refusal::QueueFull(_) => (429, "queue_full"),
+            Refusal::TimedOut(..) => (503, "queue_timeout"),
+        };
+        // Waiting longer than a second helps little when a queue is full;
+        // after a timeout the queue is long, so ask for more patience.
+        let retry_after = if status == 429 { "1" } else { "5" };
+        Rejection::new(status, code, format!("{e}; retry later"))
+            .with_headers(vec![(header::RETRY_AFTER, retry_after.to_string())])
+    }
+}
+
 impl From<BodyError> for Rejection {
     fn from(e: BodyError) -> Self {
         let code = match e {
@@ -167,6 +186,9 @@ pub async fn request_filter(
 ) -> Result<bool> {
     match admit(llm, generation, action, session, ctx).await {
         Ok(responded) => Ok(responded),
+        Err(r) if r.status == CLIENT_GONE => {
+            Err(Error::explain(ErrorType::ConnectionClosed, r.message).into_down())
+        }
         Err(r) => {
             if r.status == 413 {
                 session.set_keepalive(None);
@@ -210,7 +232,7 @@ async fn admit(
     }
 
     let body = read_body(session, action.max_body).await?;
-    let request = LlmRequest::parse(&body)?;
+    let mut request = LlmRequest::parse(&body)?;
     let model = llm.catalog.lookup(&request.model).ok_or_else(|| {
         Rejection::new(
             404,
@@ -242,6 +264,13 @@ async fn admit(
             format!("no pool serves the model `{}`", model.model.name),
         ));
     };
+    let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
+    let brownout_cap = (permit.admission() == Admission::Brownout
+        && endpoint != Endpoint::Embeddings)
+        .then_some(llm.admission.brownout_max_tokens);
+    if let Some(cap) = brownout_cap {
+        request.cap_max_tokens(cap);
+    }
     let hold = reserve(llm, &principal, &model, &request).await?;
     // A stream that did not ask for usage gets it anyway (for settlement);
     // the extra event is removed again on the way back.
@@ -259,8 +288,65 @@ async fn admit(
         meter: None,
         response_bytes: 0,
         upstream_status: None,
+        permit,
+        brownout_cap,
     });
     Ok(false)
+}
+
+/// Not a response: the client left, so nothing can be sent (logged as 499).
+const CLIENT_GONE: u16 = 499;
+
+/// Waits for the model pool's admission slot in fair order, leaving the
+/// queue as soon as the client goes away.
+async fn wait_for_slot(
+    llm: &LlmState,
+    session: &mut Session,
+    principal: &Principal,
+    model: &CatalogModel,
+    request: &LlmRequest,
+) -> Result<Permit, Rejection> {
+    let (tenant, key) = (&principal.tenant, &principal.key);
+    let completion_bound = request
+        .max_tokens
+        .unwrap_or(llm.budget_settings.default_max_tokens);
+    let ticket = Ticket {
+        pool: model.model.name.clone(),
+        group: tenant.group.clone(),
+        group_weight: tenant.group_weight,
+        tenant: tenant.id.clone(),
+        tenant_weight: tenant.weight.saturating_mul(model.model.admission_weight),
+        tenant_max_in_flight: tenant.max_in_flight,
+        key: key.id.clone(),
+        key_weight: key.weight,
+        key_max_in_flight: key.max_in_flight,
+        // Bytes over-count tokens about fourfold; settlement corrects it.
+        estimated_tokens: request.prompt_bound().div_ceil(4) + completion_bound,
+    };
+    let started = std::time::Instant::now();
+    let admitted = tokio::select! {
+        biased;
+        admitted = llm.scheduler.admit(ticket) => admitted,
+        _ = session.downstream_session.read_body_or_idle(true) => {
+            return Err(Rejection::new(CLIENT_GONE, "client_gone", "the client left while queued"));
+        }
+    };
+    match admitted {
+        Ok(permit) => {
+            FAMILIES
+                .queue_wait
+                .with_label_values(&[permit.admission().label()])
+                .observe(permit.waited().as_secs_f64());
+            Ok(permit)
+        }
+        Err(refusal) => {
+            FAMILIES
+                .queue_wait
+                .with_label_values(&["rejected"])
+                .observe(started.elapsed().as_secs_f64());
+            Err(refusal.into())
+        }
+    }
 }
 
 /// USD millionths for a token count, rounded up (reservations) or to the
@@ -458,9 +544,22 @@ async fn list_models(
 }
 
 impl LlmCall {
-    /// Rate-limit headers for the response, when the tenant has a bucket.
+    /// How the call was admitted, as the metric label.
+    pub fn admission(&self) -> &'static str {
+        self.permit.admission().label()
+    }
+
+    /// Rate-limit headers for the response, when the tenant has a bucket,
+    /// and the brownout mark when the output was capped.
     pub fn response_headers(&self) -> Vec<(HeaderName, String)> {
-        self.hold.rate.map(|r| r.headers()).unwrap_or_default()
+        let mut headers = self.hold.rate.map(|r| r.headers()).unwrap_or_default();
+        if let Some(cap) = self.brownout_cap {
+            headers.push((
+                HeaderName::from_static("x-obleth-degraded"),
+                format!("brownout; max_tokens={cap}"),
+            ));
+        }
+        headers
     }
 
     /// Starts metering a response with `status` and `content_type`.
@@ -513,6 +612,7 @@ impl LlmCall {
                 ("estimated", self.hold.prompt_bound.div_ceil(4), completion)
             }
         };
+        self.permit.correct(prompt + completion);
         FAMILIES.tokens.with_label_values(&["input"]).inc_by(prompt);
         FAMILIES
             .tokens

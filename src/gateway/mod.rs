@@ -297,6 +297,25 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
+/// A status as a label: the statuses of the error contract and the usual
+/// upstream ones by code, anything else by class, so the set stays small.
+fn status_label(status: u16) -> &'static str {
+    const EXACT: [&str; 12] = [
+        "200", "400", "401", "403", "404", "413", "429", "499", "500", "502", "503", "504",
+    ];
+    let code = status.to_string();
+    if let Some(label) = EXACT.iter().find(|l| **l == code) {
+        return label;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
         .ok()
@@ -696,6 +715,13 @@ impl ProxyHttp for Gateway {
         };
         metrics.count(status);
         metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(Action::Llm(_)) = ctx.route.as_ref().map(|r| &r.config.action) {
+            let admission = ctx.llm.as_ref().map_or("rejected", |c| c.admission());
+            FAMILIES
+                .llm_requests
+                .with_label_values(&[status_label(status), admission])
+                .inc();
+        }
 
         if !self.shared.access_log.enabled() {
             return;

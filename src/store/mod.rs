@@ -443,8 +443,8 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, disabled, weight, expires_at, tokens_per_minute,
-               budget_tokens, budget_usd, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+               budget_tokens, budget_usd, created_at, updated_at, max_in_flight)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
         )
         .bind(&id)
         .bind(tenant_id)
@@ -458,6 +458,7 @@ impl Store {
         .bind(spec.budget_tokens.map(|v| v as i64))
         .bind(spec.budget_usd)
         .bind(now)
+        .bind(spec.max_in_flight.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, &format!("key {:?} of tenant {tenant_id:?}", spec.name)))?;
@@ -484,7 +485,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET name = $1, disabled = $2, weight = $3, expires_at = $4, tokens_per_minute = $5,
-               budget_tokens = $6, budget_usd = $7, updated_at = $8 WHERE id = $9",
+               budget_tokens = $6, budget_usd = $7, updated_at = $8, max_in_flight = $10 WHERE id = $9",
         )
         .bind(&spec.name)
         .bind(spec.disabled)
@@ -495,6 +496,7 @@ impl Store {
         .bind(spec.budget_usd)
         .bind(now_ms())
         .bind(id)
+        .bind(spec.max_in_flight.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, &format!("key {:?}", spec.name)))?;

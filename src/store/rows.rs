@@ -17,7 +17,7 @@ pub(super) const TENANT_SELECT: &str = "SELECT t.id, t.name, t.group_name, g.wei
     FROM tenants t JOIN fairshare_groups g ON g.name = t.group_name";
 
 pub(super) const KEY_SELECT: &str =
-    "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at,
+    "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at, max_in_flight,
     tokens_per_minute, budget_tokens, budget_usd FROM api_keys";
 
 pub(super) const MODEL_SELECT: &str = "SELECT name, aliases, pool, base_url, upstream_model, upstream_key,
@@ -293,6 +293,9 @@ pub struct KeySpec {
     #[serde(default, with = "opt_time")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
+    /// Concurrent requests per model pool; none: only the tenant's cap.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub tokens_per_minute: Option<u64>,
     #[serde(default)]
@@ -309,6 +312,9 @@ impl KeySpec {
         if self.weight == 0 {
             return Err(StoreError::invalid("weight", "must be at least 1"));
         }
+        if self.max_in_flight == Some(0) {
+            return Err(StoreError::invalid("max_in_flight", "must be at least 1"));
+        }
         if self.budget_usd.is_some_and(|v| !v.is_finite() || v < 0.0) {
             return Err(StoreError::invalid(
                 "budget_usd",
@@ -324,6 +330,7 @@ impl KeySpec {
             disabled: key.disabled,
             weight: key.weight,
             expires_at: key.expires_at,
+            max_in_flight: key.max_in_flight,
             tokens_per_minute: key.tokens_per_minute,
             budget_tokens: key.budget_tokens,
             budget_usd: key.budget_usd,
@@ -340,6 +347,7 @@ pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKey, StoreError> {
         disabled: get_bool(r, "disabled")?,
         weight: get::<i64>(r, "weight")? as u32,
         expires_at: get(r, "expires_at")?,
+        max_in_flight: get::<Option<i64>>(r, "max_in_flight")?.map(|v| v as u32),
         tokens_per_minute: get::<Option<i64>>(r, "tokens_per_minute")?.map(|v| v as u64),
         budget_tokens: get::<Option<i64>>(r, "budget_tokens")?.map(|v| v as u64),
         budget_usd: get(r, "budget_usd")?,
