@@ -263,6 +263,7 @@ impl LlmState {
                 queue_per_pool: config.admission.queue_per_pool,
                 timeout: config.admission.timeout,
                 brownout_after: config.admission.brownout_wait,
+                order: config.admission.order,
             }),
             admission: config.admission.clone(),
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),

@@ -19,6 +19,10 @@
 //! such step. The scheduler is work-conserving: a slot is never left free
 //! while an eligible request waits (caps on tenants and keys can make a
 //! waiter ineligible; it is skipped, not blocking others).
+//!
+//! **Cost.** Flows form a tree per pool (group → tenant → key). A decision
+//! walks only the flows that have waiters, without allocating, so it costs
+//! time linear in the backlogged clients of the pool.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -84,24 +88,17 @@ pub struct Capacity {
     pub timeout: Duration,
     /// Waits longer than this are marked brownout (`None`: never).
     pub brownout_after: Option<Duration>,
+    pub order: QueueOrder,
 }
 
-/// Weighted service and in-flight count of one flow (group, tenant or key).
-#[derive(Debug, Default)]
-struct Flow {
-    /// Tokens served divided by weight.
-    service: f64,
-    /// Tokens served, unweighted, for the fairshare snapshot.
-    served: f64,
-    weight: u32,
-    in_flight: u32,
-    waiting: usize,
-}
-
-impl Flow {
-    fn active(&self) -> bool {
-        self.in_flight > 0 || self.waiting > 0
-    }
+/// Which waiter a freed slot goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueOrder {
+    /// Hierarchical weighted fair queuing (the default).
+    Fair,
+    /// Arrival order, ignoring weights: the baseline fairness is measured
+    /// against.
+    Fifo,
 }
 
 /// One pool as the fairshare API shows it.
@@ -139,9 +136,77 @@ pub struct Snapshot {
     pub pools: Vec<PoolSnapshot>,
 }
 
+/// Weighted service and load of one flow (group, tenant or key).
+#[derive(Debug, Default)]
+struct Flow {
+    /// Tokens served divided by weight.
+    service: f64,
+    /// Tokens served, unweighted, for the fairshare snapshot.
+    served: f64,
+    weight: u32,
+    /// `max_in_flight` of the flow, as its latest ticket said.
+    cap: Option<u32>,
+    in_flight: u32,
+    waiting: usize,
+}
+
+impl Flow {
+    fn active(&self) -> bool {
+        self.in_flight > 0 || self.waiting > 0
+    }
+
+    fn has_room(&self) -> bool {
+        self.cap.is_none_or(|cap| self.in_flight < cap)
+    }
+}
+
+/// A flow with children: a group (of tenants) or a tenant (of keys).
+#[derive(Debug, Default)]
+struct Node<C> {
+    flow: Flow,
+    children: HashMap<String, C>,
+}
+
+/// A key's flow and its waiters, oldest first.
+#[derive(Debug, Default)]
+struct KeyQueue {
+    flow: Flow,
+    waiters: VecDeque<Waiter>,
+}
+
+type TenantNode = Node<KeyQueue>;
+type GroupNode = Node<TenantNode>;
+
+/// Anything with a flow, so the levels of the tree share their logic.
+trait HasFlow {
+    fn flow(&self) -> &Flow;
+    fn flow_mut(&mut self) -> &mut Flow;
+}
+
+impl<C> HasFlow for Node<C> {
+    fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+}
+
+impl HasFlow for KeyQueue {
+    fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+}
+
+#[derive(Debug)]
 struct Waiter {
     ticket: Ticket,
-    since: Instant,
+    /// Arrival number, also what `Leave` finds the waiter by.
     id: u64,
     reply: oneshot::Sender<Admission>,
 }
@@ -150,12 +215,8 @@ struct Waiter {
 struct PoolState {
     size: u32,
     in_flight: u32,
-    /// Waiters by key, FIFO.
-    queues: HashMap<String, VecDeque<Waiter>>,
     waiting: usize,
-    groups: HashMap<String, Flow>,
-    tenants: HashMap<String, Flow>,
-    keys: HashMap<String, Flow>,
+    groups: HashMap<String, GroupNode>,
 }
 
 struct State {
@@ -207,37 +268,28 @@ impl Drop for Permit {
     }
 }
 
-/// Tenants are named within their group, keys within their tenant.
-fn tenant_id(t: &Ticket) -> String {
-    format!("{}/{}", t.group, t.tenant)
+/// The ticket's group, tenant and key flows, created when missing.
+fn path<'a>(pool: &'a mut PoolState, t: &Ticket) -> (&'a mut Flow, &'a mut Flow, &'a mut KeyQueue) {
+    let group = pool.groups.entry(t.group.clone()).or_default();
+    let tenant = group.children.entry(t.tenant.clone()).or_default();
+    let key = tenant.children.entry(t.key.clone()).or_default();
+    (&mut group.flow, &mut tenant.flow, key)
 }
 
-fn key_id(t: &Ticket) -> String {
-    format!("{}/{}/{}", t.group, t.tenant, t.key)
-}
-
-/// The three flows of a ticket: group, tenant, key.
-fn flows<'a>(pool: &'a mut PoolState, t: &Ticket) -> [&'a mut Flow; 3] {
-    let PoolState {
-        groups,
-        tenants,
-        keys,
-        ..
-    } = pool;
-    [
-        groups.entry(t.group.clone()).or_default(),
-        tenants.entry(tenant_id(t)).or_default(),
-        keys.entry(key_id(t)).or_default(),
-    ]
+/// Applies `f` to the ticket's three flows with their weights.
+fn each_flow(pool: &mut PoolState, t: &Ticket, mut f: impl FnMut(&mut Flow, u32)) {
+    let (group, tenant, key) = path(pool, t);
+    f(group, t.group_weight);
+    f(tenant, t.tenant_weight);
+    f(&mut key.flow, t.key_weight);
 }
 
 fn charge(pool: &mut PoolState, t: &Ticket, tokens: f64) {
-    let weights = [t.group_weight, t.tenant_weight, t.key_weight];
-    for (flow, w) in flows(pool, t).into_iter().zip(weights) {
+    each_flow(pool, t, |flow, w| {
         flow.weight = w.max(1);
         flow.service = (flow.service + tokens / f64::from(flow.weight)).max(0.0);
         flow.served = (flow.served + tokens).max(0.0);
-    }
+    });
 }
 
 impl Scheduler {
@@ -284,10 +336,18 @@ impl Scheduler {
                 size: p.size,
                 in_flight: p.in_flight,
                 queued: p.waiting,
-                groups: flow_snapshots(&p.groups, |_| String::new()),
-                tenants: flow_snapshots(&p.tenants, |name| {
-                    name.split_once('/').map_or("", |(g, _)| g).to_string()
-                }),
+                groups: flow_snapshots(p.groups.iter().map(|(g, node)| (g.clone(), &node.flow))),
+                tenants: p
+                    .groups
+                    .iter()
+                    .flat_map(|(g, node)| {
+                        flow_snapshots(
+                            node.children
+                                .iter()
+                                .map(move |(t, tenant)| (format!("{g}/{t}"), &tenant.flow)),
+                        )
+                    })
+                    .collect(),
             })
             .collect();
         Some(Snapshot {
@@ -313,17 +373,22 @@ impl Scheduler {
                 .state
                 .lock()
                 .map_err(|_| Refusal::QueueFull(ticket.pool.clone()))?;
-            let global = state.capacity.global;
-            let queue_limit = state.capacity.queue_per_pool;
-            let (timeout, brownout_after) = (state.capacity.timeout, state.capacity.brownout_after);
-            let global_free = state.in_flight < global;
-            let fast = {
-                let pool = state.pools.entry(ticket.pool.clone()).or_default();
-                global_free
-                    && pool.waiting == 0
-                    && pool.in_flight < pool.size
-                    && within_caps(pool, &ticket)
+            let State {
+                capacity,
+                in_flight,
+                pools,
+                next_id,
+            } = &mut *state;
+            if !pools.contains_key(&ticket.pool) {
+                pools.insert(ticket.pool.clone(), PoolState::default());
+            }
+            let Some(pool) = pools.get_mut(&ticket.pool) else {
+                return Err(Refusal::QueueFull(ticket.pool.clone()));
             };
+            let fast = *in_flight < capacity.global
+                && pool.waiting == 0
+                && pool.in_flight < pool.size
+                && within_caps(pool, &ticket);
             if fast {
                 start(&mut state, &ticket);
                 return Ok(Permit {
@@ -333,30 +398,23 @@ impl Scheduler {
                     waited: Duration::ZERO,
                 });
             }
-            let pool = state.pools.entry(ticket.pool.clone()).or_default();
-            if pool.waiting >= queue_limit {
+            if pool.waiting >= capacity.queue_per_pool {
                 return Err(Refusal::QueueFull(ticket.pool.clone()));
             }
-            lift_if_newly_backlogged(pool, &ticket);
             let (tx, rx) = oneshot::channel();
-            let id = state.next_id;
-            state.next_id += 1;
-            let pool = state.pools.entry(ticket.pool.clone()).or_default();
-            for flow in flows(pool, &ticket) {
-                flow.waiting += 1;
-            }
-            pool.waiting += 1;
-            pool.queues
-                .entry(key_id(&ticket))
-                .or_default()
-                .push_back(Waiter {
+            let id = *next_id;
+            *next_id += 1;
+            enqueue(
+                pool,
+                Waiter {
                     ticket: ticket.clone(),
-                    since: Instant::now(),
                     id,
                     reply: tx,
-                });
+                },
+            );
+            let limits = (capacity.timeout, capacity.brownout_after);
             dispatch(&mut state);
-            (rx, id, timeout, brownout_after)
+            (rx, id, limits.0, limits.1)
         };
         let started = Instant::now();
         let mut leave = Leave {
@@ -411,20 +469,52 @@ impl Drop for Leave<'_> {
             release(&mut state, self.ticket);
             return;
         }
-        let Some(pool) = state.pools.get_mut(&self.ticket.pool) else {
+        let t = self.ticket;
+        let Some(pool) = state.pools.get_mut(&t.pool) else {
             return;
         };
-        let Some(queue) = pool.queues.get_mut(&key_id(self.ticket)) else {
-            return;
-        };
-        if let Some(at) = queue.iter().position(|w| w.id == self.id) {
-            queue.remove(at);
+        let (_, _, key) = path(pool, t);
+        if let Some(at) = key.waiters.iter().position(|w| w.id == self.id) {
+            key.waiters.remove(at);
             pool.waiting -= 1;
-            for flow in flows(pool, self.ticket) {
-                flow.waiting = flow.waiting.saturating_sub(1);
-            }
-            forget_idle(pool, self.ticket);
+            each_flow(pool, t, |flow, _| {
+                flow.waiting = flow.waiting.saturating_sub(1)
+            });
         }
+        forget_idle(pool, t);
+    }
+}
+
+/// Puts a waiter at the end of its key's queue, lifting flows that were
+/// not backlogged to their active siblings first.
+fn enqueue(pool: &mut PoolState, waiter: Waiter) {
+    let t = &waiter.ticket;
+    lift(&mut pool.groups, &t.group);
+    let group = pool.groups.entry(t.group.clone()).or_default();
+    lift(&mut group.children, &t.tenant);
+    let tenant = group.children.entry(t.tenant.clone()).or_default();
+    lift(&mut tenant.children, &t.key);
+    let key = tenant.children.entry(t.key.clone()).or_default();
+    tenant.flow.cap = t.tenant_max_in_flight;
+    key.flow.cap = t.key_max_in_flight;
+    for flow in [&mut group.flow, &mut tenant.flow, &mut key.flow] {
+        flow.waiting += 1;
+    }
+    key.waiters.push_back(waiter);
+    pool.waiting += 1;
+}
+
+/// A flow that had nobody waiting starts at the least service among its
+/// active siblings: it cannot bank credit while idle.
+fn lift<C: HasFlow + Default>(siblings: &mut HashMap<String, C>, name: &str) {
+    let floor = siblings
+        .iter()
+        .filter(|(n, c)| c.flow().active() && n.as_str() != name)
+        .map(|(_, c)| c.flow().service)
+        .reduce(f64::min);
+    let flow = siblings.entry(name.to_string()).or_default().flow_mut();
+    if let (0, Some(floor)) = (flow.waiting, floor) {
+        flow.service = flow.service.max(floor);
     }
 }
 
@@ -433,109 +523,96 @@ fn release(state: &mut State, ticket: &Ticket) {
     state.in_flight = state.in_flight.saturating_sub(1);
     if let Some(pool) = state.pools.get_mut(&ticket.pool) {
         pool.in_flight = pool.in_flight.saturating_sub(1);
-        for flow in flows(pool, ticket) {
-            flow.in_flight = flow.in_flight.saturating_sub(1);
-        }
+        each_flow(pool, ticket, |flow, _| {
+            flow.in_flight = flow.in_flight.saturating_sub(1)
+        });
         forget_idle(pool, ticket);
     }
     dispatch(state);
 }
 
-/// Keeps the flow tables as small as the set of active clients. A pool
-/// with nobody in flight or waiting starts afresh; an idle flow whose
-/// service is not ahead of its active siblings is dropped, since on return
-/// it would be lifted to them anyway. Idle flows that are ahead stay, so
-/// leaving briefly does not wipe out what they were served.
+/// Keeps the flow tree as small as the set of active clients. A pool with
+/// nobody in flight or waiting starts afresh; an idle flow whose service is
+/// not ahead of its active siblings is dropped, since on return it would be
+/// lifted to them anyway. Idle flows that are ahead stay, so leaving
+/// briefly does not wipe out what they were served.
 fn forget_idle(pool: &mut PoolState, t: &Ticket) {
     if pool.in_flight == 0 && pool.waiting == 0 {
         pool.groups.clear();
-        pool.tenants.clear();
-        pool.keys.clear();
-        pool.queues.clear();
         return;
     }
-    fn forget(map: &mut HashMap<String, Flow>, id: &str, siblings: &str) {
-        if map.get(id).is_none_or(Flow::active) {
-            return;
-        }
-        let floor = map
-            .iter()
-            .filter(|(name, f)| f.active() && name.starts_with(siblings))
-            .map(|(_, f)| f.service)
-            .reduce(f64::min);
-        let service = map.get(id).map_or(0.0, |f| f.service);
-        if floor.is_none_or(|floor| service <= floor) {
-            map.remove(id);
-        }
+    let Some(group) = pool.groups.get_mut(&t.group) else {
+        return;
+    };
+    if let Some(tenant) = group.children.get_mut(&t.tenant) {
+        forget(&mut tenant.children, &t.key);
     }
-    forget(&mut pool.groups, &t.group, "");
-    forget(&mut pool.tenants, &tenant_id(t), &format!("{}/", t.group));
-    let key = key_id(t);
-    forget(&mut pool.keys, &key, &format!("{}/", tenant_id(t)));
-    if pool.queues.get(&key).is_some_and(VecDeque::is_empty) {
-        pool.queues.remove(&key);
+    forget(&mut group.children, &t.tenant);
+    forget(&mut pool.groups, &t.group);
+}
+
+fn forget<C: HasFlow>(siblings: &mut HashMap<String, C>, name: &str) {
+    let Some(service) = siblings
+        .get(name)
+        .filter(|c| !c.flow().active())
+        .map(|c| c.flow().service)
+    else {
+        return;
+    };
+    let floor = siblings
+        .values()
+        .filter(|c| c.flow().active())
+        .map(|c| c.flow().service)
+        .reduce(f64::min);
+    if floor.is_none_or(|floor| service <= floor) {
+        siblings.remove(name);
     }
 }
 
-fn flow_snapshots(
-    map: &HashMap<String, Flow>,
-    parent: impl Fn(&str) -> String,
-) -> Vec<FlowSnapshot> {
-    let mut active_weight: HashMap<String, u32> = HashMap::new();
-    for (name, f) in map.iter().filter(|(_, f)| f.active()) {
-        *active_weight.entry(parent(name)).or_default() += f.weight;
-    }
-    let mut flows: Vec<FlowSnapshot> = map
+fn flow_snapshots<'a>(flows: impl Iterator<Item = (String, &'a Flow)>) -> Vec<FlowSnapshot> {
+    let flows: Vec<(String, &Flow)> = flows.collect();
+    let active_weight: u32 = flows
         .iter()
+        .filter(|(_, f)| f.active())
+        .map(|(_, f)| f.weight)
+        .sum();
+    let mut out: Vec<FlowSnapshot> = flows
+        .into_iter()
         .map(|(name, f)| FlowSnapshot {
-            name: name.clone(),
+            name,
             weight: f.weight,
-            share: match active_weight.get(&parent(name)) {
-                Some(&total) if f.active() && total > 0 => f64::from(f.weight) / f64::from(total),
-                _ => 0.0,
+            share: if f.active() && active_weight > 0 {
+                f64::from(f.weight) / f64::from(active_weight)
+            } else {
+                0.0
             },
             in_flight: f.in_flight,
             queued: f.waiting,
             service_tokens: f.served.round() as u64,
         })
         .collect();
-    flows.sort_by(|a, b| a.name.cmp(&b.name));
-    flows
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn within_caps(pool: &PoolState, t: &Ticket) -> bool {
-    let tenant = pool.tenants.get(&tenant_id(t)).map_or(0, |f| f.in_flight);
-    let key = pool.keys.get(&key_id(t)).map_or(0, |f| f.in_flight);
-    t.tenant_max_in_flight.is_none_or(|cap| tenant < cap)
-        && t.key_max_in_flight.is_none_or(|cap| key < cap)
-}
-
-/// A flow that had nobody waiting starts at the least service among its
-/// active (waiting or served) siblings: it cannot bank credit while idle.
-fn lift_if_newly_backlogged(pool: &mut PoolState, t: &Ticket) {
-    fn lift(map: &mut HashMap<String, Flow>, id: &str, siblings: &str) {
-        let floor = map
-            .iter()
-            .filter(|(name, f)| f.active() && name.starts_with(siblings))
-            .map(|(_, f)| f.service)
-            .reduce(f64::min);
-        let flow = map.entry(id.to_string()).or_default();
-        if let (0, Some(floor)) = (flow.waiting, floor) {
-            flow.service = flow.service.max(floor);
-        }
-    }
-    lift(&mut pool.groups, &t.group, "");
-    lift(&mut pool.tenants, &tenant_id(t), &format!("{}/", t.group));
-    lift(&mut pool.keys, &key_id(t), &format!("{}/", tenant_id(t)));
+    let tenant = pool
+        .groups
+        .get(&t.group)
+        .and_then(|g| g.children.get(&t.tenant));
+    let in_flight = |f: Option<&Flow>| f.map_or(0, |f| f.in_flight);
+    let key = tenant.and_then(|t2| t2.children.get(&t.key));
+    t.tenant_max_in_flight
+        .is_none_or(|cap| in_flight(tenant.map(|n| &n.flow)) < cap)
+        && t.key_max_in_flight
+            .is_none_or(|cap| in_flight(key.map(|k| &k.flow)) < cap)
 }
 
 fn start(state: &mut State, t: &Ticket) {
     state.in_flight += 1;
     if let Some(pool) = state.pools.get_mut(&t.pool) {
         pool.in_flight += 1;
-        for flow in flows(pool, t) {
-            flow.in_flight += 1;
-        }
+        each_flow(pool, t, |flow, _| flow.in_flight += 1);
         charge(pool, t, t.estimated_tokens as f64);
     }
 }
@@ -543,26 +620,36 @@ fn start(state: &mut State, t: &Ticket) {
 /// Admits waiters while there is room, in fair order; across pools the one
 /// whose eligible head waited longest goes first.
 fn dispatch(state: &mut State) {
+    let order = state.capacity.order;
     while state.in_flight < state.capacity.global {
         let candidate = state
             .pools
             .iter()
             .filter(|(_, p)| p.in_flight < p.size && p.waiting > 0)
-            .filter_map(|(name, p)| pick(p).map(|(key, since)| (since, name.clone(), key)))
-            .min_by_key(|(since, _, _)| *since);
-        let Some((_, pool_name, key)) = candidate else {
+            .filter_map(|(name, p)| {
+                let pick = pick(p, order)?;
+                Some((pick.arrival, name.clone(), pick.names()))
+            })
+            .min_by_key(|(arrival, _, _)| *arrival);
+        let Some((_, pool_name, [group, tenant, key])) = candidate else {
             return;
         };
         let Some(pool) = state.pools.get_mut(&pool_name) else {
             return;
         };
-        let Some(waiter) = pool.queues.get_mut(&key).and_then(VecDeque::pop_front) else {
+        let waiter = pool
+            .groups
+            .get_mut(&group)
+            .and_then(|g| g.children.get_mut(&tenant))
+            .and_then(|t| t.children.get_mut(&key))
+            .and_then(|k| k.waiters.pop_front());
+        let Some(waiter) = waiter else {
             return;
         };
         pool.waiting -= 1;
-        for flow in flows(pool, &waiter.ticket) {
-            flow.waiting = flow.waiting.saturating_sub(1);
-        }
+        each_flow(pool, &waiter.ticket, |flow, _| {
+            flow.waiting = flow.waiting.saturating_sub(1)
+        });
         start(state, &waiter.ticket);
         if waiter.reply.send(Admission::Queued).is_err() {
             // The waiter left at this very moment: undo its start.
@@ -571,37 +658,89 @@ fn dispatch(state: &mut State) {
             if let Some(pool) = state.pools.get_mut(&t.pool) {
                 pool.in_flight -= 1;
                 charge(pool, &t, -(t.estimated_tokens as f64));
-                for flow in flows(pool, &t) {
-                    flow.in_flight = flow.in_flight.saturating_sub(1);
-                }
+                each_flow(pool, &t, |flow, _| {
+                    flow.in_flight = flow.in_flight.saturating_sub(1)
+                });
+                forget_idle(pool, &t);
             }
         }
     }
 }
 
-/// The key whose head waiter goes next in this pool: least weighted
-/// service by group, then tenant, then key, among eligible waiters.
-fn pick(pool: &PoolState) -> Option<(String, Instant)> {
-    let service =
-        |map: &HashMap<String, Flow>, name: &str| map.get(name).map_or(0.0, |f| f.service);
-    pool.queues
-        .iter()
-        .filter_map(|(key, q)| q.front().map(|w| (key, w)))
-        .filter(|(_, w)| within_caps(pool, &w.ticket))
-        .min_by(|(_, a), (_, b)| {
-            let rank = |w: &Waiter| {
-                (
-                    service(&pool.groups, &w.ticket.group),
-                    service(&pool.tenants, &tenant_id(&w.ticket)),
-                    service(&pool.keys, &key_id(&w.ticket)),
-                )
-            };
-            rank(a)
-                .partial_cmp(&rank(b))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.since.cmp(&b.since))
+/// The head waiter chosen to go next.
+struct Pick<'a> {
+    group: &'a str,
+    tenant: &'a str,
+    key: &'a str,
+    /// The head waiter's arrival number: earlier arrivals go first on ties.
+    arrival: u64,
+}
+
+impl Pick<'_> {
+    fn names(&self) -> [String; 3] {
+        [self.group, self.tenant, self.key].map(str::to_string)
+    }
+}
+
+/// The waiter that goes next in this pool: at each level of the tree the
+/// child with the least weighted service that has an eligible waiter
+/// (earlier head first on ties), or the longest waiting with
+/// [`QueueOrder::Fifo`]. Flows at their cap are skipped.
+fn pick(pool: &PoolState, order: QueueOrder) -> Option<Pick<'_>> {
+    let head = |g, t, k, key: &KeyQueue| {
+        key.waiters.front().map(|w| Pick {
+            group: g,
+            tenant: t,
+            key: k,
+            arrival: w.id,
         })
-        .map(|(key, w)| (key.clone(), w.since))
+    };
+    match order {
+        QueueOrder::Fair => least(&pool.groups, |g, group| {
+            least(&group.children, move |t, tenant| {
+                least(&tenant.children, move |k, key| head(g, t, k, key))
+            })
+        }),
+        QueueOrder::Fifo => pool
+            .groups
+            .iter()
+            .flat_map(|(g, group)| {
+                eligible(&group.children).flat_map(move |(t, tenant)| {
+                    eligible(&tenant.children).filter_map(move |(k, key)| head(g, t, k, key))
+                })
+            })
+            .min_by_key(|p| p.arrival),
+    }
+}
+
+/// Children with a waiter and room under their cap.
+fn eligible<C: HasFlow>(children: &HashMap<String, C>) -> impl Iterator<Item = (&str, &C)> {
+    children
+        .iter()
+        .filter(|(_, c)| c.flow().waiting > 0 && c.flow().has_room())
+        .map(|(name, c)| (name.as_str(), c))
+}
+
+/// Among eligible children that yield a candidate, the one with the least
+/// weighted service (the earlier candidate on ties).
+fn least<'a, C: HasFlow>(
+    children: &'a HashMap<String, C>,
+    mut candidate: impl FnMut(&'a str, &'a C) -> Option<Pick<'a>>,
+) -> Option<Pick<'a>> {
+    let mut best: Option<(f64, Pick<'a>)> = None;
+    for (name, child) in eligible(children) {
+        let Some(pick) = candidate(name, child) else {
+            continue;
+        };
+        let service = child.flow().service;
+        let better = best.as_ref().is_none_or(|(least, b)| {
+            service < *least || (service == *least && pick.arrival < b.arrival)
+        });
+        if better {
+            best = Some((service, pick));
+        }
+    }
+    best.map(|(_, pick)| pick)
 }
 
 #[cfg(test)]
@@ -629,6 +768,7 @@ mod tests {
             queue_per_pool: 10_000,
             timeout: Duration::from_secs(3600),
             brownout_after: Some(Duration::from_secs(1)),
+            order: QueueOrder::Fair,
         });
         s.set_pool_size("p", pool_size);
         s
@@ -714,6 +854,7 @@ mod tests {
             queue_per_pool: 1,
             timeout: Duration::from_secs(5),
             brownout_after: Some(Duration::from_secs(1)),
+            order: QueueOrder::Fair,
         });
         s.set_pool_size("p", 4);
         let first = s.admit(ticket("g", "a", 100, "k", 10)).await.expect("fast");
@@ -779,6 +920,25 @@ mod tests {
         assert_eq!(s.load(), (0, 0), "no slot leaked");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn fifo_order_ignores_weights() {
+        let s = Scheduler::new(Capacity {
+            global: 64,
+            queue_per_pool: 100,
+            timeout: Duration::from_secs(60),
+            brownout_after: None,
+            order: QueueOrder::Fifo,
+        });
+        s.set_pool_size("p", 1);
+        let tickets = [
+            ticket("g", "a", 300, "ka", 100),
+            ticket("g", "b", 100, "kb", 100),
+        ];
+        let served = serve(&s, &tickets, 400).await;
+        let ratio = served["a"] as f64 / served["b"] as f64;
+        assert!((ratio - 1.0).abs() < 0.1, "{served:?}");
+    }
+
     /// Random arrivals, departures and capacity changes; after every step
     /// the limits hold and no slot stays free while an eligible request
     /// waits.
@@ -796,6 +956,7 @@ mod tests {
             queue_per_pool: 1_000,
             timeout: Duration::from_secs(3600),
             brownout_after: None,
+            order: QueueOrder::Fair,
         });
         s.set_pool_size("p", 4);
         s.set_pool_size("q", 3);

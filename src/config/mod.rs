@@ -22,6 +22,7 @@ use crate::routing::{
     Matcher, PathPattern, ProxyAction, RouteConfig, Template,
 };
 use locate::{Position, PositionIndex};
+use obleth_filters::admission::QueueOrder;
 use raw::*;
 
 /// The validated configuration of one obleth process.
@@ -89,6 +90,8 @@ pub struct AdmissionSettings {
     pub brownout_wait: Option<Duration>,
     /// The `max_tokens` a degraded request is capped to.
     pub brownout_max_tokens: u64,
+    /// `fair`, or `fifo` to measure fairness against.
+    pub order: QueueOrder,
 }
 
 /// How the admin API authenticates operators.
@@ -680,7 +683,16 @@ impl Validator {
         if brownout_max_tokens == 0 {
             self.problem("admission.brownout_max_tokens", "must be at least 1");
         }
+        let order = match raw.order.as_deref() {
+            None | Some("fair") => QueueOrder::Fair,
+            Some("fifo") => QueueOrder::Fifo,
+            Some(other) => {
+                self.problem("admission.order", format!("{other:?} is not fair or fifo"));
+                QueueOrder::Fair
+            }
+        };
         AdmissionSettings {
+            order,
             global_max_in_flight: global_max_in_flight.max(1),
             queue_per_pool,
             timeout,

@@ -43,6 +43,7 @@ pub struct RawAdmission {
     pub timeout: Option<String>,
     pub brownout_wait: Option<String>,
     pub brownout_max_tokens: Option<u64>,
+    pub order: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
