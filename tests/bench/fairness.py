@@ -1,0 +1,84 @@
+"""Load for the fairness harness. Tenants A and B (weights 3:1) flood one
+model with CLIENTS concurrent clients each; after JOIN seconds a light
+tenant C sends one request every C_GAP seconds. The upstream serves at a
+fixed token rate: each request asks the mock for a latency of its
+completion tokens / RATE. Prints one JSON object with, per tenant, the
+completed requests and tokens after WARMUP, the largest weight-normalised
+service gap between A and B seen at any completion, and C's queue waits
+(time to the response minus the upstream's service time).
+
+    fairness.py URL KEY_A,KEY_B,KEY_C SECONDS [solo]
+"""
+import asyncio
+import json
+import random
+import sys
+import time
+
+import openai
+
+url, keys, seconds = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3])
+solo = len(sys.argv) > 4 and sys.argv[4] == "solo"
+CLIENTS, RATE, JOIN, C_GAP, WARMUP = 12, 2000.0, 5.0, 0.3, 3.0
+WEIGHTS = {"A": 3, "B": 1, "C": 1}
+
+
+async def main():
+    start = time.monotonic()
+    done = {t: [0, 0] for t in "ABC"}  # requests, tokens after warm-up
+    served = {"A": 0, "B": 0}
+    gap = [0.0]
+    waits = []
+    errors = {}
+
+    async def one(api, tenant, max_tokens):
+        service = max_tokens / RATE
+        sent = time.monotonic()
+        try:
+            reply = await api.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=max_tokens,
+                extra_headers={"x-mock-latency-ms": str(int(service * 1000))},
+            )
+        except openai.APIStatusError as e:
+            errors[e.status_code] = errors.get(e.status_code, 0) + 1
+            return
+        now = time.monotonic()
+        tokens = reply.usage.total_tokens
+        if now - start >= WARMUP:
+            done[tenant][0] += 1
+            done[tenant][1] += tokens
+            if tenant in served:
+                served[tenant] += tokens
+                gap[0] = max(gap[0], abs(served["A"] / WEIGHTS["A"] - served["B"] / WEIGHTS["B"]))
+        if tenant == "C":
+            waits.append(max(0.0, now - sent - service))
+
+    def client(tenant):
+        return openai.AsyncOpenAI(base_url=url + "/v1", api_key=keys["ABC".index(tenant)], max_retries=0, timeout=120)
+
+    async def flood(tenant):
+        api = client(tenant)
+        while time.monotonic() - start < seconds:
+            await one(api, tenant, random.randint(50, 150))
+
+    async def light():
+        api = client("C")
+        if not solo:
+            await asyncio.sleep(JOIN)
+        while time.monotonic() - start < seconds:
+            await one(api, "C", 100)
+            await asyncio.sleep(C_GAP)
+
+    tasks = [light()]
+    if not solo:
+        tasks += [flood(t) for t in "AB" for _ in range(CLIENTS)]
+    await asyncio.gather(*tasks)
+    waits.sort()
+    pct = lambda p: waits[min(len(waits) - 1, int(p * len(waits)))] * 1000 if waits else 0.0
+    print(json.dumps({"done": done, "gap": gap[0], "c_p50_ms": pct(0.5), "c_p99_ms": pct(0.99),
+                      "c_n": len(waits), "errors": errors}))
+
+
+asyncio.run(main())
