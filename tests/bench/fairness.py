@@ -5,7 +5,8 @@ fixed token rate: each request asks the mock for a latency of its
 completion tokens / RATE. Prints one JSON object with, per tenant, the
 completed requests and tokens after WARMUP, the largest weight-normalised
 service gap between A and B seen at any completion, and C's queue waits
-(time to the response minus the upstream's service time).
+(time to the response minus the upstream's service time), all after WARMUP
+so that first-request costs (cold caches) do not count.
 
     fairness.py URL KEY_A,KEY_B,KEY_C SECONDS [solo]
 """
@@ -52,7 +53,7 @@ async def main():
             if tenant in served:
                 served[tenant] += tokens
                 gap[0] = max(gap[0], abs(served["A"] / WEIGHTS["A"] - served["B"] / WEIGHTS["B"]))
-        if tenant == "C":
+        if tenant == "C" and sent - start >= WARMUP:
             waits.append(max(0.0, now - sent - service))
 
     def client(tenant):
