@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test obleth:
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
-# pkg-config, curl and the openssl tool (tests make certificates with it).
+# pkg-config, curl, the openssl tool (tests make certificates with it) and
+# clickhouse-server (the telemetry tests start their own).
 # Benchmarks additionally need haproxy and wrk: `scripts/setup.sh bench`.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ for pair in cmake:cmake pkg-config:pkg-config curl:curl openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# Usage telemetry tests run their own ClickHouse servers (Debian's 18.16).
+[ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

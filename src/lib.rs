@@ -14,3 +14,4 @@ pub mod pool;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod telemetry;

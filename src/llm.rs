@@ -24,6 +24,7 @@ use crate::config::{
 use crate::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
+use crate::telemetry::Telemetry;
 
 /// The budget period a tenant is in at `now`: `lifetime`, or the month in
 /// its timezone (`2026-11`).
@@ -79,6 +80,8 @@ pub enum LlmStartError {
     },
     #[error("seed: {0}")]
     Seed(StoreError),
+    #[error("{0}")]
+    Telemetry(std::io::Error),
 }
 
 /// A model ready to route to.
@@ -207,6 +210,7 @@ pub struct LlmState {
     /// Fair admission; each enabled model is a pool of `max_in_flight`.
     pub scheduler: Scheduler,
     pub admission: AdmissionSettings,
+    pub telemetry: Telemetry,
     hot: Option<HotCache>,
     publisher: Option<ConnectionManager>,
     channel: String,
@@ -266,6 +270,7 @@ impl LlmState {
                 order: config.admission.order,
             }),
             admission: config.admission.clone(),
+            telemetry: Telemetry::start(&config.telemetry).map_err(LlmStartError::Telemetry)?,
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),
             store,

@@ -132,18 +132,27 @@ fn main() -> ExitCode {
                 let cipher = obleth::store::secrets::UpstreamKeyCipher::new(
                     config.encryption_key.as_deref(),
                 );
-                let store =
-                    obleth::store::Store::connect(&config.store.database_url, cipher).await?;
-                store.migrate().await
+                let store = obleth::store::Store::connect(&config.store.database_url, cipher)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store.migrate().await.map_err(|e| e.to_string())?;
+                println!(
+                    "migrations applied to {}",
+                    obleth::config::redact_url(&config.store.database_url)
+                );
+                if let Some(ch) = &config.telemetry.clickhouse {
+                    let sink =
+                        obleth_filters::telemetry::ClickHouseSink::new(ch.connection.clone());
+                    sink.migrate().await.map_err(|e| e.to_string())?;
+                    println!(
+                        "usage schema created in ClickHouse database {}",
+                        ch.connection.database
+                    );
+                }
+                Ok::<(), String>(())
             });
             match done {
-                Ok(()) => {
-                    println!(
-                        "migrations applied to {}",
-                        obleth::config::redact_url(&config.store.database_url)
-                    );
-                    ExitCode::SUCCESS
-                }
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }

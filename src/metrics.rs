@@ -33,6 +33,11 @@ pub struct Families {
     pub queue_depth: IntGauge,
     pub pool_in_flight: IntGaugeVec,
     pub pool_queue_depth: IntGaugeVec,
+    pub telemetry_dropped: IntCounterVec,
+    pub telemetry_durable: IntCounter,
+    pub telemetry_shipped: IntCounter,
+    pub telemetry_backlog: IntGauge,
+    pub telemetry_disk: IntGauge,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -136,8 +141,53 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["pool"]
     )
     .expect("metric registers once"),
+    telemetry_dropped: register_int_counter_vec!(
+        "obleth_telemetry_dropped",
+        "Usage records not logged, by reason (queue_full, disk_full, io_error)",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+    telemetry_durable: prometheus::register_int_counter!(
+        "obleth_telemetry_durable_total",
+        "Usage records written to the write-ahead log and synced"
+    )
+    .expect("metric registers once"),
+    telemetry_shipped: prometheus::register_int_counter!(
+        "obleth_telemetry_shipped_total",
+        "Usage records acknowledged by ClickHouse"
+    )
+    .expect("metric registers once"),
+    telemetry_backlog: register_int_gauge!(
+        "obleth_telemetry_backlog_bytes",
+        "Bytes of the write-ahead log not yet shipped"
+    )
+    .expect("metric registers once"),
+    telemetry_disk: register_int_gauge!(
+        "obleth_telemetry_disk_bytes",
+        "Bytes of write-ahead log segments on disk"
+    )
+    .expect("metric registers once"),
 }
 });
+
+/// Copies the write-ahead log's counters into the telemetry metrics; run
+/// at scrape time. The log's totals only grow, so the counters follow.
+pub fn observe_telemetry(stats: &obleth_filters::telemetry::WalStats) {
+    let f = &*FAMILIES;
+    let follow = |counter: &IntCounter, total: u64| {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    };
+    for (reason, n) in &stats.dropped {
+        follow(&f.telemetry_dropped.with_label_values(&[reason]), *n);
+    }
+    follow(&f.telemetry_durable, stats.durable);
+    follow(&f.telemetry_shipped, stats.shipped);
+    f.telemetry_backlog.set(stats.backlog_bytes as i64);
+    f.telemetry_disk.set(stats.disk_bytes as i64);
+}
 
 /// Copies the admission scheduler's load into the gauges; run at scrape
 /// time so the request path pays nothing for them. Pools are the enabled

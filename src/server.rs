@@ -109,7 +109,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let metrics = HttpEndpoint::bind(
         "metrics",
         metrics_address,
-        metrics_router(shared.llm.scheduler.clone()),
+        metrics_router(shared.llm.clone()),
     )?;
 
     for listener in &listeners {
@@ -299,6 +299,9 @@ fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
                 tracing::info!("drained; exiting");
             }
             shared.access_log.sync(Duration::from_secs(1));
+            if !shared.llm.telemetry.wal.sync(Duration::from_secs(2)) {
+                tracing::warn!("exiting with usage records not yet written");
+            }
             std::process::exit(0);
         });
     if let Err(e) = spawned {

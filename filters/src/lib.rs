@@ -8,4 +8,5 @@ pub mod auth;
 pub mod budget;
 pub mod openai;
 pub mod records;
+pub mod telemetry;
 pub mod usage;

@@ -202,6 +202,8 @@ pub fn router(llm: Arc<LlmState>, admin_token: &str) -> Router {
         .routes(routes!(reset_key_budget))
         .routes(routes!(get_capacity, put_capacity))
         .routes(routes!(fairshare))
+        .routes(routes!(usage))
+        .routes(routes!(usage_requests))
         .split_for_parts();
     let document = Arc::new(api);
     router
@@ -823,4 +825,124 @@ async fn fairshare(
     State(s): State<ApiState>,
 ) -> ApiResult<Json<obleth_filters::admission::Snapshot>> {
     Ok(Json(snapshot(&s)?))
+}
+
+// ---- usage ---------------------------------------------------------------
+
+#[derive(Deserialize, IntoParams)]
+struct UsageQuery {
+    /// Start of the range (RFC 3339); default 24 hours ago.
+    from: Option<String>,
+    /// End of the range, exclusive (RFC 3339); default now (this second
+    /// included).
+    to: Option<String>,
+    /// `tenant` (default), `key` or `model`.
+    group_by: Option<String>,
+    /// Only this tenant (id or name).
+    tenant: Option<String>,
+}
+
+/// Usage totals over a time range.
+#[derive(Serialize, ToSchema)]
+struct UsageView {
+    from: String,
+    to: String,
+    group_by: String,
+    #[schema(value_type = Vec<Object>)]
+    rows: Vec<obleth_filters::telemetry::UsageTotals>,
+}
+
+fn clickhouse(s: &ApiState) -> ApiResult<&obleth_filters::telemetry::ClickHouseSink> {
+    s.llm.telemetry.clickhouse.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "usage queries need ClickHouse (telemetry.clickhouse.url); records are kept in the write-ahead log at {}",
+                s.llm.telemetry.wal.dir().display()
+            ),
+        )
+    })
+}
+
+fn unavailable(e: obleth_filters::telemetry::SinkError) -> ApiError {
+    tracing::warn!("admin API: {e}");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ClickHouse is unavailable")
+}
+
+fn timestamp(
+    field: &str,
+    text: Option<&str>,
+    default: jiff::Timestamp,
+) -> ApiResult<jiff::Timestamp> {
+    match text {
+        None => Ok(default),
+        Some(t) => t.parse().map_err(|e| {
+            StoreError::invalid(field, format!("{t:?} is not an RFC 3339 time: {e}")).into()
+        }),
+    }
+}
+
+/// The tenant id for a tenant given by id or name.
+async fn tenant_id(s: &ApiState, tenant: Option<&str>) -> ApiResult<Option<String>> {
+    match tenant {
+        None => Ok(None),
+        Some(t) => Ok(Some(s.llm.store.tenant(t).await?.id)),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/usage", params(UsageQuery),
+    responses((status = 200, body = UsageView), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn usage(
+    State(s): State<ApiState>,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult<Json<UsageView>> {
+    let ch = clickhouse(&s)?;
+    // Times are stored in whole seconds: include the current one.
+    let now = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let to = timestamp("to", q.to.as_deref(), now)?;
+    let from = timestamp(
+        "from",
+        q.from.as_deref(),
+        to - jiff::SignedDuration::from_hours(24),
+    )?;
+    let group_by = q.group_by.unwrap_or_else(|| "tenant".into());
+    if !["tenant", "key", "model"].contains(&group_by.as_str()) {
+        return Err(StoreError::invalid("group_by", "must be tenant, key or model").into());
+    }
+    let tenant = tenant_id(&s, q.tenant.as_deref()).await?;
+    let rows = ch
+        .totals(
+            &group_by,
+            from.as_second(),
+            to.as_second(),
+            tenant.as_deref(),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(UsageView {
+        from: from.to_string(),
+        to: to.to_string(),
+        group_by,
+        rows,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+struct RequestLogQuery {
+    /// The tenant (id or name).
+    tenant: String,
+    /// 1 to 1000; default 100.
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/requests", params(RequestLogQuery),
+    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn usage_requests(
+    State(s): State<ApiState>,
+    Query(q): Query<RequestLogQuery>,
+) -> ApiResult<Json<Vec<obleth_filters::telemetry::RequestRow>>> {
+    let ch = clickhouse(&s)?;
+    let tenant = s.llm.store.tenant(&q.tenant).await?.id;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(ch.recent(&tenant, limit).await.map_err(unavailable)?))
 }

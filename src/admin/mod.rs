@@ -85,14 +85,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     }
 }
 
-/// `/metrics`, with the admission gauges brought up to date first.
-pub fn metrics_router(scheduler: obleth_filters::admission::Scheduler) -> Router {
+/// `/metrics`, with the admission and telemetry figures brought up to
+/// date first.
+pub fn metrics_router(llm: Arc<crate::llm::LlmState>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || async move {
-            if let Some(snapshot) = scheduler.snapshot() {
+            if let Some(snapshot) = llm.scheduler.snapshot() {
                 crate::metrics::observe_admission(&snapshot);
             }
+            crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
             (
                 [(
                     axum::http::header::CONTENT_TYPE,

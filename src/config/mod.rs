@@ -42,6 +42,7 @@ pub struct Config {
     pub seed: Seed,
     pub budgets: BudgetSettings,
     pub admission: AdmissionSettings,
+    pub telemetry: TelemetrySettings,
     /// `OBLETH_API_KEY_PEPPER`: mixed into every key hash.
     pub api_key_pepper: Option<String>,
     /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
@@ -92,6 +93,36 @@ pub struct AdmissionSettings {
     pub brownout_max_tokens: u64,
     /// `fair`, or `fifo` to measure fairness against.
     pub order: QueueOrder,
+}
+
+/// Where usage records go: the write-ahead log, and ClickHouse.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `OBLETH_WAL_PATH`.
+    pub wal: obleth_filters::telemetry::WalConfig,
+    pub on_full: OnFull,
+    /// Names this process in usage records and batch ids.
+    pub replica: String,
+    /// `OBLETH_CLICKHOUSE_URL` (password: `OBLETH_CLICKHOUSE_PASSWORD`).
+    pub clickhouse: Option<ClickHouseSettings>,
+}
+
+/// What LLM requests get while usage records would be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Serve them; the dropped records are counted.
+    Serve,
+    /// Answer 503 until the log has room again.
+    Refuse,
+}
+
+/// The ClickHouse sink and its shipping bounds.
+#[derive(Debug, Clone)]
+pub struct ClickHouseSettings {
+    pub connection: obleth_filters::telemetry::ClickHouseConfig,
+    pub shipping: obleth_filters::telemetry::ShipperConfig,
+    /// Day partitions older than this are dropped (0 keeps everything).
+    pub retention_days: u32,
 }
 
 /// How the admin API authenticates operators.
@@ -294,6 +325,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "admission.global_max_in_flight",
     ),
     ("OBLETH_BROWNOUT_WAIT_MS", "admission.brownout_wait"),
+    ("OBLETH_WAL_PATH", "telemetry.wal_path"),
+    ("OBLETH_CLICKHOUSE_URL", "telemetry.clickhouse.url"),
 ];
 
 impl Config {
@@ -333,6 +366,9 @@ impl Config {
         config.admin_auth.token = env("OBLETH_ADMIN_TOKEN");
         config.api_key_pepper = env("OBLETH_API_KEY_PEPPER");
         config.encryption_key = env("OBLETH_ENCRYPTION_KEY");
+        if let Some(ch) = config.telemetry.clickhouse.as_mut() {
+            ch.connection.password = env("OBLETH_CLICKHOUSE_PASSWORD");
+        }
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -505,6 +541,15 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut
     if let Some(url) = env("OBLETH_REDIS_URL") {
         raw.redis.url = Some(url);
     }
+    if let Some(path) = env("OBLETH_WAL_PATH") {
+        raw.telemetry.wal_path = Some(path);
+    }
+    if let Some(url) = env("OBLETH_CLICKHOUSE_URL") {
+        raw.telemetry
+            .clickhouse
+            .get_or_insert_with(Default::default)
+            .url = Some(url);
+    }
     if let Some(flag) = env("OBLETH_FAIL_OPEN") {
         match flag.as_str() {
             "true" | "1" => raw.budgets.fail_open = Some(true),
@@ -625,6 +670,7 @@ impl Validator {
             default_max_tokens: default_max_tokens.max(1),
         };
         let admission = self.admission(&raw.admission);
+        let telemetry = self.telemetry(&raw.telemetry);
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()
             .enumerate()
@@ -655,6 +701,7 @@ impl Validator {
             seed,
             budgets,
             admission,
+            telemetry,
             api_key_pepper: None,
             encryption_key: None,
         }
@@ -698,6 +745,86 @@ impl Validator {
             timeout,
             brownout_wait: (!brownout_wait.is_zero()).then_some(brownout_wait),
             brownout_max_tokens: brownout_max_tokens.max(1),
+        }
+    }
+
+    fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetrySettings {
+        let segment_bytes = raw.segment_bytes.unwrap_or(16 << 20);
+        let disk_cap_bytes = raw.disk_cap_bytes.unwrap_or(1 << 30);
+        if segment_bytes < 4096 {
+            self.problem("telemetry.segment_bytes", "must be at least 4096");
+        }
+        if disk_cap_bytes < segment_bytes {
+            self.problem("telemetry.disk_cap_bytes", "must be at least segment_bytes");
+        }
+        let on_full = match raw.on_full.as_deref() {
+            None | Some("serve") => OnFull::Serve,
+            Some("refuse") => OnFull::Refuse,
+            Some(other) => {
+                self.problem(
+                    "telemetry.on_full",
+                    format!("{other:?} is not serve or refuse"),
+                );
+                OnFull::Serve
+            }
+        };
+        let replica = raw.replica.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "obleth".into())
+        });
+        let clickhouse = raw.clickhouse.as_ref().and_then(|ch| {
+            let Some(url) = ch.url.clone() else {
+                self.problem("telemetry.clickhouse.url", "is required");
+                return None;
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.problem(
+                    "telemetry.clickhouse.url",
+                    "must be the HTTP interface: http://host:8123",
+                );
+            }
+            let batch_rows = ch.batch_rows.unwrap_or(5000);
+            if batch_rows == 0 {
+                self.problem("telemetry.clickhouse.batch_rows", "must be at least 1");
+            }
+            Some(ClickHouseSettings {
+                connection: obleth_filters::telemetry::ClickHouseConfig {
+                    url,
+                    database: ch.database.clone().unwrap_or_else(|| "obleth".into()),
+                    user: ch.user.clone(),
+                    password: None,
+                    timeout: self.duration(
+                        "telemetry.clickhouse.timeout",
+                        ch.timeout.as_deref(),
+                        Duration::from_secs(10),
+                    ),
+                },
+                shipping: obleth_filters::telemetry::ShipperConfig {
+                    batch_rows: batch_rows.max(1),
+                    batch_interval: self.duration(
+                        "telemetry.clickhouse.batch_interval",
+                        ch.batch_interval.as_deref(),
+                        Duration::from_secs(1),
+                    ),
+                    replica: replica.clone(),
+                    max_backoff: Duration::from_secs(30),
+                },
+                retention_days: ch.retention_days.unwrap_or(0),
+            })
+        });
+        TelemetrySettings {
+            wal: obleth_filters::telemetry::WalConfig {
+                dir: PathBuf::from(raw.wal_path.as_deref().unwrap_or("obleth-wal")),
+                segment_bytes,
+                disk_cap_bytes,
+                queue: raw.queue.unwrap_or(10_000).max(1),
+            },
+            on_full,
+            replica,
+            clickhouse,
         }
     }
 

@@ -33,6 +33,32 @@ pub struct RawConfig {
     pub budgets: RawBudgets,
     #[serde(default)]
     pub admission: RawAdmission,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub wal_path: Option<String>,
+    pub segment_bytes: Option<u64>,
+    pub disk_cap_bytes: Option<u64>,
+    pub queue: Option<usize>,
+    pub on_full: Option<String>,
+    pub replica: Option<String>,
+    pub clickhouse: Option<RawClickHouse>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClickHouse {
+    pub url: Option<String>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub batch_rows: Option<usize>,
+    pub batch_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -44,6 +44,18 @@ pub struct LlmCall {
     permit: Permit,
     /// Set when brownout capped the request's output to this many tokens.
     brownout_cap: Option<u64>,
+    /// What settlement charged, for the usage record.
+    pub charged: Option<Charged>,
+}
+
+/// Tokens and cost as settled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charged {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// No usage was reported; the tokens are an estimate.
+    pub estimated: bool,
+    pub cost_usd: f64,
 }
 
 /// The reservations of one request.
@@ -222,8 +234,16 @@ async fn admit(
     .ok_or(AuthError::Missing)?
     .to_owned();
     let principal = llm.resolver.resolve(&secret).await?;
+    ctx.caller = Some(principal.clone());
     access::check(&principal, jiff::Timestamp::now())?;
 
+    if endpoint != Endpoint::Models && llm.telemetry.refusing() {
+        return Err(Rejection::new(
+            503,
+            "usage_log_full",
+            "usage cannot be recorded right now; retry later",
+        ));
+    }
     if endpoint == Endpoint::Models {
         list_models(llm, &principal, session, ctx)
             .await
@@ -240,6 +260,7 @@ async fn admit(
             format!("The model `{}` does not exist", request.model),
         )
     })?;
+    ctx.model = Some(model.model.name.clone());
     let tenant = &principal.tenant;
     if !(tenant.allows_model(&model.model.name) || tenant.allows_model(&request.model)) {
         return Err(Rejection::new(
@@ -290,6 +311,7 @@ async fn admit(
         upstream_status: None,
         permit,
         brownout_cap,
+        charged: None,
     });
     Ok(false)
 }
@@ -549,6 +571,10 @@ impl LlmCall {
         self.permit.admission().label()
     }
 
+    pub fn queue_wait(&self) -> std::time::Duration {
+        self.permit.waited()
+    }
+
     /// Rate-limit headers for the response, when the tenant has a bucket,
     /// and the brownout mark when the output was capped.
     pub fn response_headers(&self) -> Vec<(HeaderName, String)> {
@@ -622,6 +648,12 @@ impl LlmCall {
             tokens: prompt + completion,
             usd_micros: usd_micros(&self.model, prompt, completion, false),
         };
+        self.charged = Some(Charged {
+            input_tokens: prompt,
+            output_tokens: completion,
+            estimated: outcome == "estimated",
+            cost_usd: actual.usd_micros as f64 / 1e6,
+        });
         let now = jiff::Timestamp::now().as_millisecond();
         for scope in &self.hold.scopes {
             let label = match llm.budgets.settle(scope, &self.hold.id, actual, now).await {

@@ -34,6 +34,7 @@ use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
 use crate::pool::{InFlight, Pool};
 use crate::routing::{Action, RequestView, Route, RouteConfig, RouteTable};
+use obleth_filters::telemetry::UsageRecord;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -169,6 +170,12 @@ pub struct RequestCtx {
     pool: Option<Arc<Pool>>,
     /// Set on LLM routes once the request passed auth and parsing.
     llm: Option<llm_route::LlmCall>,
+    /// On LLM routes, the key's principal once resolved and the model once
+    /// known: a request refused after that still leaves a usage record.
+    caller: Option<Arc<obleth_filters::records::Principal>>,
+    model: Option<String>,
+    /// From the request head to the upstream's response head.
+    first_byte: Option<Duration>,
     request_id: String,
     /// Upstream attempts made so far.
     attempts: usize,
@@ -346,6 +353,9 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             connect_time: None,
             response_time: None,
+            caller: None,
+            model: None,
+            first_byte: None,
             error_status: 0,
             total_timeout_hit: false,
         }
@@ -600,6 +610,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.response_time = ctx.attempt_started.map(|t| t.elapsed());
+        ctx.first_byte = Some(ctx.started.elapsed());
         if let Some(pool) = ctx.pool.as_ref() {
             pool.metrics.ok.inc();
         }
@@ -721,6 +732,7 @@ impl ProxyHttp for Gateway {
                 .llm_requests
                 .with_label_values(&[status_label(status), admission])
                 .inc();
+            self.record_usage(ctx, status, admission, elapsed);
         }
 
         if !self.shared.access_log.enabled() {
@@ -753,6 +765,45 @@ impl ProxyHttp for Gateway {
                 .llm
                 .as_ref()
                 .map_or("-", |c| c.principal.tenant.name.as_str()),
+        });
+    }
+}
+
+impl Gateway {
+    /// Appends the usage record of an LLM request whose key was resolved.
+    fn record_usage(&self, ctx: &RequestCtx, status: u16, admission: &str, elapsed: Duration) {
+        let Some(caller) = &ctx.caller else {
+            return;
+        };
+        let telemetry = &self.shared.llm.telemetry;
+        let charged = ctx.llm.as_ref().and_then(|c| c.charged).unwrap_or_default();
+        let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
+        let arrived = SystemTime::now()
+            .checked_sub(elapsed)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        telemetry.record(UsageRecord {
+            request_id: ctx.request_id.clone(),
+            time_ms: arrived
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            tenant: caller.tenant.id.clone(),
+            key: caller.key.id.clone(),
+            model: ctx.model.clone().unwrap_or_default(),
+            route: ctx.route.as_ref().map_or("", |r| r.name()).to_string(),
+            admission: admission.to_string(),
+            queue_wait_ms: ctx.llm.as_ref().map_or(0, |c| ms(c.queue_wait())),
+            ttfb_ms: ctx.first_byte.map_or(0, ms),
+            total_ms: ms(elapsed),
+            status,
+            input_tokens: charged.input_tokens,
+            output_tokens: charged.output_tokens,
+            estimated: charged.estimated,
+            cost_usd: charged.cost_usd,
+            upstream: ctx
+                .server
+                .as_ref()
+                .map_or(String::new(), |s| s.server().config.name.clone()),
+            replica: telemetry.replica.clone(),
         });
     }
 }

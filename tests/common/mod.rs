@@ -131,6 +131,7 @@ impl Obleth {
             .args(["run", "-c"])
             .arg(&config_path)
             .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("OBLETH_WAL_PATH", dir.path().join("wal"))
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -444,5 +445,108 @@ impl Admin {
         let (status, value) = self.call(method, path, body).await;
         assert_eq!(status, expected, "{method} {path}: {value}");
         value
+    }
+}
+
+/// A ClickHouse server of its own (Debian's `clickhouse-server`) on free
+/// ports and a temporary data directory; stopped and restarted at will.
+pub struct ClickHouse {
+    child: Option<Child>,
+    pub http: u16,
+    config: PathBuf,
+    dir: TempDir,
+}
+
+impl ClickHouse {
+    pub async fn start() -> Self {
+        let dir = TempDir::new();
+        let http = free_port();
+        let root = dir.path().display().to_string();
+        let config = dir.path().join("config.xml");
+        std::fs::write(
+            &config,
+            format!(
+                "<?xml version=\"1.0\"?>\n<yandex>\n\
+                 <logger><level>warning</level><console>1</console></logger>\n\
+                 <http_port>{http}</http_port><tcp_port>{}</tcp_port><listen_host>127.0.0.1</listen_host>\n\
+                 <path>{root}/data/</path><tmp_path>{root}/tmp/</tmp_path>\n\
+                 <user_files_path>{root}/user_files/</user_files_path><format_schema_path>{root}/schemas/</format_schema_path>\n\
+                 <users_config>{root}/users.xml</users_config>\n\
+                 <default_profile>default</default_profile><default_database>default</default_database>\n\
+                 <mark_cache_size>104857600</mark_cache_size><uncompressed_cache_size>104857600</uncompressed_cache_size>\n\
+                 </yandex>\n",
+                free_port()
+            ),
+        )
+        .expect("clickhouse config");
+        std::fs::write(
+            dir.path().join("users.xml"),
+            "<?xml version=\"1.0\"?>\n<yandex><profiles><default></default></profiles>\
+             <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>\
+             <profile>default</profile><quota>default</quota></default></users>\
+             <quotas><default></default></quotas></yandex>\n",
+        )
+        .expect("clickhouse users");
+        let mut server = Self {
+            child: None,
+            http,
+            config,
+            dir,
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// Starts the server (again) on the same ports and data.
+    pub async fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log");
+        let child = Command::new("/usr/sbin/clickhouse-server")
+            .arg(format!("--config-file={}", self.config.display()))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("clickhouse-server starts (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query("SELECT 1").await.as_deref() != Ok("1") {
+            assert!(Instant::now() < deadline, "ClickHouse did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `sql`, returning the trimmed response body.
+    pub async fn query(&self, sql: &str) -> Result<String, String> {
+        let resp = client()
+            .post(self.url())
+            .body(sql.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(text.trim().to_string())
+        } else {
+            Err(text)
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

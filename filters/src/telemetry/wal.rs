@@ -1,0 +1,555 @@
+//! The write-ahead log: records are framed (`length`, `crc32`, JSON) and
+//! appended to numbered segment files by one writer thread that commits in
+//! groups with `fdatasync`. A record counts as durable only after that; the
+//! data plane never waits for it. A torn or corrupt frame (a crash during a
+//! write) is detected by its length and checksum and never misread.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::UsageRecord;
+
+/// Frame header: payload length and CRC-32, little endian.
+const HEADER: usize = 8;
+/// No record comes near this; a larger length is a torn frame.
+const MAX_RECORD: usize = 1 << 20;
+/// Records one group commit takes from the queue at most.
+const GROUP: usize = 4096;
+
+/// Where and how much the log may write.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Records that would take the log's files past this are dropped.
+    pub disk_cap_bytes: u64,
+    /// Records waiting for the writer; when full, new ones are dropped.
+    pub queue: usize,
+}
+
+/// A place in the log: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Why a record was not logged; each is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Dropped {
+    #[error("the write-ahead log's queue is full")]
+    QueueFull,
+    #[error("the write-ahead log is at its disk cap")]
+    DiskFull,
+    #[error("the write-ahead log cannot write to its disk")]
+    Io,
+}
+
+impl Dropped {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Dropped::QueueFull => "queue_full",
+            Dropped::DiskFull => "disk_full",
+            Dropped::Io => "io_error",
+        }
+    }
+
+    const ALL: [Dropped; 3] = [Dropped::QueueFull, Dropped::DiskFull, Dropped::Io];
+}
+
+/// Counters for metrics and the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct WalStats {
+    /// Records made durable since start.
+    pub durable: u64,
+    /// Dropped records since start, by reason.
+    pub dropped: Vec<(&'static str, u64)>,
+    /// Bytes of segment files on disk.
+    pub disk_bytes: u64,
+    /// Bytes on disk not yet shipped.
+    pub backlog_bytes: u64,
+    /// Records shipped since start.
+    pub shipped: u64,
+}
+
+/// State shared by the data plane, the writer thread and the shipper.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    queued: AtomicUsize,
+    appended: AtomicU64,
+    durable: AtomicU64,
+    dropped: [AtomicU64; 3],
+    pub(super) disk_bytes: AtomicU64,
+    pub(super) backlog_bytes: AtomicU64,
+    pub(super) shipped: AtomicU64,
+}
+
+impl Counters {
+    fn drop_record(&self, why: Dropped, n: u64) {
+        let at = Dropped::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.dropped[at].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The log's writing end; cheap to share.
+pub struct Wal {
+    tx: SyncSender<UsageRecord>,
+    config: WalConfig,
+    pub(super) counters: Arc<Counters>,
+    durable: watch::Receiver<Position>,
+}
+
+impl Wal {
+    /// Opens the log in `config.dir` (created if missing) and starts the
+    /// writer on a new segment after any left by an earlier run, so a torn
+    /// tail stays in a sealed segment.
+    pub fn open(config: WalConfig) -> io::Result<Wal> {
+        fs::create_dir_all(&config.dir)?;
+        let segments = segments(&config.dir)?;
+        let disk_bytes = segments
+            .iter()
+            .map(|(_, path)| fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let first = segments.last().map_or(0, |(n, _)| n + 1);
+        let file = create_segment(&config.dir, first)?;
+        let counters = Arc::new(Counters {
+            disk_bytes: AtomicU64::new(disk_bytes),
+            ..Counters::default()
+        });
+        let start = Position {
+            segment: first,
+            offset: 0,
+        };
+        let (durable_tx, durable) = watch::channel(start);
+        let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
+        let writer = Writer {
+            rx,
+            config: config.clone(),
+            counters: counters.clone(),
+            durable: durable_tx,
+            file,
+            at: start,
+        };
+        std::thread::Builder::new()
+            .name("obleth-wal".into())
+            .spawn(move || writer.run())?;
+        Ok(Wal {
+            tx,
+            config,
+            counters,
+            durable,
+        })
+    }
+
+    /// Hands a record to the writer without waiting; a record that cannot
+    /// be taken is dropped and counted.
+    pub fn append(&self, record: UsageRecord) -> Result<(), Dropped> {
+        if self.counters.disk_bytes.load(Ordering::Relaxed) >= self.config.disk_cap_bytes {
+            self.counters.drop_record(Dropped::DiskFull, 1);
+            return Err(Dropped::DiskFull);
+        }
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                self.counters.appended.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.counters.drop_record(Dropped::QueueFull, 1);
+                Err(Dropped::QueueFull)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.drop_record(Dropped::Io, 1);
+                Err(Dropped::Io)
+            }
+        }
+    }
+
+    /// Whether a record appended now would be dropped: the queue or the
+    /// disk cap is full.
+    pub fn under_pressure(&self) -> bool {
+        self.counters.queued.load(Ordering::Relaxed) >= self.config.queue
+            || self.counters.disk_bytes.load(Ordering::Relaxed) + MAX_RECORD as u64
+                > self.config.disk_cap_bytes
+    }
+
+    /// Waits up to `limit` for every appended record to be durable (or
+    /// dropped); used before the process exits.
+    pub fn sync(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.counters.queued.load(Ordering::Relaxed) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let c = &self.counters;
+        WalStats {
+            durable: c.durable.load(Ordering::Relaxed),
+            dropped: Dropped::ALL
+                .iter()
+                .zip(&c.dropped)
+                .map(|(d, n)| (d.reason(), n.load(Ordering::Relaxed)))
+                .collect(),
+            disk_bytes: c.disk_bytes.load(Ordering::Relaxed),
+            backlog_bytes: c.backlog_bytes.load(Ordering::Relaxed),
+            shipped: c.shipped.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Follows the durable end of the log.
+    pub fn durable(&self) -> watch::Receiver<Position> {
+        self.durable.clone()
+    }
+}
+
+struct Writer {
+    rx: Receiver<UsageRecord>,
+    config: WalConfig,
+    counters: Arc<Counters>,
+    durable: watch::Sender<Position>,
+    file: File,
+    at: Position,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut buf = Vec::new();
+        let mut failing = false;
+        while let Ok(first) = self.rx.recv() {
+            buf.clear();
+            let mut taken = 0u64;
+            let mut framed = 0u64;
+            let disk = self.counters.disk_bytes.load(Ordering::Relaxed);
+            for record in std::iter::once(first).chain(self.rx.try_iter().take(GROUP)) {
+                taken += 1;
+                let frame = encode(&record);
+                if disk + (buf.len() + frame.len()) as u64 > self.config.disk_cap_bytes {
+                    self.counters.drop_record(Dropped::DiskFull, 1);
+                    continue;
+                }
+                buf.extend_from_slice(&frame);
+                framed += 1;
+            }
+            if !buf.is_empty() {
+                match self.commit(&buf) {
+                    Ok(()) => {
+                        if failing {
+                            tracing::warn!("the write-ahead log writes again");
+                            failing = false;
+                        }
+                        self.counters.durable.fetch_add(framed, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::error!(dir = %self.config.dir.display(), "the write-ahead log cannot write; records are dropped: {e}");
+                            failing = true;
+                        }
+                        self.counters.drop_record(Dropped::Io, framed);
+                        // What reached the file is unknown: continue in a
+                        // new segment, leaving any partial frame as a torn
+                        // tail of a sealed one.
+                        if let Err(e) = self.rotate() {
+                            tracing::debug!("cannot start a new segment: {e}");
+                        }
+                    }
+                }
+            }
+            self.counters
+                .queued
+                .fetch_sub(taken as usize, Ordering::Relaxed);
+            if self.at.offset >= self.config.segment_bytes {
+                if let Err(e) = self.rotate() {
+                    tracing::error!("cannot start a new write-ahead log segment: {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes and syncs `buf`, then publishes the new durable end.
+    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        self.at.offset += buf.len() as u64;
+        self.counters
+            .disk_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.counters
+            .backlog_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.durable.send_replace(self.at);
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let next = self.at.segment + 1;
+        self.file = create_segment(&self.config.dir, next)?;
+        self.at = Position {
+            segment: next,
+            offset: 0,
+        };
+        self.durable.send_replace(self.at);
+        Ok(())
+    }
+}
+
+fn encode(record: &UsageRecord) -> Vec<u8> {
+    let payload = serde_json::to_vec(record).unwrap_or_default();
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.wal"))
+}
+
+fn create_segment(dir: &Path, segment: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(segment_path(dir, segment))?;
+    // The new name must survive a crash too.
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+/// The segments in `dir`, oldest first.
+pub(super) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_suffix(".wal")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// What reading a segment found.
+#[derive(Debug, Default)]
+pub(super) struct SegmentRead {
+    /// Records with the offset just past each.
+    pub records: Vec<(UsageRecord, u64)>,
+    /// Where a torn or corrupt frame starts, if one was met.
+    pub torn_at: Option<u64>,
+}
+
+/// Reads up to `max` records of `path` from `from` until `until` (the
+/// durable end) or the end of the file.
+pub(super) fn read_segment(
+    path: &Path,
+    from: u64,
+    until: Option<u64>,
+    max: usize,
+) -> io::Result<SegmentRead> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    match until {
+        Some(end) => {
+            file.take(end.saturating_sub(from))
+                .read_to_end(&mut bytes)?;
+        }
+        None => {
+            file.read_to_end(&mut bytes)?;
+        }
+    }
+    let mut read = SegmentRead::default();
+    let mut at = 0usize;
+    while read.records.len() < max && at < bytes.len() {
+        let torn = |read: &mut SegmentRead| read.torn_at = Some(from + at as u64);
+        let Some(header) = bytes.get(at..at + HEADER) else {
+            torn(&mut read);
+            break;
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let payload = bytes.get(at + HEADER..at + HEADER + len);
+        let Some(payload) =
+            payload.filter(|p| len > 0 && len <= MAX_RECORD && crc32fast::hash(p) == crc)
+        else {
+            torn(&mut read);
+            break;
+        };
+        let next = at + HEADER + len;
+        match serde_json::from_slice(payload) {
+            Ok(record) => read.records.push((record, from + next as u64)),
+            Err(e) => tracing::error!(
+                path = %path.display(),
+                offset = from + at as u64,
+                "skipping an unreadable usage record: {e}"
+            ),
+        }
+        at = next;
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub fn record(n: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("req-{n}"),
+            time_ms: 1_700_000_000_000 + n,
+            tenant: "t".into(),
+            key: "k".into(),
+            model: "m".into(),
+            route: "llm".into(),
+            admission: "fast".into(),
+            queue_wait_ms: 0,
+            ttfb_ms: 5,
+            total_ms: 9,
+            status: 200,
+            input_tokens: 10,
+            output_tokens: n,
+            estimated: false,
+            cost_usd: 0.5,
+            upstream: "u".into(),
+            replica: "r".into(),
+        }
+    }
+
+    pub fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "obleth-wal-{name}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    pub fn config(dir: &Path) -> WalConfig {
+        WalConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            disk_cap_bytes: 1 << 30,
+            queue: 1000,
+        }
+    }
+
+    fn all_records(dir: &Path) -> Vec<UsageRecord> {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .flat_map(|(_, p)| read_segment(p, 0, None, usize::MAX).unwrap().records)
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    #[test]
+    fn records_are_durable_in_order_across_segments() {
+        let dir = temp_dir("order");
+        let wal = Wal::open(WalConfig {
+            segment_bytes: 2000,
+            ..config(&dir)
+        })
+        .unwrap();
+        for n in 0..100 {
+            wal.append(record(n)).unwrap();
+            if n % 10 == 9 {
+                // Rotation happens between group commits.
+                assert!(wal.sync(Duration::from_secs(5)));
+            }
+        }
+        assert_eq!(wal.stats().durable, 100);
+        let read = all_records(&dir);
+        assert_eq!(read, (0..100).map(record).collect::<Vec<_>>());
+        assert!(segments(&dir).unwrap().len() > 3, "rotated by size");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_detected_and_never_misread() {
+        let dir = temp_dir("torn");
+        {
+            let wal = Wal::open(config(&dir)).unwrap();
+            for n in 0..3 {
+                wal.append(record(n)).unwrap();
+            }
+            assert!(wal.sync(Duration::from_secs(5)));
+        }
+        let (_, path) = segments(&dir).unwrap().remove(0);
+        let full = fs::metadata(&path).unwrap().len();
+        // A crash in the middle of the third record's write.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(full - 7).unwrap();
+        let read = read_segment(&path, 0, None, usize::MAX).unwrap();
+        assert_eq!(read.records.len(), 2);
+        assert_eq!(read.torn_at, Some(read.records[1].1));
+        // Garbage in place of a frame is refused by its checksum.
+        let mut bytes = fs::read(&path).unwrap();
+        let second = read.records[0].1 as usize;
+        bytes[second + HEADER + 3] ^= 0x55;
+        fs::write(&path, &bytes).unwrap();
+        let read = read_segment(&path, 0, None, usize::MAX).unwrap();
+        assert_eq!(read.records.len(), 1);
+        assert_eq!(read.torn_at, Some(second as u64));
+        // A restarted log writes a new segment and leaves the old one be.
+        let wal = Wal::open(config(&dir)).unwrap();
+        wal.append(record(9)).unwrap();
+        assert!(wal.sync(Duration::from_secs(5)));
+        assert_eq!(segments(&dir).unwrap().len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_disk_cap_drops_and_counts_instead_of_failing() {
+        let dir = temp_dir("cap");
+        let wal = Wal::open(WalConfig {
+            disk_cap_bytes: 2000,
+            ..config(&dir)
+        })
+        .unwrap();
+        let mut refused = 0;
+        for n in 0..100 {
+            if wal.append(record(n)).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(wal.sync(Duration::from_secs(5)));
+        let stats = wal.stats();
+        let dropped: u64 = stats.dropped.iter().map(|(_, n)| n).sum();
+        assert!(stats.disk_bytes <= 2000, "{stats:?}");
+        assert_eq!(
+            stats.durable + dropped,
+            100,
+            "{stats:?} ({refused} refused at once)"
+        );
+        assert!(dropped > 50, "{stats:?}");
+        assert!(wal.under_pressure());
+        assert_eq!(all_records(&dir).len() as u64, stats.durable);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
