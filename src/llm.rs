@@ -282,6 +282,7 @@ impl LlmState {
         if let Some(redis) = &config.redis {
             tokio::spawn(listen_for_changes(state.clone(), redis.url.clone()));
         }
+        tokio::spawn(crate::telemetry::restore_budgets(state.clone()));
         Ok(state)
     }
 

@@ -1,6 +1,7 @@
 //! Usage telemetry in the running process: the write-ahead log every LLM
 //! request's record goes to, and, with ClickHouse configured, the tasks
-//! that create its schema, ship the log and enforce retention.
+//! that create its schema, ship the log, enforce retention and restore
+//! committed budget spend from the usage ledger.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,4 +79,104 @@ async fn ship(wal: Arc<Wal>, sink: ClickHouseSink, settings: ClickHouseSettings)
     }
     let sink: Arc<dyn UsageSink> = Arc::new(sink);
     wal.ship(sink, settings.shipping).await;
+}
+
+/// Restores committed spend the budget store lost (a Redis flush or a
+/// restart without persistence; in-process budgets after any restart) from
+/// the usage ledger: at start-up and every few minutes, each scope with a
+/// term budget is raised to what ClickHouse holds for its current period
+/// (since its last audited reset). Raising never lowers spend, so a ledger
+/// that lags the live spend by the records not yet shipped changes nothing.
+pub async fn restore_budgets(llm: Arc<crate::llm::LlmState>) {
+    let Some(ledger) = llm.telemetry.clickhouse.clone() else {
+        return;
+    };
+    loop {
+        match restore_once(&llm, &ledger).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "restored the committed spend of {n} budget scopes from the usage ledger"
+            ),
+            Err(e) => tracing::warn!("cannot check budgets against the usage ledger: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+}
+
+async fn restore_once(
+    llm: &crate::llm::LlmState,
+    ledger: &ClickHouseSink,
+) -> Result<usize, String> {
+    use obleth_filters::budget::Cost;
+    let now = jiff::Timestamp::now();
+    let mut restored = 0;
+    for record in llm.store.tenants().await.map_err(|e| e.to_string())? {
+        let tenant: obleth_filters::records::Tenant = record.into();
+        let keys = llm
+            .store
+            .keys_of_tenant(&tenant.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let scopes = std::iter::once((
+            "tenant",
+            tenant.id.clone(),
+            crate::llm::tenant_scope(&tenant, now),
+        ))
+        .chain(
+            keys.iter()
+                .map(|k| ("key", k.id.clone(), crate::llm::key_scope(k, &tenant, now))),
+        );
+        for (entity, id, scope) in scopes {
+            let l = &scope.limits;
+            if l.budget_tokens.is_none() && l.budget_usd_micros.is_none() {
+                continue;
+            }
+            let since =
+                period_start(&tenant, now).max(last_reset(llm, entity, &id, &l.period).await);
+            let (tokens, usd_micros) = ledger
+                .spent(entity, &id, since)
+                .await
+                .map_err(|e| e.to_string())?;
+            if tokens == 0 && usd_micros == 0 {
+                continue;
+            }
+            let raised = llm
+                .budgets
+                .raise_committed(&scope, Cost { tokens, usd_micros })
+                .await
+                .map_err(|e| e.to_string())?;
+            restored += usize::from(raised);
+        }
+    }
+    Ok(restored)
+}
+
+/// Unix milliseconds where the tenant's current budget period began.
+fn period_start(tenant: &obleth_filters::records::Tenant, now: jiff::Timestamp) -> u64 {
+    use obleth_filters::records::BudgetPeriod;
+    match tenant.budget_period {
+        BudgetPeriod::Lifetime => 0,
+        BudgetPeriod::Monthly => {
+            let tz = jiff::tz::TimeZone::get(&tenant.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+            let zoned = now.to_zoned(tz);
+            zoned
+                .start_of_day()
+                .and_then(|d| d.with().day(1).build())
+                .map_or(0, |d| d.timestamp().as_millisecond().max(0) as u64)
+        }
+    }
+}
+
+/// When the scope's committed spend was last reset in `period` (audited),
+/// as Unix milliseconds; 0 when never.
+async fn last_reset(llm: &crate::llm::LlmState, entity: &str, id: &str, period: &str) -> u64 {
+    let action = format!("{entity}.budget_reset");
+    llm.store
+        .audit_log(Some(entity), Some(id), None, 100)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.action == action && e.detail["period"] == period)
+        .and_then(|e| e.at)
+        .map_or(0, |at| at.max(0) as u64)
 }

@@ -188,3 +188,79 @@ async fn concurrent_reservations_never_exceed_the_term_budget() {
     }
     assert_eq!(admitted, 10_000 / 170, "exactly as many as fit");
 }
+
+#[tokio::test]
+async fn a_reservation_whose_request_never_settles_is_released_after_its_ttl() {
+    let store = redis_store()
+        .await
+        .with_reservation_ttl(std::time::Duration::from_secs(1));
+    let s = scope(0, Some(1000), None, "lifetime");
+    let now = 1_700_000_000_000;
+    // A process reserved 800 and died before settling.
+    assert!(matches!(
+        store.reserve(&s, "lost", cost(800, 0), now).await.unwrap(),
+        Decision::Admitted { .. }
+    ));
+    assert_eq!(
+        store
+            .reserve(&s, "next", cost(300, 0), now + 500)
+            .await
+            .unwrap(),
+        Decision::BudgetExhausted,
+        "held while the reservation may still settle"
+    );
+    assert!(matches!(
+        store
+            .reserve(&s, "next", cost(300, 0), now + 1500)
+            .await
+            .unwrap(),
+        Decision::Admitted { .. }
+    ));
+    let standing = store.standing(&s, now + 1500).await.unwrap();
+    assert_eq!(standing.reserved_tokens, 300, "{standing:?}");
+    // A settled reservation leaves nothing behind to release later.
+    assert!(store
+        .settle(&s, "next", cost(200, 0), now + 1600)
+        .await
+        .unwrap());
+    assert!(matches!(
+        store
+            .reserve(&s, "third", cost(10, 0), now + 9000)
+            .await
+            .unwrap(),
+        Decision::Admitted { .. }
+    ));
+    let standing = store.standing(&s, now + 9000).await.unwrap();
+    assert_eq!(
+        (standing.committed_tokens, standing.reserved_tokens),
+        (200, 10)
+    );
+}
+
+#[tokio::test]
+async fn committed_spend_is_raised_to_the_ledger_and_never_lowered() {
+    let redis = redis_store().await;
+    let local = LocalBudgets::default();
+    for store in [&redis as &dyn BudgetStore, &local] {
+        let s = scope(0, Some(10_000), None, "2026-11");
+        let now = 1_700_000_000_000;
+        store.reserve(&s, "a", cost(100, 5), now).await.unwrap();
+        store.settle(&s, "a", cost(60, 3), now).await.unwrap();
+        // Redis lost part of the period; the ledger knows 900 were spent.
+        assert!(store.raise_committed(&s, cost(900, 40)).await.unwrap());
+        let standing = store.standing(&s, now).await.unwrap();
+        assert_eq!(
+            (standing.committed_tokens, standing.committed_usd_micros),
+            (900, 40)
+        );
+        // A ledger behind the live spend changes nothing.
+        assert!(!store.raise_committed(&s, cost(500, 10)).await.unwrap());
+        let standing = store.standing(&s, now).await.unwrap();
+        assert_eq!(standing.committed_tokens, 900);
+        assert_eq!(
+            store.reserve(&s, "b", cost(9_200, 0), now).await.unwrap(),
+            Decision::BudgetExhausted,
+            "the restored spend counts against the budget"
+        );
+    }
+}

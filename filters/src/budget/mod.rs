@@ -114,6 +114,12 @@ pub trait BudgetStore: Send + Sync {
     /// Sets the committed spend of the current period back to zero
     /// (reservations in flight still count).
     async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable>;
+
+    /// Raises the committed spend of the current period to at least
+    /// `ledger` (what the usage ledger says was spent), never lowering it;
+    /// true when it raised anything.
+    async fn raise_committed(&self, scope: &Scope, ledger: Cost)
+        -> Result<bool, BudgetUnavailable>;
 }
 
 /// Where a scope stands, for operators.
@@ -137,6 +143,8 @@ pub struct RedisBudgets {
     prefix: String,
     reserve: Script,
     settle: Script,
+    raise: Script,
+    reservation_ttl: u64,
 }
 
 impl RedisBudgets {
@@ -146,7 +154,16 @@ impl RedisBudgets {
             prefix: prefix.into(),
             reserve: Script::new(include_str!("reserve.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            raise: Script::new(include_str!("raise.lua")),
+            reservation_ttl: RESERVATION_TTL_SECS,
         }
+    }
+
+    /// How long an unsettled reservation holds budget before it is
+    /// released (its request's process died); default an hour.
+    pub fn with_reservation_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.reservation_ttl = ttl.as_secs().max(1);
+        self
     }
 
     /// Keys of one scope share the hash tag `{scope}`.
@@ -170,6 +187,7 @@ impl BudgetStore for RedisBudgets {
         invocation
             .key(self.key(scope, "spend"))
             .key(self.key(scope, &format!("res:{request_id}")))
+            .key(self.key(scope, "open"))
             .arg(now_ms)
             .arg(l.tokens_per_minute)
             .arg(estimate.tokens)
@@ -177,7 +195,8 @@ impl BudgetStore for RedisBudgets {
             .arg(limit_arg(l.budget_tokens))
             .arg(limit_arg(l.budget_usd_micros))
             .arg(&l.period)
-            .arg(RESERVATION_TTL_SECS);
+            .arg(self.reservation_ttl)
+            .arg(request_id);
         let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(match reply.as_slice() {
             [1, remaining] | [2, remaining] => Decision::Admitted {
@@ -208,12 +227,14 @@ impl BudgetStore for RedisBudgets {
             .key(self.key(scope, "spend"))
             .key(self.key(scope, &format!("res:{request_id}")))
             .key(self.key(scope, &format!("done:{request_id}")))
+            .key(self.key(scope, "open"))
             .arg(now_ms)
             .arg(scope.limits.tokens_per_minute)
             .arg(actual.tokens)
             .arg(actual.usd_micros)
             .arg(&scope.limits.period)
-            .arg(SETTLED_TTL_SECS);
+            .arg(SETTLED_TTL_SECS)
+            .arg(request_id);
         let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(reply.first() == Some(&1))
     }
@@ -275,6 +296,21 @@ impl BudgetStore for RedisBudgets {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn raise_committed(
+        &self,
+        scope: &Scope,
+        ledger: Cost,
+    ) -> Result<bool, BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.raise.key(self.key(scope, "spend"));
+        invocation
+            .arg(&scope.limits.period)
+            .arg(ledger.tokens)
+            .arg(ledger.usd_micros);
+        let raised: i64 = within_deadline(invocation.invoke_async(&mut conn)).await?;
+        Ok(raised == 1)
     }
 }
 
@@ -437,6 +473,22 @@ impl BudgetStore for LocalBudgets {
         s.usd = 0;
         s.period = scope.limits.period.clone();
         Ok(())
+    }
+
+    async fn raise_committed(
+        &self,
+        scope: &Scope,
+        ledger: Cost,
+    ) -> Result<bool, BudgetUnavailable> {
+        let mut scopes = self.lock()?;
+        let s = scopes.entry(scope.id.clone()).or_default();
+        s.roll_period(&scope.limits.period);
+        if s.tokens >= ledger.tokens && s.usd >= ledger.usd_micros {
+            return Ok(false);
+        }
+        s.tokens = s.tokens.max(ledger.tokens);
+        s.usd = s.usd.max(ledger.usd_micros);
+        Ok(true)
     }
 }
 

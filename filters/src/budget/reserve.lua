@@ -1,12 +1,16 @@
 -- Reserve a request's worst-case cost against one scope, atomically.
 -- KEYS: 1 bucket (hash level, ts), 2 spend (hash period, tokens, usd,
---       rtokens, rusd), 3 reservation of this request (string "tokens:usd")
+--       rtokens, rusd), 3 reservation of this request (string "tokens:usd"),
+--       4 open reservations (sorted set of "id|tokens|usd" by expiry ms)
 -- ARGV: 1 now ms, 2 tokens per minute (0 = unlimited), 3 estimated tokens,
 --       4 estimated USD micros, 5 token budget (-1 = none), 6 USD micros
---       budget (-1 = none), 7 current period id, 8 reservation TTL seconds
+--       budget (-1 = none), 7 current period id, 8 reservation TTL seconds,
+--       9 request id
 -- Returns {1, remaining tokens (-1 unlimited)} admitted, {2} already
 -- reserved, {0, retry after ms} rate limited, {3} term budget exhausted,
--- {4} larger than the whole bucket. Nothing is written unless admitted.
+-- {4} larger than the whole bucket. Nothing is written unless admitted,
+-- except that reservations past their TTL (their request never settled,
+-- e.g. its process died) are released first.
 local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local est, est_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
 local btok, busd = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -14,6 +18,21 @@ local period, ttl = ARGV[7], tonumber(ARGV[8])
 
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {2}
+end
+
+local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')
+local tokens, usd = tonumber(s[2]) or 0, tonumber(s[3]) or 0
+local rtok, rusd = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+
+local leaked = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+if #leaked > 0 then
+  for _, member in ipairs(leaked) do
+    local _, _, t, u = string.find(member, '|(%d+)|(%d+)$')
+    rtok = math.max(0, rtok - (tonumber(t) or 0))
+    rusd = math.max(0, rusd - (tonumber(u) or 0))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('HSET', KEYS[2], 'rtokens', rtok, 'rusd', rusd)
 end
 
 local level = -1
@@ -32,9 +51,6 @@ if tpm > 0 then
   end
 end
 
-local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')
-local tokens, usd = tonumber(s[2]) or 0, tonumber(s[3]) or 0
-local rtok, rusd = tonumber(s[4]) or 0, tonumber(s[5]) or 0
 if s[1] and s[1] ~= period then
   -- A new monthly period: committed spend starts again, reservations stay.
   tokens, usd = 0, 0
@@ -52,4 +68,5 @@ if tpm > 0 then
 end
 redis.call('HSET', KEYS[2], 'period', period, 'tokens', tokens, 'usd', usd, 'rtokens', rtok + est, 'rusd', rusd + est_usd)
 redis.call('SET', KEYS[3], est .. ':' .. est_usd, 'EX', ttl)
+redis.call('ZADD', KEYS[4], now + ttl * 1000, ARGV[9] .. '|' .. est .. '|' .. est_usd)
 return {1, math.floor(level)}

@@ -1,8 +1,9 @@
 -- Settle a request once: commit its actual cost, release its reservation
 -- and give the unused part of the estimate back to the bucket.
--- KEYS: 1 bucket, 2 spend, 3 reservation, 4 settled marker of this request
+-- KEYS: 1 bucket, 2 spend, 3 reservation, 4 settled marker of this request,
+--       5 open reservations
 -- ARGV: 1 now ms, 2 tokens per minute, 3 actual tokens, 4 actual USD micros,
---       5 current period id, 6 marker TTL seconds
+--       5 current period id, 6 marker TTL seconds, 7 request id
 -- Returns {1} settled, {0} already settled (nothing changed).
 local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local actual, actual_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -18,6 +19,7 @@ if r then
   local sep = string.find(r, ':', 1, true)
   reserved = tonumber(string.sub(r, 1, sep - 1))
   reserved_usd = tonumber(string.sub(r, sep + 1))
+  redis.call('ZREM', KEYS[5], ARGV[7] .. '|' .. (r:gsub(':', '|')))
 end
 
 local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')

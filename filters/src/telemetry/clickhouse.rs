@@ -191,6 +191,23 @@ impl ClickHouseSink {
         .await
     }
 
+    /// Tokens and USD micros the ledger holds for a tenant (`by` =
+    /// `tenant`) or key (`by` = `key`) since `since_ms`.
+    pub async fn spent(&self, by: &str, id: &str, since_ms: u64) -> Result<(u64, u64), SinkError> {
+        let column = if by == "key" { "key" } else { "tenant" };
+        let sql = format!(
+            "SELECT sum(input_tokens + output_tokens), sum(cost_usd) FROM usage FINAL \
+             WHERE {column} = ? AND time_ms >= ?"
+        );
+        let (tokens, usd): (u64, f64) = self
+            .bounded(
+                "ledger query",
+                self.client.query(&sql).bind(id).bind(since_ms).fetch_one(),
+            )
+            .await?;
+        Ok((tokens, (usd * 1e6).round().max(0.0) as u64))
+    }
+
     /// The latest `limit` requests of `tenant`, newest first.
     pub async fn recent(&self, tenant: &str, limit: u32) -> Result<Vec<RequestRow>, SinkError> {
         self.bounded(
