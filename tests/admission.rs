@@ -88,7 +88,7 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
     let obleth = Obleth::start(&config(
         &upstream,
         1,
-        "{ brownout_wait: 400ms, brownout_max_tokens: 5 }",
+        "{ brownout_wait: 1s, brownout_max_tokens: 5 }",
         "{ name: acme }",
     ))
     .await;
@@ -106,7 +106,7 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
     assert_eq!(holder.await.unwrap().0, 200);
 
     // A wait past brownout_wait is served with its output capped.
-    let holder = spawn_chat(&obleth, KEY, 1000);
+    let holder = spawn_chat(&obleth, KEY, 2000);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let degraded = chat(&obleth, KEY, 0, 50).await;
     assert_eq!(degraded.status(), 200);
@@ -158,7 +158,7 @@ async fn a_full_queue_answers_429_and_a_long_wait_503_both_with_retry_after() {
     let started = Instant::now();
     let refused = chat(&obleth, KEY, 0, 5).await;
     assert_eq!(refused.status(), 429);
-    assert!(started.elapsed() < Duration::from_millis(500), "at once");
+    assert!(started.elapsed() < Duration::from_millis(1000), "at once");
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_full");
@@ -259,7 +259,7 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
         .await;
     let view = admin.ok("GET", "/capacity", None, 200).await;
     assert_eq!(view["pools"][0]["max_in_flight"], 1, "{view}");
-    let holder = spawn_chat(&obleth, KEY, 1500);
+    let holder = spawn_chat(&obleth, KEY, 3000);
     until_queued(&admin, 0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let waiter = spawn_chat(&obleth, KEY, 0);
@@ -274,7 +274,7 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
         .await;
     let (status, _, _, waited) = waiter.await.unwrap();
     assert_eq!(status, 200);
-    assert!(waited < Duration::from_millis(1200), "{waited:?}");
+    assert!(waited < Duration::from_millis(2500), "{waited:?}");
     holder.await.unwrap();
 }
 
@@ -309,7 +309,7 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
     let single_key = one_at_a_time["secret"].as_str().unwrap().to_string();
 
     for key in [&capped_key, &single_key] {
-        let first = spawn_chat(&obleth, key, 1000);
+        let first = spawn_chat(&obleth, key, 2000);
         until_queued(&admin, 0).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = spawn_chat(&obleth, key, 0);
@@ -317,11 +317,11 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
         // Anyone else passes at once.
         let started = Instant::now();
         assert_eq!(chat(&obleth, KEY, 0, 5).await.status(), 200);
-        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(started.elapsed() < Duration::from_millis(1500));
         let (status, _, _, waited) = second.await.unwrap();
         assert_eq!(status, 200);
         assert!(
-            waited >= Duration::from_millis(700),
+            waited >= Duration::from_millis(1500),
             "held back: {waited:?}"
         );
         first.await.unwrap();
