@@ -341,14 +341,18 @@ async fn the_disk_cap_drops_and_counts_and_refusing_is_a_choice() {
 
     let refusing = Obleth::start(&config(
         &upstream,
-        "{ segment_bytes: 4096, disk_cap_bytes: 4096, on_full: refuse }",
+        "{ segment_bytes: 4096, disk_cap_bytes: 16384, on_full: refuse }",
     ))
     .await;
     let mut statuses = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..80 {
         statuses.push(chat(&refusing, 2).await.status().as_u16());
     }
-    assert!(statuses.contains(&503), "{statuses:?}");
+    let first_refusal = statuses.iter().position(|s| *s == 503);
+    assert!(
+        first_refusal.is_some_and(|at| at > 5 && statuses[..at].iter().all(|s| *s == 200)),
+        "served until the log filled, then refused: {statuses:?}"
+    );
     let refused = chat(&refusing, 2).await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));

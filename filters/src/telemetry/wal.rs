@@ -23,6 +23,8 @@ const HEADER: usize = 8;
 const MAX_RECORD: usize = 1 << 20;
 /// Records one group commit takes from the queue at most.
 const GROUP: usize = 4096;
+/// Room for a few records: less than this left under the cap is pressure.
+const HEADROOM: u64 = 4096;
 
 /// Where and how much the log may write.
 #[derive(Debug, Clone)]
@@ -124,6 +126,8 @@ impl Wal {
         let file = create_segment(&config.dir, first)?;
         let counters = Arc::new(Counters {
             disk_bytes: AtomicU64::new(disk_bytes),
+            // Until a shipper reads its checkpoint, all of it may be unshipped.
+            backlog_bytes: AtomicU64::new(disk_bytes),
             ..Counters::default()
         });
         let start = Position {
@@ -179,7 +183,7 @@ impl Wal {
     /// disk cap is full.
     pub fn under_pressure(&self) -> bool {
         self.counters.queued.load(Ordering::Relaxed) >= self.config.queue
-            || self.counters.disk_bytes.load(Ordering::Relaxed) + MAX_RECORD as u64
+            || self.counters.disk_bytes.load(Ordering::Relaxed) + HEADROOM
                 > self.config.disk_cap_bytes
     }
 
