@@ -142,7 +142,7 @@ async fn restore_once(
             }
             let raised = llm
                 .budgets
-                .raise_committed(&scope, Cost { tokens, usd_micros })
+                .raise_committed(&scope, Cost { tokens, usd_micros }, since)
                 .await
                 .map_err(|e| e.to_string())?;
             restored += usize::from(raised);

@@ -25,7 +25,7 @@
 //! time linear in the backlogged clients of the pool.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -252,7 +252,8 @@ impl Permit {
     /// Replaces the estimate in the flows' service with the actual tokens.
     pub fn correct(&self, actual_tokens: u64) {
         let delta = actual_tokens as f64 - self.ticket.estimated_tokens as f64;
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             if let Some(pool) = state.pools.get_mut(&self.ticket.pool) {
                 charge(pool, &self.ticket, delta);
             }
@@ -262,10 +263,18 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             release(&mut state, &self.ticket);
         }
     }
+}
+
+/// The state stays consistent across a panic elsewhere (every change is
+/// made whole under the lock), so a poisoned lock is taken over rather
+/// than turning admission off.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The ticket's group, tenant and key flows, created when missing.
@@ -306,7 +315,8 @@ impl Scheduler {
 
     /// Sets a pool's size (live); waiters are admitted if it grew.
     pub fn set_pool_size(&self, pool: &str, size: u32) {
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             state.pools.entry(pool.to_string()).or_default().size = size;
             dispatch(&mut state);
         }
@@ -314,7 +324,8 @@ impl Scheduler {
 
     /// Sets the global ceiling (live).
     pub fn set_global(&self, global: u32) {
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             state.capacity.global = global;
             dispatch(&mut state);
         }
@@ -322,12 +333,12 @@ impl Scheduler {
 
     /// The global ceiling.
     pub fn global(&self) -> u32 {
-        self.state.lock().map(|s| s.capacity.global).unwrap_or(0)
+        lock(&self.state).capacity.global
     }
 
     /// Every pool's size, load and flows, for the fairshare API and metrics.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        let state = self.state.lock().ok()?;
+        let state = lock(&self.state);
         let pools = state
             .pools
             .iter()
@@ -360,19 +371,14 @@ impl Scheduler {
 
     /// Requests in flight and waiting, in total.
     pub fn load(&self) -> (u32, usize) {
-        self.state
-            .lock()
-            .map(|s| (s.in_flight, s.pools.values().map(|p| p.waiting).sum()))
-            .unwrap_or_default()
+        let s = lock(&self.state);
+        (s.in_flight, s.pools.values().map(|p| p.waiting).sum())
     }
 
     /// Waits for a slot. Dropping the future (client gone) leaves the queue.
     pub async fn admit(&self, ticket: Ticket) -> Result<Permit, Refusal> {
         let (rx, id, timeout, brownout_after) = {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| Refusal::QueueFull(ticket.pool.clone()))?;
+            let mut state = lock(&self.state);
             let State {
                 capacity,
                 in_flight,
@@ -461,11 +467,13 @@ impl Drop for Leave<'_> {
         if !self.armed {
             return;
         }
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
+        let mut state = lock(self.state);
         self.rx.close();
         if self.rx.try_recv().is_ok() {
+            // Admitted as it left: nothing was served.
+            if let Some(pool) = state.pools.get_mut(&self.ticket.pool) {
+                charge(pool, self.ticket, -(self.ticket.estimated_tokens as f64));
+            }
             release(&mut state, self.ticket);
             return;
         }
@@ -571,10 +579,10 @@ fn forget<C: HasFlow>(siblings: &mut HashMap<String, C>, name: &str) {
 
 fn flow_snapshots<'a>(flows: impl Iterator<Item = (String, &'a Flow)>) -> Vec<FlowSnapshot> {
     let flows: Vec<(String, &Flow)> = flows.collect();
-    let active_weight: u32 = flows
+    let active_weight: u64 = flows
         .iter()
         .filter(|(_, f)| f.active())
-        .map(|(_, f)| f.weight)
+        .map(|(_, f)| u64::from(f.weight))
         .sum();
     let mut out: Vec<FlowSnapshot> = flows
         .into_iter()
@@ -582,7 +590,7 @@ fn flow_snapshots<'a>(flows: impl Iterator<Item = (String, &'a Flow)>) -> Vec<Fl
             name,
             weight: f.weight,
             share: if f.active() && active_weight > 0 {
-                f64::from(f.weight) / f64::from(active_weight)
+                f64::from(f.weight) / active_weight as f64
             } else {
                 0.0
             },

@@ -247,14 +247,14 @@ async fn committed_spend_is_raised_to_the_ledger_and_never_lowered() {
         store.reserve(&s, "a", cost(100, 5), now).await.unwrap();
         store.settle(&s, "a", cost(60, 3), now).await.unwrap();
         // Redis lost part of the period; the ledger knows 900 were spent.
-        assert!(store.raise_committed(&s, cost(900, 40)).await.unwrap());
+        assert!(store.raise_committed(&s, cost(900, 40), 0).await.unwrap());
         let standing = store.standing(&s, now).await.unwrap();
         assert_eq!(
             (standing.committed_tokens, standing.committed_usd_micros),
             (900, 40)
         );
         // A ledger behind the live spend changes nothing.
-        assert!(!store.raise_committed(&s, cost(500, 10)).await.unwrap());
+        assert!(!store.raise_committed(&s, cost(500, 10), 0).await.unwrap());
         let standing = store.standing(&s, now).await.unwrap();
         assert_eq!(standing.committed_tokens, 900);
         assert_eq!(
@@ -262,5 +262,9 @@ async fn committed_spend_is_raised_to_the_ledger_and_never_lowered() {
             Decision::BudgetExhausted,
             "the restored spend counts against the budget"
         );
+        // A reset after the ledger's start makes that ledger stale.
+        store.reset_term(&s).await.unwrap();
+        assert!(!store.raise_committed(&s, cost(900, 40), 0).await.unwrap());
+        assert_eq!(store.standing(&s, now).await.unwrap().committed_tokens, 0);
     }
 }

@@ -1,11 +1,13 @@
 -- One row per LLM request. ReplacingMergeTree collapses rows with the same
--- sorting key (tenant, time, request_id), so a record inserted twice counts
--- once after merges (and at once with FINAL); the shipper's batch ledger
--- (`batch`) keeps that from happening in the first place. Works on
+-- sorting key (tenant, time, request_id, record_id), so a record inserted
+-- twice counts once after merges (and at once with FINAL), while requests
+-- that share a client-chosen request id stay apart; the shipper's batch
+-- ledger (`batch`) keeps duplicates from being inserted in the first place. Works on
 -- ClickHouse 18.16 and current releases (no DateTime64, no TTL clause:
 -- retention drops whole day partitions).
 CREATE TABLE IF NOT EXISTS usage (
     request_id String,
+    record_id String,
     time DateTime,
     time_ms UInt64,
     tenant String,
@@ -26,7 +28,7 @@ CREATE TABLE IF NOT EXISTS usage (
     batch String
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMMDD(time)
-ORDER BY (tenant, time, request_id);
+ORDER BY (tenant, time, request_id, record_id);
 
 -- Daily totals per tenant and model, kept up to date on every insert.
 CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily

@@ -815,6 +815,12 @@ impl Validator {
                 retention_days: ch.retention_days.unwrap_or(0),
             })
         });
+        if on_full == OnFull::Refuse && clickhouse.is_none() {
+            self.problem(
+                "telemetry.on_full",
+                "refuse needs telemetry.clickhouse: without it nothing empties the log, and once full every LLM request would be refused",
+            );
+        }
         TelemetrySettings {
             wal: obleth_filters::telemetry::WalConfig {
                 dir: PathBuf::from(raw.wal_path.as_deref().unwrap_or("obleth-wal")),

@@ -292,7 +292,15 @@ async fn admit(
     if let Some(cap) = brownout_cap {
         request.cap_max_tokens(cap);
     }
-    let hold = reserve(llm, &principal, &model, &request).await?;
+    let hold = match reserve(llm, &principal, &model, &request).await {
+        Ok(hold) => hold,
+        Err(refused) => {
+            // Nothing will be served: take the estimate back out of the
+            // fair-share accounts.
+            permit.correct(0);
+            return Err(refused);
+        }
+    };
     // A stream that did not ask for usage gets it anyway (for settlement);
     // the extra event is removed again on the way back.
     let strip_usage =
@@ -319,6 +327,10 @@ async fn admit(
 /// Not a response: the client left, so nothing can be sent (logged as 499).
 const CLIENT_GONE: u16 = 499;
 
+/// The most tokens one request counts for at admission (before settlement
+/// puts in the actual tokens).
+const MAX_ESTIMATE: u64 = 1 << 24;
+
 /// Waits for the model pool's admission slot in fair order, leaving the
 /// queue as soon as the client goes away.
 async fn wait_for_slot(
@@ -343,15 +355,24 @@ async fn wait_for_slot(
         key_weight: key.weight,
         key_max_in_flight: key.max_in_flight,
         // Bytes over-count tokens about fourfold; settlement corrects it.
-        estimated_tokens: request.prompt_bound().div_ceil(4) + completion_bound,
+        // Bounded, so one absurd max_tokens cannot swamp the accounts.
+        estimated_tokens: (request.prompt_bound().div_ceil(4))
+            .saturating_add(completion_bound)
+            .min(MAX_ESTIMATE),
     };
     let started = std::time::Instant::now();
+    let admit = llm.scheduler.admit(ticket);
+    tokio::pin!(admit);
     let admitted = tokio::select! {
         biased;
-        admitted = llm.scheduler.admit(ticket) => admitted,
-        _ = session.downstream_session.read_body_or_idle(true) => {
-            return Err(Rejection::new(CLIENT_GONE, "client_gone", "the client left while queued"));
-        }
+        admitted = &mut admit => admitted,
+        idle = session.downstream_session.read_body_or_idle(true) => match idle {
+            Err(e) if matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError) => {
+                return Err(Rejection::new(CLIENT_GONE, "client_gone", "the client left while queued"));
+            }
+            // Stray bytes after the body: keep waiting, unwatched.
+            _ => admit.await,
+        },
     };
     match admitted {
         Ok(permit) => {
@@ -409,7 +430,7 @@ async fn reserve(
         .max_tokens
         .unwrap_or(llm.budget_settings.default_max_tokens);
     let estimate = Cost {
-        tokens: prompt_bound + completion_bound,
+        tokens: prompt_bound.saturating_add(completion_bound),
         usd_micros: usd_micros(model, prompt_bound, completion_bound, true),
     };
     let mut hold = BudgetHold {

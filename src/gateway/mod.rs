@@ -783,6 +783,7 @@ impl Gateway {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         telemetry.record(UsageRecord {
             request_id: ctx.request_id.clone(),
+            record_id: format!("{:032x}", rand::random::<u128>()),
             time_ms: arrived
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),

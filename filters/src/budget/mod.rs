@@ -116,10 +116,15 @@ pub trait BudgetStore: Send + Sync {
     async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable>;
 
     /// Raises the committed spend of the current period to at least
-    /// `ledger` (what the usage ledger says was spent), never lowering it;
-    /// true when it raised anything.
-    async fn raise_committed(&self, scope: &Scope, ledger: Cost)
-        -> Result<bool, BudgetUnavailable>;
+    /// `ledger` (what the usage ledger says was spent since `since_ms`),
+    /// never lowering it, and not at all when the spend was reset after
+    /// `since_ms`; true when it raised anything.
+    async fn raise_committed(
+        &self,
+        scope: &Scope,
+        ledger: Cost,
+        since_ms: u64,
+    ) -> Result<bool, BudgetUnavailable>;
 }
 
 /// Where a scope stands, for operators.
@@ -131,6 +136,12 @@ pub struct Standing {
     pub committed_usd_micros: u64,
     pub reserved_tokens: u64,
     pub reserved_usd_micros: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn limit_arg(v: Option<u64>) -> i64 {
@@ -291,6 +302,8 @@ impl BudgetStore for RedisBudgets {
                     "0",
                     "period",
                     scope.limits.period.as_str(),
+                    "reset_at",
+                    &now_ms().to_string(),
                 ])
                 .query_async::<i64>(&mut conn),
         )
@@ -302,13 +315,15 @@ impl BudgetStore for RedisBudgets {
         &self,
         scope: &Scope,
         ledger: Cost,
+        since_ms: u64,
     ) -> Result<bool, BudgetUnavailable> {
         let mut conn = self.conn.clone();
         let mut invocation = self.raise.key(self.key(scope, "spend"));
         invocation
             .arg(&scope.limits.period)
             .arg(ledger.tokens)
-            .arg(ledger.usd_micros);
+            .arg(ledger.usd_micros)
+            .arg(since_ms);
         let raised: i64 = within_deadline(invocation.invoke_async(&mut conn)).await?;
         Ok(raised == 1)
     }
@@ -326,6 +341,8 @@ struct ScopeState {
     reserved_usd: u64,
     reservations: HashMap<String, Cost>,
     settled: HashMap<String, i64>,
+    /// When committed spend was last reset, Unix ms.
+    reset_at: u64,
 }
 
 impl ScopeState {
@@ -472,6 +489,7 @@ impl BudgetStore for LocalBudgets {
         s.tokens = 0;
         s.usd = 0;
         s.period = scope.limits.period.clone();
+        s.reset_at = now_ms();
         Ok(())
     }
 
@@ -479,11 +497,12 @@ impl BudgetStore for LocalBudgets {
         &self,
         scope: &Scope,
         ledger: Cost,
+        since_ms: u64,
     ) -> Result<bool, BudgetUnavailable> {
         let mut scopes = self.lock()?;
         let s = scopes.entry(scope.id.clone()).or_default();
         s.roll_period(&scope.limits.period);
-        if s.tokens >= ledger.tokens && s.usd >= ledger.usd_micros {
+        if s.reset_at > since_ms || (s.tokens >= ledger.tokens && s.usd >= ledger.usd_micros) {
             return Ok(false);
         }
         s.tokens = s.tokens.max(ledger.tokens);

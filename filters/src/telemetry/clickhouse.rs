@@ -30,6 +30,7 @@ pub struct ClickHouseConfig {
 #[derive(Debug, Row, Serialize)]
 struct UsageRow<'a> {
     request_id: &'a str,
+    record_id: &'a str,
     time: u32,
     time_ms: u64,
     tenant: &'a str,
@@ -235,6 +236,7 @@ impl UsageSink for ClickHouseSink {
                 insert
                     .write(&UsageRow {
                         request_id: &r.request_id,
+                        record_id: &r.record_id,
                         time: (r.time_ms / 1000) as u32,
                         time_ms: r.time_ms,
                         tenant: &r.tenant,
@@ -261,12 +263,23 @@ impl UsageSink for ClickHouseSink {
         self.bounded("insert", send).await
     }
 
-    async fn inserted(&self, batch: &str) -> Result<u64, SinkError> {
+    async fn inserted(&self, batch: &str, rows: &[UsageRecord]) -> Result<u64, SinkError> {
+        // The rows' time range lets ClickHouse read only their partitions.
+        let seconds = rows.iter().map(|r| r.time_ms / 1000);
+        let (from, to) = (
+            seconds.clone().min().unwrap_or(0),
+            seconds.max().unwrap_or(0),
+        );
         self.bounded(
             "batch lookup",
             self.client
-                .query("SELECT count() FROM usage WHERE batch = ?")
+                .query(
+                    "SELECT count() FROM usage WHERE batch = ? \
+                     AND time >= toDateTime(?) AND time <= toDateTime(?)",
+                )
                 .bind(batch)
+                .bind(from)
+                .bind(to)
                 .fetch_one::<u64>(),
         )
         .await

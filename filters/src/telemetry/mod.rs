@@ -17,8 +17,11 @@ pub use wal::{Dropped, Position, Wal, WalConfig, WalStats};
 /// What one LLM request used, as billing and capacity planning need it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    /// The request id (`X-Request-Id`), unique per request.
+    /// The request id (`X-Request-Id`; a client may choose it, so it need
+    /// not be unique).
     pub request_id: String,
+    /// Unique to this record: what duplicate detection keys on.
+    pub record_id: String,
     /// When the request arrived, Unix milliseconds.
     pub time_ms: u64,
     pub tenant: String,

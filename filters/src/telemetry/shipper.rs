@@ -24,8 +24,9 @@ use super::{UsageRecord, Wal};
 pub trait UsageSink: Send + Sync {
     /// Inserts `rows` as batch `batch`, all or nothing.
     async fn insert(&self, batch: &str, rows: &[UsageRecord]) -> Result<(), SinkError>;
-    /// How many rows of `batch` the sink already holds.
-    async fn inserted(&self, batch: &str) -> Result<u64, SinkError>;
+    /// How many rows of `batch` (whose rows are `rows`) the sink already
+    /// holds.
+    async fn inserted(&self, batch: &str, rows: &[UsageRecord]) -> Result<u64, SinkError>;
 }
 
 /// A sink that could not take a batch; it is retried.
@@ -54,6 +55,8 @@ impl Wal {
         let dir = self.dir().to_path_buf();
         let mut shipper = Shipper {
             checkpoint: load_checkpoint(&dir),
+            log_id: self.log_id().to_string(),
+            skip: 0,
             dir,
             sink,
             config,
@@ -72,9 +75,25 @@ struct Shipper {
     counters: Arc<Counters>,
     durable: watch::Receiver<Position>,
     checkpoint: Position,
+    /// Names this log in batch ids, so a log started afresh never reuses
+    /// an id an earlier log's batches have.
+    log_id: String,
     /// Ask the sink what it holds before the next insert (after a start
     /// or a failure, when the last batch may have gone through unseen).
     verify: bool,
+    /// Records the sink is known to hold beyond what was read (an earlier
+    /// batch was larger than `batch_rows` is now); moved past unsent.
+    skip: usize,
+}
+
+/// File work (reads, fsyncs, deletes) runs off the async workers: the
+/// runtime it shares also serves the request path's Redis calls.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
 }
 
 impl Shipper {
@@ -84,53 +103,8 @@ impl Shipper {
         let mut waiting_since: Option<Instant> = None;
         loop {
             let durable = *self.durable.borrow_and_update();
-            self.skip_missing_segments(durable);
-            let until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
-            let path = segment_path(&self.dir, self.checkpoint.segment);
-            let read = match read_segment(
-                &path,
-                self.checkpoint.offset,
-                until,
-                self.config.batch_rows,
-            ) {
-                Ok(read) => read,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot read the write-ahead log: {e}");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            };
-            let sealed = self.checkpoint.segment < durable.segment;
-            if read.records.is_empty() {
-                if sealed {
-                    if let Some(at) = read.torn_at {
-                        tracing::warn!(
-                            segment = self.checkpoint.segment,
-                            offset = at,
-                            "skipping a torn record at the end of a write-ahead log segment"
-                        );
-                    }
-                    self.advance(Position {
-                        segment: self.checkpoint.segment + 1,
-                        offset: 0,
-                    });
-                    continue;
-                }
-                waiting_since = None;
-                let _ = self.durable.changed().await;
-                continue;
-            }
-            // Wait for a full batch, at most batch_interval.
-            let full = read.records.len() >= self.config.batch_rows || sealed;
-            let since = *waiting_since.get_or_insert_with(Instant::now);
-            if !full && since.elapsed() < self.config.batch_interval {
-                let rest = self.config.batch_interval - since.elapsed();
-                let _ = tokio::time::timeout(rest, self.durable.changed()).await;
-                continue;
-            }
-            waiting_since = None;
-            match self.ship(&read.records).await {
+            let step = self.step(durable, &mut waiting_since).await;
+            match step {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
                     if last_warning.take().is_some() {
@@ -153,29 +127,87 @@ impl Shipper {
         }
     }
 
-    /// Inserts one batch (minus what the sink already holds of it) and
-    /// moves the checkpoint past it.
+    /// Ships one batch, moves past a finished segment, or waits for more.
+    async fn step(
+        &mut self,
+        durable: Position,
+        waiting_since: &mut Option<Instant>,
+    ) -> Result<(), SinkError> {
+        self.skip_missing_segments(durable).await?;
+        let until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
+        let path = segment_path(&self.dir, self.checkpoint.segment);
+        let (from, max) = (self.checkpoint.offset, self.config.batch_rows);
+        let read = match blocking(move || read_segment(&path, from, until, max)).await {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(SinkError(format!("cannot read the write-ahead log: {e}"))),
+        };
+        let sealed = self.checkpoint.segment < durable.segment;
+        if read.records.is_empty() {
+            if sealed {
+                if let Some(at) = read.torn_at {
+                    tracing::warn!(
+                        segment = self.checkpoint.segment,
+                        offset = at,
+                        "skipping a torn record at the end of a write-ahead log segment"
+                    );
+                }
+                return self
+                    .advance(Position {
+                        segment: self.checkpoint.segment + 1,
+                        offset: 0,
+                    })
+                    .await;
+            }
+            *waiting_since = None;
+            let _ = self.durable.changed().await;
+            return Ok(());
+        }
+        // Wait for a full batch, at most batch_interval.
+        let full = read.records.len() >= self.config.batch_rows || sealed;
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        let rest = self.config.batch_interval.saturating_sub(since.elapsed());
+        if !full && !rest.is_zero() {
+            let _ = tokio::time::timeout(rest, self.durable.changed()).await;
+            return Ok(());
+        }
+        *waiting_since = None;
+        self.ship(&read.records).await
+    }
+
+    /// Inserts one batch and moves the checkpoint past it. After a start
+    /// or a failure it first asks the sink how many of the batch's records
+    /// it holds (an insert whose acknowledgement was lost), and moves past
+    /// those without inserting them again.
     async fn ship(&mut self, records: &[(UsageRecord, u64)]) -> Result<(), SinkError> {
         let batch = format!(
-            "{}:{}:{}",
-            self.config.replica, self.checkpoint.segment, self.checkpoint.offset
+            "{}:{}:{}:{}",
+            self.config.replica, self.log_id, self.checkpoint.segment, self.checkpoint.offset
         );
-        let mut done = 0;
-        if self.verify {
-            done = (self.sink.inserted(&batch).await? as usize).min(records.len());
+        let rows: Vec<UsageRecord> = records.iter().map(|(r, _)| r.clone()).collect();
+        if self.verify || self.skip > 0 {
+            let held = match self.skip {
+                0 => self.sink.inserted(&batch, &rows).await? as usize,
+                skip => skip,
+            };
+            self.skip = held.saturating_sub(records.len());
+            let held = held.min(records.len());
+            if held > 0 {
+                // Already in: move past them; what follows is a new batch,
+                // checked the same way.
+                self.counters
+                    .shipped
+                    .fetch_add(held as u64, Ordering::Relaxed);
+                return self
+                    .advance(Position {
+                        segment: self.checkpoint.segment,
+                        offset: records[held - 1].1,
+                    })
+                    .await;
+            }
             self.verify = false;
         }
-        if done < records.len() {
-            let rows: Vec<UsageRecord> = records[done..].iter().map(|(r, _)| r.clone()).collect();
-            let batch = if done == 0 {
-                batch
-            } else {
-                // The rest starts somewhere else and gets its own id.
-                let at = records[done - 1].1;
-                format!("{}:{}:{at}", self.config.replica, self.checkpoint.segment)
-            };
-            self.sink.insert(&batch, &rows).await?;
-        }
+        self.sink.insert(&batch, &rows).await?;
         self.counters
             .shipped
             .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -185,74 +217,67 @@ impl Shipper {
         self.advance(Position {
             segment: self.checkpoint.segment,
             offset: end,
-        });
-        Ok(())
+        })
+        .await
     }
 
-    /// Persists the checkpoint and deletes segments wholly behind it.
-    fn advance(&mut self, to: Position) {
-        let shipped = if to.segment == self.checkpoint.segment {
-            to.offset.saturating_sub(self.checkpoint.offset)
-        } else {
-            0
-        };
+    /// Persists the checkpoint, then deletes segments wholly behind it. A
+    /// checkpoint that cannot be saved stops shipping (retried), so the
+    /// saved one never lags by more than the batch in flight.
+    async fn advance(&mut self, to: Position) -> Result<(), SinkError> {
+        let (dir, counters) = (self.dir.clone(), self.counters.clone());
+        blocking(move || {
+            save_checkpoint(&dir, to)?;
+            for (n, path) in segments(&dir)? {
+                if n >= to.segment {
+                    break;
+                }
+                let len = fs::metadata(&path).map_or(0, |m| m.len());
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        let _ = counters.disk_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                            Some(d.saturating_sub(len))
+                        });
+                    }
+                    Err(e) => tracing::warn!(path = %path.display(), "cannot delete a shipped segment: {e}"),
+                }
+            }
+            let disk = counters.disk_bytes.load(Ordering::Relaxed);
+            counters
+                .backlog_bytes
+                .store(disk.saturating_sub(to.offset), Ordering::Relaxed);
+            Ok(())
+        })
+        .await
+        .map_err(|e| SinkError(format!("cannot save the shipping checkpoint: {e}")))?;
         self.checkpoint = to;
-        if let Err(e) = save_checkpoint(&self.dir, to) {
-            tracing::error!("cannot save the shipping checkpoint: {e}");
-        }
-        self.counters
-            .backlog_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(shipped))
-            })
-            .ok();
-        for (n, path) in segments(&self.dir).unwrap_or_default() {
-            if n >= to.segment {
-                break;
-            }
-            let len = fs::metadata(&path).map_or(0, |m| m.len());
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    self.counters.disk_bytes.fetch_sub(
-                        len.min(self.counters.disk_bytes.load(Ordering::Relaxed)),
-                        Ordering::Relaxed,
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "cannot delete a shipped segment: {e}")
-                }
-            }
-        }
-        self.recount_backlog();
-    }
-
-    /// Bytes on disk from the checkpoint on.
-    fn recount_backlog(&self) {
-        let disk = self.counters.disk_bytes.load(Ordering::Relaxed);
-        self.counters.backlog_bytes.store(
-            disk.saturating_sub(self.checkpoint.offset),
-            Ordering::Relaxed,
-        );
+        Ok(())
     }
 
     /// Moves a checkpoint that names a segment no longer (or never) on disk
     /// to the oldest one that is.
-    fn skip_missing_segments(&mut self, durable: Position) {
-        if segment_path(&self.dir, self.checkpoint.segment).exists() {
-            return;
-        }
-        let next = segments(&self.dir)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(n, _)| n)
-            .find(|n| *n > self.checkpoint.segment)
-            .unwrap_or(durable.segment);
-        if next != self.checkpoint.segment {
+    async fn skip_missing_segments(&mut self, durable: Position) -> Result<(), SinkError> {
+        let (dir, at) = (self.dir.clone(), self.checkpoint.segment);
+        let next = blocking(move || {
+            if segment_path(&dir, at).exists() {
+                return Ok(at);
+            }
+            Ok(segments(&dir)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .find(|n| *n > at)
+                .unwrap_or(durable.segment.max(at)))
+        })
+        .await
+        .map_err(|e| SinkError(format!("cannot list the write-ahead log: {e}")))?;
+        if next != at {
             self.advance(Position {
                 segment: next,
                 offset: 0,
-            });
+            })
+            .await?;
         }
+        Ok(())
     }
 }
 
@@ -302,7 +327,7 @@ mod tests {
             Ok(())
         }
 
-        async fn inserted(&self, batch: &str) -> Result<u64, SinkError> {
+        async fn inserted(&self, batch: &str, _rows: &[UsageRecord]) -> Result<u64, SinkError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(SinkError("down".into()));
             }

@@ -88,7 +88,6 @@ pub struct WalStats {
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     queued: AtomicUsize,
-    appended: AtomicU64,
     durable: AtomicU64,
     dropped: [AtomicU64; 3],
     pub(super) disk_bytes: AtomicU64,
@@ -106,6 +105,7 @@ impl Counters {
 /// The log's writing end; cheap to share.
 pub struct Wal {
     tx: SyncSender<UsageRecord>,
+    log_id: String,
     config: WalConfig,
     pub(super) counters: Arc<Counters>,
     durable: watch::Receiver<Position>,
@@ -117,6 +117,7 @@ impl Wal {
     /// tail stays in a sealed segment.
     pub fn open(config: WalConfig) -> io::Result<Wal> {
         fs::create_dir_all(&config.dir)?;
+        let log_id = log_id(&config.dir)?;
         let segments = segments(&config.dir)?;
         let disk_bytes = segments
             .iter()
@@ -149,6 +150,7 @@ impl Wal {
             .spawn(move || writer.run())?;
         Ok(Wal {
             tx,
+            log_id,
             config,
             counters,
             durable,
@@ -162,21 +164,17 @@ impl Wal {
             self.counters.drop_record(Dropped::DiskFull, 1);
             return Err(Dropped::DiskFull);
         }
-        match self.tx.try_send(record) {
-            Ok(()) => {
-                self.counters.queued.fetch_add(1, Ordering::Relaxed);
-                self.counters.appended.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => {
-                self.counters.drop_record(Dropped::QueueFull, 1);
-                Err(Dropped::QueueFull)
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.counters.drop_record(Dropped::Io, 1);
-                Err(Dropped::Io)
-            }
-        }
+        // Counted before the writer can see it, so the count never dips
+        // below zero.
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let dropped = match self.tx.try_send(record) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(_)) => Dropped::QueueFull,
+            Err(TrySendError::Disconnected(_)) => Dropped::Io,
+        };
+        self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        self.counters.drop_record(dropped, 1);
+        Err(dropped)
     }
 
     /// Whether a record appended now would be dropped: the queue or the
@@ -219,6 +217,12 @@ impl Wal {
         &self.config.dir
     }
 
+    /// Chosen when the log's directory was first used; distinguishes this
+    /// log's positions from those of a log started afresh.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
     /// Follows the durable end of the log.
     pub fn durable(&self) -> watch::Receiver<Position> {
         self.durable.clone()
@@ -237,6 +241,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut buf = Vec::new();
+        // Set after a failed write until a fresh segment could be started.
         let mut failing = false;
         while let Ok(first) = self.rx.recv() {
             buf.clear();
@@ -253,36 +258,31 @@ impl Writer {
                 buf.extend_from_slice(&frame);
                 framed += 1;
             }
+            if failing && self.rotate().is_ok() {
+                tracing::warn!("the write-ahead log writes again");
+                failing = false;
+            }
             if !buf.is_empty() {
-                match self.commit(&buf) {
-                    Ok(()) => {
-                        if failing {
-                            tracing::warn!("the write-ahead log writes again");
-                            failing = false;
-                        }
-                        self.counters.durable.fetch_add(framed, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::error!(dir = %self.config.dir.display(), "the write-ahead log cannot write; records are dropped: {e}");
-                            failing = true;
-                        }
-                        self.counters.drop_record(Dropped::Io, framed);
-                        // What reached the file is unknown: continue in a
-                        // new segment, leaving any partial frame as a torn
-                        // tail of a sealed one.
-                        if let Err(e) = self.rotate() {
-                            tracing::debug!("cannot start a new segment: {e}");
-                        }
-                    }
+                if failing {
+                    self.counters.drop_record(Dropped::Io, framed);
+                } else if let Err(e) = self.commit(&buf) {
+                    tracing::error!(dir = %self.config.dir.display(), "the write-ahead log cannot write; records are dropped: {e}");
+                    self.counters.drop_record(Dropped::Io, framed);
+                    // Cut what may have reached the file and go on in a new
+                    // segment; until one can be started, records are dropped.
+                    let _ = self.file.set_len(self.at.offset);
+                    failing = self.rotate().is_err();
+                } else {
+                    self.counters.durable.fetch_add(framed, Ordering::Relaxed);
                 }
             }
             self.counters
                 .queued
                 .fetch_sub(taken as usize, Ordering::Relaxed);
-            if self.at.offset >= self.config.segment_bytes {
+            if !failing && self.at.offset >= self.config.segment_bytes {
                 if let Err(e) = self.rotate() {
                     tracing::error!("cannot start a new write-ahead log segment: {e}");
+                    failing = true;
                 }
             }
         }
@@ -322,6 +322,28 @@ fn encode(record: &UsageRecord) -> Vec<u8> {
     frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     frame.extend_from_slice(&payload);
     frame
+}
+
+/// The id kept in `dir/id`, created on first use.
+fn log_id(dir: &Path) -> io::Result<String> {
+    let path = dir.join("id");
+    match fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!(
+        "{:x}",
+        crc32fast::hash(&nanos.to_le_bytes()) ^ std::process::id()
+    );
+    fs::write(&path, &id)?;
+    File::open(&path)?.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
@@ -419,6 +441,7 @@ pub(super) mod tests {
     pub fn record(n: u64) -> UsageRecord {
         UsageRecord {
             request_id: format!("req-{n}"),
+            record_id: format!("rec-{n}"),
             time_ms: 1_700_000_000_000 + n,
             tenant: "t".into(),
             key: "k".into(),
