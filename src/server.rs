@@ -65,7 +65,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // The store, Redis and cache invalidation live on a runtime of their own
     // that outlives every Pingora service runtime.
     let control = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("obleth-control")
         .enable_all()
         .build()?;
