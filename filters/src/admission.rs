@@ -730,22 +730,27 @@ fn eligible<C: HasFlow>(children: &HashMap<String, C>) -> impl Iterator<Item = (
 }
 
 /// Among eligible children that yield a candidate, the one with the least
-/// weighted service (the earlier candidate on ties).
+/// weighted service. Ties go to the child with fewer requests in flight (a
+/// client just lifted from idle ties with its busiest peer and should not
+/// wait behind it), then to the earlier arrival.
 fn least<'a, C: HasFlow>(
     children: &'a HashMap<String, C>,
     mut candidate: impl FnMut(&'a str, &'a C) -> Option<Pick<'a>>,
 ) -> Option<Pick<'a>> {
-    let mut best: Option<(f64, Pick<'a>)> = None;
+    let mut best: Option<((f64, u32), Pick<'a>)> = None;
     for (name, child) in eligible(children) {
         let Some(pick) = candidate(name, child) else {
             continue;
         };
-        let service = child.flow().service;
+        let flow = child.flow();
+        let rank = (flow.service, flow.in_flight);
         let better = best.as_ref().is_none_or(|(least, b)| {
-            service < *least || (service == *least && pick.arrival < b.arrival)
+            rank.0 < least.0
+                || (rank.0 == least.0
+                    && (rank.1 < least.1 || (rank.1 == least.1 && pick.arrival < b.arrival)))
         });
         if better {
-            best = Some((service, pick));
+            best = Some((rank, pick));
         }
     }
     best.map(|(_, pick)| pick)
