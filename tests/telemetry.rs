@@ -421,3 +421,41 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
         .stderr()
         .contains("restored the committed spend of 1 budget scopes"));
 }
+
+#[tokio::test]
+async fn migrate_creates_the_usage_schema_in_clickhouse() {
+    let ch = ClickHouse::start().await;
+    let dir = TempDir::new();
+    let config = dir.path().join("obleth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: {{ database_url: 'sqlite://{}/obleth.db' }}\n\
+             telemetry: {{ clickhouse: {{ url: '{}', database: usage_db }} }}\n",
+            dir.path().display(),
+            ch.url()
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_obleth"))
+            .args(["migrate", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("usage schema created in ClickHouse database usage_db"),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        ch.query("SHOW TABLES FROM usage_db").await.unwrap(),
+        ".inner.usage_daily\nusage\nusage_daily"
+    );
+}
