@@ -31,10 +31,19 @@ use crate::telemetry::Telemetry;
 pub fn budget_period(tenant: &Tenant, now: Timestamp) -> String {
     match tenant.budget_period {
         BudgetPeriod::Lifetime => "lifetime".to_string(),
-        BudgetPeriod::Monthly => {
-            let tz = jiff::tz::TimeZone::get(&tenant.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            now.to_zoned(tz).strftime("%Y-%m").to_string()
-        }
+        BudgetPeriod::Monthly => now.to_zoned(tenant.zone()).strftime("%Y-%m").to_string(),
+    }
+}
+
+/// Unix milliseconds where the tenant's current budget period began.
+pub fn period_start(tenant: &Tenant, now: Timestamp) -> u64 {
+    match tenant.budget_period {
+        BudgetPeriod::Lifetime => 0,
+        BudgetPeriod::Monthly => now
+            .to_zoned(tenant.zone())
+            .start_of_day()
+            .and_then(|d| d.with().day(1).build())
+            .map_or(0, |d| d.timestamp().as_millisecond().max(0) as u64),
     }
 }
 
@@ -455,7 +464,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn monthly_periods_follow_the_tenants_timezone() {
+    fn monthly_periods_and_their_start_follow_the_tenants_timezone() {
         let mut t = Tenant {
             id: "t".into(),
             name: "t".into(),
@@ -480,9 +489,20 @@ mod tests {
             "2026-12",
             "already December in Tokyo"
         );
+        let tokyo_december: Timestamp = "2026-11-30T15:00:00Z".parse().unwrap();
+        assert_eq!(
+            period_start(&t, late_november_utc),
+            tokyo_december.as_millisecond() as u64
+        );
         t.timezone = "America/Los_Angeles".into();
         assert_eq!(budget_period(&t, late_november_utc), "2026-11");
+        let la_november: Timestamp = "2026-11-01T07:00:00Z".parse().unwrap();
+        assert_eq!(
+            period_start(&t, late_november_utc),
+            la_november.as_millisecond() as u64
+        );
         t.budget_period = BudgetPeriod::Lifetime;
         assert_eq!(budget_period(&t, late_november_utc), "lifetime");
+        assert_eq!(period_start(&t, late_november_utc), 0);
     }
 }

@@ -131,8 +131,8 @@ async fn restore_once(
             if l.budget_tokens.is_none() && l.budget_usd_micros.is_none() {
                 continue;
             }
-            let since =
-                period_start(&tenant, now).max(last_reset(llm, entity, &id, &l.period).await);
+            let since = crate::llm::period_start(&tenant, now)
+                .max(last_reset(llm, entity, &id, &l.period).await);
             let (tokens, usd_micros) = ledger
                 .spent(entity, &id, since)
                 .await
@@ -149,22 +149,6 @@ async fn restore_once(
         }
     }
     Ok(restored)
-}
-
-/// Unix milliseconds where the tenant's current budget period began.
-fn period_start(tenant: &obleth_filters::records::Tenant, now: jiff::Timestamp) -> u64 {
-    use obleth_filters::records::BudgetPeriod;
-    match tenant.budget_period {
-        BudgetPeriod::Lifetime => 0,
-        BudgetPeriod::Monthly => {
-            let tz = jiff::tz::TimeZone::get(&tenant.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
-            let zoned = now.to_zoned(tz);
-            zoned
-                .start_of_day()
-                .and_then(|d| d.with().day(1).build())
-                .map_or(0, |d| d.timestamp().as_millisecond().max(0) as u64)
-        }
-    }
 }
 
 /// When the scope's committed spend was last reset in `period` (audited),

@@ -59,8 +59,7 @@ pub fn check(principal: &Principal, now: Timestamp) -> Result<(), Denied> {
         return Err(Denied::AccessEnded);
     }
     if !tenant.weekly_windows.is_empty() {
-        let tz = TimeZone::get(&tenant.timezone).unwrap_or(TimeZone::UTC);
-        let local = now.to_zoned(tz);
+        let local = now.to_zoned(tenant.zone());
         let (day, time) = (local.weekday(), local.time());
         if !tenant
             .weekly_windows

@@ -107,6 +107,12 @@ pub struct Model {
 }
 
 impl Tenant {
+    /// The tenant's timezone (UTC when the name is unknown): windows and
+    /// monthly budget periods follow it.
+    pub fn zone(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(&self.timezone).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
     /// Whether `model` (its client-facing name) is on the allowlist.
     pub fn allows_model(&self, model: &str) -> bool {
         self.allowed_models.is_empty() || self.allowed_models.iter().any(|m| m == model)
