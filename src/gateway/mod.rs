@@ -307,19 +307,26 @@ fn status_for(e: &Error) -> u16 {
 /// A status as a label: the statuses of the error contract and the usual
 /// upstream ones by code, anything else by class, so the set stays small.
 fn status_label(status: u16) -> &'static str {
-    const EXACT: [&str; 12] = [
-        "200", "400", "401", "403", "404", "413", "429", "499", "500", "502", "503", "504",
-    ];
-    let code = status.to_string();
-    if let Some(label) = EXACT.iter().find(|l| **l == code) {
-        return label;
-    }
-    match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        },
     }
 }
 

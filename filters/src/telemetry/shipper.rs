@@ -163,12 +163,13 @@ impl Shipper {
             let _ = self.durable.changed().await;
             return Ok(());
         }
-        // Wait for a full batch, at most batch_interval.
+        // A partial batch waits out batch_interval (once: not re-read on
+        // every commit meanwhile); a full one goes at once.
         let full = read.records.len() >= self.config.batch_rows || sealed;
         let since = *waiting_since.get_or_insert_with(Instant::now);
         let rest = self.config.batch_interval.saturating_sub(since.elapsed());
         if !full && !rest.is_zero() {
-            let _ = tokio::time::timeout(rest, self.durable.changed()).await;
+            tokio::time::sleep(rest).await;
             return Ok(());
         }
         *waiting_since = None;
@@ -347,6 +348,18 @@ mod tests {
         }
     }
 
+    impl Memory {
+        fn request_ids(&self) -> Vec<String> {
+            let rows = self.rows.lock().unwrap();
+            rows.iter().map(|(_, r)| r.request_id.clone()).collect()
+        }
+    }
+
+    fn start_shipping(wal: &Arc<Wal>, sink: &Arc<Memory>) -> tokio::task::JoinHandle<()> {
+        let (wal, sink) = (wal.clone(), sink.clone());
+        tokio::spawn(async move { wal.ship(sink, shipper_config()).await })
+    }
+
     fn shipper_config() -> ShipperConfig {
         ShipperConfig {
             batch_rows: 7,
@@ -366,18 +379,9 @@ mod tests {
         assert!(wal.sync(Duration::from_secs(5)));
         let sink = Arc::new(Memory::default());
         *sink.held_from_before.lock().unwrap() = Some(3);
-        let shipping = tokio::spawn({
-            let (wal, sink) = (wal.clone(), sink.clone());
-            async move { wal.ship(sink, shipper_config()).await }
-        });
+        let shipping = start_shipping(&wal, &sink);
         until(|| wal.stats().backlog_bytes == 0).await;
-        let ids: Vec<String> = sink
-            .rows
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, r)| r.request_id.clone())
-            .collect();
+        let ids = sink.request_ids();
         assert_eq!(ids, ["req-3", "req-4"], "the first three were in already");
         assert_eq!(wal.stats().shipped, 5);
         shipping.abort();
@@ -403,10 +407,7 @@ mod tests {
             .unwrap(),
         );
         let sink = Arc::new(Memory::default());
-        let shipping = tokio::spawn({
-            let (wal, sink) = (wal.clone(), sink.clone());
-            async move { wal.ship(sink, shipper_config()).await }
-        });
+        let shipping = start_shipping(&wal, &sink);
         for n in 0..40 {
             wal.append(record(n)).unwrap();
         }
@@ -421,13 +422,7 @@ mod tests {
         sink.down.store(false, Ordering::SeqCst);
         until(|| sink.rows.lock().unwrap().len() >= 80).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let ids: Vec<String> = sink
-            .rows
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, r)| r.request_id.clone())
-            .collect();
+        let ids = sink.request_ids();
         let expected: Vec<String> = (0..80).map(|n| format!("req-{n}")).collect();
         assert_eq!(ids, expected, "each record exactly once, in order");
         until(|| wal.stats().backlog_bytes == 0).await;
@@ -441,10 +436,7 @@ mod tests {
         drop(wal);
         let wal = Arc::new(Wal::open(config(&dir)).unwrap());
         wal.append(record(80)).unwrap();
-        let shipping = tokio::spawn({
-            let (wal, sink) = (wal.clone(), sink.clone());
-            async move { wal.ship(sink, shipper_config()).await }
-        });
+        let shipping = start_shipping(&wal, &sink);
         until(|| sink.rows.lock().unwrap().len() == 81).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(sink.rows.lock().unwrap().len(), 81);
