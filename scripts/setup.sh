@@ -3,7 +3,7 @@
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
 # pkg-config, curl, the openssl tool (tests make certificates with it) and
 # clickhouse-server (the telemetry tests start their own).
-# Benchmarks additionally need haproxy and wrk: `scripts/setup.sh bench`.
+# Benchmarks additionally need haproxy, wrk and valgrind: `scripts/setup.sh bench`.
 set -euo pipefail
 
 need=()
@@ -16,6 +16,7 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,6 +2,7 @@
 //! matcher accepts a request decides what happens to it, as HAProxy's ordered
 //! `use_backend` / `http-request redirect` rules do.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -204,7 +205,7 @@ impl Template {
 pub struct RequestView<'a> {
     pub header: &'a RequestHeader,
     /// Lower-case host without port (empty when the request names none).
-    pub host: String,
+    pub host: Cow<'a, str>,
     pub host_with_port: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -223,7 +224,12 @@ impl<'a> RequestView<'a> {
                     .and_then(|v| v.to_str().ok())
             })
             .unwrap_or("");
-        let host = strip_port(host_with_port).to_ascii_lowercase();
+        let host = strip_port(host_with_port);
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         Self {
             header,
             host,

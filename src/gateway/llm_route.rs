@@ -306,7 +306,7 @@ async fn admit(
     let strip_usage =
         request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
     ctx.pool = Some(pool);
-    ctx.llm = Some(LlmCall {
+    ctx.llm = Some(Box::new(LlmCall {
         body: Bytes::from(request.into_upstream(&model.model.upstream_model, strip_usage)),
         principal,
         model,
@@ -320,7 +320,7 @@ async fn admit(
         permit,
         brownout_cap,
         charged: None,
-    });
+    }));
     Ok(false)
 }
 

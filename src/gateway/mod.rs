@@ -26,6 +26,7 @@ use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
+mod forwarding;
 mod llm_route;
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -34,12 +35,8 @@ use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
 use crate::pool::{InFlight, Pool};
 use crate::routing::{Action, RequestView, Route, RouteConfig, RouteTable};
+use forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
 use obleth_filters::telemetry::UsageRecord;
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Routes and pools of one configuration; a reload builds a new generation
 /// and swaps it in whole, while requests in flight keep the one they started
@@ -168,15 +165,17 @@ pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The pool attempts go to: the route's, or the requested model's.
     pool: Option<Arc<Pool>>,
-    /// Set on LLM routes once the request passed auth and parsing.
-    llm: Option<llm_route::LlmCall>,
+    /// Set on LLM routes once the request passed auth and parsing; boxed,
+    /// as the context is moved with Pingora's request future on every
+    /// request and a plain proxy request has none.
+    llm: Option<Box<llm_route::LlmCall>>,
     /// On LLM routes, the key's principal once resolved and the model once
     /// known: a request refused after that still leaves a usage record.
     caller: Option<Arc<obleth_filters::records::Principal>>,
     model: Option<String>,
     /// From the request head to the upstream's response head.
     first_byte: Option<Duration>,
-    request_id: String,
+    request_id: RequestId,
     /// Upstream attempts made so far.
     attempts: usize,
     /// Servers this request already tried, skipped by retries.
@@ -219,29 +218,19 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-fn request_id_from(header: &RequestHeader) -> String {
-    header
-        .headers
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
-}
-
 /// Writes a complete response that obleth itself produces.
 pub(crate) async fn respond(
     session: &mut Session,
     status: u16,
     content_type: &HeaderValue,
     body: Bytes,
-    request_id: &str,
+    request_id: &RequestId,
     extra: impl IntoIterator<Item = (HeaderName, String)>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID, request_id)?;
+    resp.insert_header(X_REQUEST_ID_WIRE, request_id.header().clone())?;
     for (name, value) in extra {
         resp.insert_header(name, value)?;
     }
@@ -352,7 +341,7 @@ impl ProxyHttp for Gateway {
             route: None,
             pool: None,
             llm: None,
-            request_id: String::new(),
+            request_id: RequestId::default(),
             attempts: 0,
             tried: SmallVec::new(),
             server: None,
@@ -369,7 +358,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = request_id_from(session.req_header());
+        ctx.request_id = RequestId::of(session.req_header());
         let generation = self.shared.generation.load();
         let view = RequestView::new(session.req_header());
         let Some(route) = generation.routes.find(&view).cloned() else {
@@ -571,35 +560,14 @@ impl ProxyHttp for Gateway {
         }
 
         let ip = client_ip(session);
-        let trusted = self.is_trusted(ip);
-        let forwarded_for = match (ip, upstream.headers.get(&X_FORWARDED_FOR)) {
-            (Some(ip), Some(prior)) if trusted => Some(format!(
-                "{}, {ip}",
-                String::from_utf8_lossy(prior.as_bytes())
-            )),
-            (Some(ip), _) => Some(ip.to_string()),
-            (None, _) => None,
-        };
-        match forwarded_for {
-            Some(v) => upstream.insert_header(X_FORWARDED_FOR, v)?,
-            None => {
-                upstream.remove_header(&X_FORWARDED_FOR);
-            }
-        }
-        if !(trusted && upstream.headers.contains_key(&X_FORWARDED_PROTO)) {
-            upstream.insert_header(X_FORWARDED_PROTO, self.scheme)?;
-        }
-        if !(trusted && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
-            let host = RequestView::new(session.req_header())
-                .host_with_port
-                .to_owned();
-            if host.is_empty() {
-                upstream.remove_header(&X_FORWARDED_HOST);
-            } else {
-                upstream.insert_header(X_FORWARDED_HOST, host)?;
-            }
-        }
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        add_forwarding_headers(
+            upstream,
+            session.req_header(),
+            ip,
+            self.is_trusted(ip),
+            self.scheme,
+            &ctx.request_id,
+        )?;
 
         if let Some(action) = proxy {
             action.request_headers.apply_to_request(upstream)?;
@@ -633,7 +601,7 @@ impl ProxyHttp for Gateway {
         if let Some(Action::Proxy(action)) = ctx.route.as_ref().map(|r| &r.config.action) {
             action.response_headers.apply_to_response(response)?;
         }
-        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        response.insert_header(X_REQUEST_ID_WIRE, ctx.request_id.header().clone())?;
         if let Some(call) = ctx.llm.as_mut() {
             for (name, value) in call.response_headers() {
                 response.insert_header(name, value)?;
@@ -767,7 +735,7 @@ impl ProxyHttp for Gateway {
             method: req.method.as_str(),
             uri,
             version: version_text(req.version),
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             tenant: ctx
                 .llm
                 .as_ref()
@@ -789,7 +757,7 @@ impl Gateway {
             .checked_sub(elapsed)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         telemetry.record(UsageRecord {
-            request_id: ctx.request_id.clone(),
+            request_id: ctx.request_id.as_str().to_owned(),
             record_id: format!("{:032x}", rand::random::<u128>()),
             time_ms: arrived
                 .duration_since(SystemTime::UNIX_EPOCH)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Edge benchmark: the same fixed-response upstream reached directly, through
-# HAProxy and through obleth, driven by the same wrk run (same duration,
-# connections, request). The proxy under test gets core 0 alone (one
+# HAProxy, through Pingora with nothing on top (examples/bare_pingora.rs, the
+# floor obleth is built on) and through obleth, driven by the same wrk run
+# (same duration, connections, request). The proxy under test gets core 0 alone (one
 # thread); wrk and the upstream share core 1. Prints one table.
 #
 #   tests/bench/edge.sh                 # 10 s per target, 64 connections
@@ -20,43 +21,26 @@ WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 
 scripts/setup.sh bench
-cargo build --release --quiet -p obleth -p obleth-mock-upstream
-
+cargo build --release --quiet -p obleth-mock-upstream
+cargo build --release --quiet -p obleth --bins --example bare_pingora
 
 source tests/bench/lib.sh
 
-UP=$(port)
-taskset -c "$LOAD_CORE" target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --name bench --threads 1 >/dev/null &
-pids+=($!)
-UP_PID=$!
-wait_port "$UP"
+start_upstream
 
 HA=$(port)
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HA
-  unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid
-  unique-id-header X-Request-Id
-  default_backend be
-backend be
-  server s1 127.0.0.1:$UP
-EOF
+haproxy_config "$work/haproxy.cfg" "$HA" "$UP"
 haproxy -c -q -f "$work/haproxy.cfg"
 taskset -c "$PROXY_CORE" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
 pids+=($!)
 HA_PID=$!
 wait_port "$HA"
+
+BARE=$(port)
+taskset -c "$PROXY_CORE" target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$UP" >/dev/null 2>&1 &
+pids+=($!)
+BARE_PID=$!
+wait_port "$BARE"
 
 start_obleth() { # name access_log_format -> sets STARTED_PORT and STARTED_PID
   local name=$1 format=$2 p a m
@@ -94,6 +78,7 @@ fi
 for _ in $(seq "$ROUNDS"); do
   run direct "http://127.0.0.1:$UP/bench" "$UP_PID"
   run haproxy "http://127.0.0.1:$HA/bench" "$HA_PID"
+  run pingora-bare "http://127.0.0.1:$BARE/bench" "$BARE_PID"
   run obleth "http://127.0.0.1:$OB/bench" "$OB_PID"
   if [ -n "${OBLOG:-}" ]; then run obleth+accesslog "http://127.0.0.1:$OBLOG/bench" "$OBLOG_PID"; fi
 done

@@ -23,6 +23,42 @@ wait_port() {
   return 1
 }
 
+# start_upstream: the fixed-response mock upstream (one thread) on
+# LOAD_CORE; sets UP (its port) and UP_PID.
+start_upstream() {
+  UP=$(port)
+  taskset -c "$LOAD_CORE" target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --name bench --threads 1 >/dev/null &
+  UP_PID=$!
+  pids+=("$UP_PID")
+  wait_port "$UP"
+}
+
+# haproxy_config FILE PORT UPSTREAM_PORT: HAProxy as the edge comparisons run
+# it: one thread, keep-alive both sides, connection reuse, and the same
+# forwarding headers obleth adds (X-Forwarded-For, X-Request-Id).
+haproxy_config() {
+  cat >"$1" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$2
+  unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid
+  unique-id-header X-Request-Id
+  default_backend be
+backend be
+  server s1 127.0.0.1:$3
+EOF
+}
+
 # wrk prints latency with units; normalise to microseconds.
 to_us() {
   awk -v v="$1" 'BEGIN {

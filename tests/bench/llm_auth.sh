@@ -26,11 +26,7 @@ cargo build --release --quiet -p obleth -p obleth-mock-upstream
 
 source tests/bench/lib.sh
 
-UP=$(port)
-taskset -c "$LOAD_CORE" target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --name bench --threads 1 >/dev/null &
-pids+=($!)
-UP_PID=$!
-wait_port "$UP"
+start_upstream
 
 OB=$(port)
 cat >"$work/obleth.yaml" <<YAML

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: HAProxy,
+# Pingora with nothing on top (examples/bare_pingora.rs) and obleth, each
+# proxying the same fixed-response upstream. Counting instructions instead of
+# timing them gives figures that do not move with a noisy machine; they cover
+# user space only (the kernel's share is in tests/bench/edge.sh).
+#
+#   tests/bench/instructions.sh              # 8 s of load per target
+#   DURATION=15 tests/bench/instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-8}
+CONNECTIONS=${CONNECTIONS:-8}
+WARMUP=${WARMUP:-3}
+LOAD_CORE=${LOAD_CORE:-1}
+
+scripts/setup.sh bench
+cargo build --release --quiet -p obleth-mock-upstream
+cargo build --release --quiet -p obleth --bins --example bare_pingora
+
+source tests/bench/lib.sh
+
+start_upstream
+
+# count LABEL PORT COMMAND...: starts COMMAND under callgrind, warms it up,
+# then counts the instructions of DURATION seconds of load.
+count() {
+  local label=$1 p=$2 pid out requests total
+  shift 2
+  valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$work/$label.%p.cg" \
+    "$@" >/dev/null 2>"$work/$label.valgrind.log" &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+    sleep 0.1
+  done
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$p/bench" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$p/bench")
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  total=$(callgrind_annotate "$work/$label.$pid.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$label $requests $total" >>"$work/counts"
+}
+
+HA=$(port)
+haproxy_config "$work/haproxy.cfg" "$HA" "$UP"
+count haproxy "$HA" haproxy -f "$work/haproxy.cfg" -db
+
+BARE=$(port)
+count pingora-bare "$BARE" target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$UP"
+
+OB=$(port)
+cat >"$work/obleth.yaml" <<EOF
+server: { threads: 1, grace: 1s }
+listeners: [{ name: bench, address: "127.0.0.1:$OB" }]
+admin: { address: "127.0.0.1:$(port)" }
+metrics: { address: "127.0.0.1:$(port)" }
+access_log: { format: off }
+store: { database_url: "sqlite://$work/obleth.db" }
+telemetry: { wal_path: "$work/wal" }
+pools:
+  - name: bench
+    retries: 0
+    servers: [{ address: "127.0.0.1:$UP" }]
+routes:
+  - name: all
+    proxy: { pool: bench }
+EOF
+OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+  count obleth "$OB" target/release/obleth run -c "$work/obleth.yaml"
+
+echo
+echo "user-space instructions per proxied request (callgrind), wrk -t1 -c$CONNECTIONS -d${DURATION}s GET /bench after a ${WARMUP}s warm-up"
+echo "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), obleth $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo
+awk '
+  { label[NR] = $1; req[NR] = $2; per[NR] = $3 / $2; if ($1 == "haproxy") base = per[NR] }
+  END {
+    print "| target | requests counted | instructions/request | vs HAProxy |"
+    print "| --- | ---: | ---: | ---: |"
+    for (i = 1; i <= NR; i++) printf "| %s | %d | %.0f | %.2fx |\n", label[i], req[i], per[i], per[i] / base
+  }' "$work/counts"
