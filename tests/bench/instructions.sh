@@ -37,10 +37,10 @@ count() {
     sleep 0.1
   done
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$p/bench" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$p/bench")
-  callgrind_control -d "$pid" >/dev/null
-  kill "$pid"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill -KILL "$pid" # the counts are dumped already
   wait "$pid" 2>/dev/null || true
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   total=$(callgrind_annotate "$work/$label.$pid.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
