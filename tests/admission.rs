@@ -61,15 +61,15 @@ fn spawn_chat(
     })
 }
 
-/// Waits until the capacity view shows `queued` waiting requests.
-async fn until_queued(admin: &Admin, queued: u64) {
+/// Waits until the capacity view shows `n` requests `queued` or `in_flight`.
+async fn until(admin: &Admin, field: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let view = admin.ok("GET", "/capacity", None, 200).await;
-        if view["queued"] == queued {
+        if view[field] == n {
             return;
         }
-        assert!(Instant::now() < deadline, "never {queued} queued: {view}");
+        assert!(Instant::now() < deadline, "never {n} {field}: {view}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -95,9 +95,9 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
     let admin = Admin::of(&obleth);
 
     // A short wait is served as asked.
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 200);
-    until_queued(&admin, 0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(&admin, "in_flight", 1).await;
     let queued = chat(&obleth, KEY, 0, 50).await;
     assert_eq!(queued.status(), 200);
     assert!(queued.headers().get("x-obleth-degraded").is_none());
@@ -106,8 +106,9 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
     assert_eq!(holder.await.unwrap().0, 200);
 
     // A wait past brownout_wait is served with its output capped.
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 2000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(&admin, "in_flight", 1).await;
     let degraded = chat(&obleth, KEY, 0, 50).await;
     assert_eq!(degraded.status(), 200);
     assert_eq!(
@@ -149,11 +150,11 @@ async fn a_full_queue_answers_429_and_a_long_wait_503_both_with_retry_after() {
     ))
     .await;
     let admin = Admin::of(&obleth);
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 2500);
-    until_queued(&admin, 0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(&admin, "in_flight", 1).await;
     let waiters = [spawn_chat(&obleth, KEY, 0), spawn_chat(&obleth, KEY, 0)];
-    until_queued(&admin, 2).await;
+    until(&admin, "queued", 2).await;
 
     let started = Instant::now();
     let refused = chat(&obleth, KEY, 0, 5).await;
@@ -197,11 +198,11 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
     assert_eq!(view["pools"][0]["max_in_flight"], 4, "{view}");
 
     // The global ceiling of 1 holds the second request back ...
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 3000);
-    until_queued(&admin, 0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(&admin, "in_flight", 1).await;
     let waiter = spawn_chat(&obleth, KEY, 0);
-    until_queued(&admin, 1).await;
+    until(&admin, "queued", 1).await;
     let share = admin.ok("GET", "/fairshare", None, 200).await;
     let pool = &share["pools"][0];
     assert_eq!(
@@ -259,11 +260,11 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
         .await;
     let view = admin.ok("GET", "/capacity", None, 200).await;
     assert_eq!(view["pools"][0]["max_in_flight"], 1, "{view}");
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 3000);
-    until_queued(&admin, 0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(&admin, "in_flight", 1).await;
     let waiter = spawn_chat(&obleth, KEY, 0);
-    until_queued(&admin, 1).await;
+    until(&admin, "queued", 1).await;
     admin
         .ok(
             "PATCH",
@@ -309,11 +310,11 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
     let single_key = one_at_a_time["secret"].as_str().unwrap().to_string();
 
     for key in [&capped_key, &single_key] {
+        until(&admin, "in_flight", 0).await;
         let first = spawn_chat(&obleth, key, 2000);
-        until_queued(&admin, 0).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until(&admin, "in_flight", 1).await;
         let second = spawn_chat(&obleth, key, 0);
-        until_queued(&admin, 1).await;
+        until(&admin, "queued", 1).await;
         // Anyone else passes at once.
         let started = Instant::now();
         assert_eq!(chat(&obleth, KEY, 0, 5).await.status(), 200);
@@ -339,9 +340,9 @@ async fn a_client_leaving_the_queue_frees_its_place_and_pays_nothing() {
     ))
     .await;
     let admin = Admin::of(&obleth);
+    until(&admin, "in_flight", 0).await;
     let holder = spawn_chat(&obleth, KEY, 1500);
-    until_queued(&admin, 0).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(&admin, "in_flight", 1).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
         .build()
@@ -354,7 +355,7 @@ async fn a_client_leaving_the_queue_frees_its_place_and_pays_nothing() {
         .await;
     assert!(gave_up.is_err(), "the client timed out");
     // It left the queue long before the slot would have come free.
-    until_queued(&admin, 0).await;
+    until(&admin, "queued", 0).await;
     assert!(
         !holder.is_finished(),
         "the holder is still running, so the queue emptied by the client leaving"

@@ -95,10 +95,11 @@ pub(super) fn add_forwarding_headers(
 ) -> Result<()> {
     match (client, upstream.headers.get(&X_FORWARDED_FOR)) {
         (Some(ip), Some(prior)) if trusted => {
-            let mut chain = Vec::with_capacity(prior.len() + 41);
+            let ip = ip_text(ip);
+            let mut chain = Vec::with_capacity(prior.len() + 2 + ip.len);
             chain.extend_from_slice(prior.as_bytes());
             chain.extend_from_slice(b", ");
-            chain.extend_from_slice(ip_text(ip).as_bytes());
+            chain.extend_from_slice(ip.as_bytes());
             upstream.insert_header(X_FORWARDED_FOR_WIRE, chain)?;
         }
         (Some(ip), _) => upstream.insert_header(X_FORWARDED_FOR_WIRE, ip_text(ip).as_bytes())?,

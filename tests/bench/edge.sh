@@ -20,11 +20,8 @@ LOAD_CORE=${LOAD_CORE:-1}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 
-scripts/setup.sh bench
-cargo build --release --quiet -p obleth-mock-upstream
-cargo build --release --quiet -p obleth --bins --example bare_pingora
-
 source tests/bench/lib.sh
+build_edge_targets
 
 start_upstream
 

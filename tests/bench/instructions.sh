@@ -15,11 +15,8 @@ CONNECTIONS=${CONNECTIONS:-8}
 WARMUP=${WARMUP:-3}
 LOAD_CORE=${LOAD_CORE:-1}
 
-scripts/setup.sh bench
-cargo build --release --quiet -p obleth-mock-upstream
-cargo build --release --quiet -p obleth --bins --example bare_pingora
-
 source tests/bench/lib.sh
+build_edge_targets
 
 start_upstream
 

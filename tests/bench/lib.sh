@@ -23,6 +23,14 @@ wait_port() {
   return 1
 }
 
+# build_edge_targets: the tools and release binaries the edge comparisons
+# run: obleth, the mock upstream and bare Pingora (examples/bare_pingora.rs).
+build_edge_targets() {
+  scripts/setup.sh bench
+  cargo build --release --quiet -p obleth-mock-upstream
+  cargo build --release --quiet -p obleth --bins --example bare_pingora
+}
+
 # start_upstream: the fixed-response mock upstream (one thread) on
 # LOAD_CORE; sets UP (its port) and UP_PID.
 start_upstream() {
