@@ -48,6 +48,9 @@ fn main() {
     let conf = ServerConf {
         threads: 1,
         work_stealing: true,
+        // The harness stops it with SIGTERM: no drain to wait for.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
