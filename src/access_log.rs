@@ -92,6 +92,11 @@ impl AccessLog {
 
     pub fn log(&self, record: &AccessRecord<'_>) {
         let Some(queue) = &self.queue else { return };
+        let uri = redact_credentials(record.uri);
+        let record = &AccessRecord {
+            uri: &uri,
+            ..*record
+        };
         let line = match self.format {
             AccessLogFormat::Httplog => httplog_line(record),
             AccessLogFormat::Json => json_line(record),
@@ -114,6 +119,58 @@ impl AccessLog {
             }
         }
     }
+}
+
+/// Query parameters that carry credentials in the wild (`?api_key=`,
+/// `?token=`, signed URLs): their values never reach the log.
+const CREDENTIAL_PARAMETERS: &[&str] = &[
+    "api_key",
+    "api-key",
+    "apikey",
+    "key",
+    "x-api-key",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "auth",
+    "authorization",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+];
+
+/// `uri` with the values of credential parameters replaced by `REDACTED`.
+fn redact_credentials(uri: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.into();
+    };
+    let secret = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        CREDENTIAL_PARAMETERS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(name))
+            && pair.contains('=')
+    };
+    if !query.split('&').any(secret) {
+        return uri.into();
+    }
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(path);
+    for (i, pair) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        match pair.split_once('=') {
+            Some((name, _)) if secret(pair) => {
+                out.push_str(name);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out.into()
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -316,5 +373,19 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["termination"], "--");
         assert_eq!(v["client"], "10.0.0.1:5555");
+    }
+
+    #[test]
+    fn credentials_in_the_query_are_redacted() {
+        assert_eq!(
+            redact_credentials("/v1/x?model=a&api_key=sk-123&KEY=abc&n=1"),
+            "/v1/x?model=a&api_key=REDACTED&KEY=REDACTED&n=1"
+        );
+        assert_eq!(redact_credentials("/p?token=t"), "/p?token=REDACTED");
+        assert!(matches!(
+            redact_credentials("/p?monkey=1&keys=2"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(redact_credentials("/plain"), "/plain");
     }
 }

@@ -31,7 +31,10 @@ impl BackgroundService for HealthService {
             for pool in &generation.pools {
                 if let Some(check) = &pool.config.health_check {
                     let probe = build_probe(&pool.config, check);
-                    tokio::spawn(check_loop(Arc::downgrade(pool), check.clone(), probe));
+                    crate::supervision::spawn(
+                        "health checks",
+                        check_loop(Arc::downgrade(pool), check.clone(), probe),
+                    );
                 }
             }
             drop(generation);

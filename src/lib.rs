@@ -14,4 +14,5 @@ pub mod pool;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;

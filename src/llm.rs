@@ -146,10 +146,25 @@ impl Catalog {
                 None => None,
             };
             let entry = Arc::new(CatalogModel { model, direct });
-            for name in std::iter::once(&entry.model.name).chain(&entry.model.aliases) {
-                by_name.insert(name.clone(), entry.clone());
-            }
+            by_name.insert(entry.model.name.clone(), entry.clone());
             listed.push(entry);
+        }
+        // Names and aliases are one namespace (the store refuses a clash);
+        // rows written before that rule may still clash, and then a name
+        // always wins over another model's alias.
+        for entry in &listed {
+            for alias in &entry.model.aliases {
+                match by_name.get(alias) {
+                    Some(owner) if !Arc::ptr_eq(owner, entry) => tracing::warn!(
+                        model = %entry.model.name,
+                        "alias {alias:?} ignored: it names the model {:?}",
+                        owner.model.name
+                    ),
+                    _ => {
+                        by_name.insert(alias.clone(), entry.clone());
+                    }
+                }
+            }
         }
         self.by_name.store(Arc::new(by_name));
         self.listed.store(Arc::new(listed));
@@ -289,9 +304,15 @@ impl LlmState {
         });
         state.reload_models().await;
         if let Some(redis) = &config.redis {
-            tokio::spawn(listen_for_changes(state.clone(), redis.url.clone()));
+            crate::supervision::spawn(
+                "invalidation",
+                listen_for_changes(state.clone(), redis.url.clone()),
+            );
         }
-        tokio::spawn(crate::telemetry::restore_budgets(state.clone()));
+        crate::supervision::spawn(
+            "ledger restore",
+            crate::telemetry::restore_budgets(state.clone()),
+        );
         Ok(state)
     }
 

@@ -38,6 +38,8 @@ pub struct Families {
     pub telemetry_shipped: IntCounter,
     pub telemetry_backlog: IntGauge,
     pub telemetry_disk: IntGauge,
+    pub background_failures: IntCounterVec,
+    pub connections_closed: IntCounterVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -165,6 +167,18 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     telemetry_disk: register_int_gauge!(
         "obleth_telemetry_disk_bytes",
         "Bytes of write-ahead log segments on disk"
+    )
+    .expect("metric registers once"),
+    background_failures: register_int_counter_vec!(
+        "obleth_background_failures_total",
+        "Background tasks (health checks, usage shipping, invalidation) that died, by service",
+        &["service"]
+    )
+    .expect("metric registers once"),
+    connections_closed: register_int_counter_vec!(
+        "obleth_connections_closed_total",
+        "Client connections closed by obleth before a response, by reason",
+        &["reason"]
     )
     .expect("metric registers once"),
 }

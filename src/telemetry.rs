@@ -30,7 +30,10 @@ impl Telemetry {
         })?);
         let clickhouse = settings.clickhouse.as_ref().map(|ch| {
             let sink = ClickHouseSink::new(ch.connection.clone());
-            tokio::spawn(ship(wal.clone(), sink.clone(), ch.clone()));
+            crate::supervision::spawn(
+                "usage shipping",
+                ship(wal.clone(), sink.clone(), ch.clone()),
+            );
             sink
         });
         Ok(Telemetry {
@@ -66,7 +69,7 @@ async fn ship(wal: Arc<Wal>, sink: ClickHouseSink, settings: ClickHouseSettings)
     }
     if settings.retention_days > 0 {
         let sink = sink.clone();
-        tokio::spawn(async move {
+        crate::supervision::spawn("usage retention", async move {
             loop {
                 match sink.drop_older_than(settings.retention_days).await {
                     Ok(0) => {}

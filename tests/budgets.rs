@@ -442,3 +442,42 @@ async fn a_client_leaving_before_the_first_byte_is_refunded() {
         "recorded as a client disconnect: {line}"
     );
 }
+
+#[tokio::test]
+async fn reservations_cover_every_choice_and_limits_must_be_integers() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(
+        &upstream,
+        "{ name: acme, tokens_per_minute: 1000 }",
+        None,
+        true,
+    ))
+    .await;
+    // 20 choices of up to 100 tokens may cost 2000: more than the bucket
+    // holds, however small one choice is.
+    let mut many = chat(100);
+    many["n"] = json!(20);
+    let resp = post(&obleth, &many).await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "request_too_large", "{body}");
+    // A limit the upstream would read differently from obleth is refused
+    // before anything is reserved or sent.
+    for limit in [json!(1.5), json!("100"), json!(1e30), json!(-5)] {
+        for field in ["max_tokens", "max_completion_tokens"] {
+            let mut body = chat(1);
+            body.as_object_mut().unwrap().remove("max_tokens");
+            body[field] = limit.clone();
+            let resp = post(&obleth, &body).await;
+            assert_eq!(resp.status(), 400, "{field}: {limit}");
+            let err: Value = resp.json().await.unwrap();
+            assert_eq!(err["error"]["code"], "invalid_value", "{err}");
+            assert!(
+                err["error"]["message"].as_str().unwrap().contains(field),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(post(&obleth, &chat(100)).await.status(), 200);
+}

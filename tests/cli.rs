@@ -58,6 +58,9 @@ fn malformed_files_are_reported_with_line_and_column() {
         ("pools:\n  - name: p\n    servers: [{ address: '127.0.0.1:1' }]\n    timeouts: { read: forever }\n", ":4:17: ", "pools[0].timeouts.read"),
         ("listeners:\n  - address: 'nowhere'\n", ":2:5: ", "listeners[0].address"),
         ("routes: [\n", ":", "did not find expected"),
+        ("pools:\n  - name: p\n    servers: [{ address: '127.0.0.1:1' }]\n    health_check: { interval: 0s }\n", ":4:21: ", "pools[0].health_check.interval: must be longer than zero"),
+        ("routes:\n  - name: a\n    respond: { status: 101 }\n", ":3:16: ", "routes[0].respond.status: 101 is not a final response status"),
+        ("pools:\n  - name: p\n    servers: [{ address: '127.0.0.1:1' }]\nseed:\n  models:\n    - { name: a, pool: p }\n    - { name: b, pool: p, aliases: [a] }\n", ":7:37: ", "seed.models[1].aliases[0]: \"a\" already names the model \"a\""),
     ];
     for (text, position, message) in cases {
         let path = write(&dir, text);

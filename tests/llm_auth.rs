@@ -331,3 +331,87 @@ async fn disabling_rotating_and_deleting_keys_take_effect_at_once() {
     admin.ok("DELETE", &format!("/keys/{id}"), None, 204).await;
     expect_error(call(new_secret).await.unwrap(), 401, "invalid_api_key").await;
 }
+
+#[tokio::test]
+async fn allowlists_name_canonical_models_and_aliases_cannot_take_a_name() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&format!(
+        "pools:\n{}\
+seed:
+  tenants:
+    - {{ name: only-a, allowed_models: [model-a] }}
+    - {{ name: lists-an-alias, allowed_models: [b-alias] }}
+  models:
+    - {{ name: model-a, pool: p, upstream_model: vendor/a, aliases: [a-alias] }}
+    - {{ name: model-b, pool: p, upstream_model: vendor/b, aliases: [b-alias] }}
+  keys:
+    - {{ tenant: only-a, name: k, secret: {GOOD} }}
+    - {{ tenant: lists-an-alias, name: k, secret: {SUSPENDED} }}
+routes:
+  - name: llm
+    match: {{ path: {{ prefix: /v1/ }} }}
+    llm: {{}}
+",
+        pool("p", &[&upstream], "")
+    ))
+    .await;
+    let c = client();
+    let url = obleth.url("/v1/chat/completions");
+    let post = |key: &str, model: &str| c.post(&url).bearer_auth(key).json(&chat(model)).send();
+    let served = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["model"].as_str().unwrap_or_default().to_string()
+    };
+
+    // Allowing a model allows its aliases, and nothing else.
+    assert_eq!(served(post(GOOD, "a-alias").await.unwrap()).await, "vendor/a");
+    expect_error(post(GOOD, "b-alias").await.unwrap(), 403, "model_not_allowed").await;
+    // An alias on the allowlist grants nothing: the check is on the model
+    // the alias resolves to, which the list does not name.
+    expect_error(
+        post(SUSPENDED, "b-alias").await.unwrap(),
+        403,
+        "model_not_allowed",
+    )
+    .await;
+
+    // An alias may not take another model's name (the reported bypass).
+    let admin = Admin::of(&obleth);
+    let (status, _) = admin
+        .call(
+            "PATCH",
+            "/models/model-b",
+            Some(json!({ "aliases": ["model-a"] })),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(served(post(GOOD, "model-a").await.unwrap()).await, "vendor/a");
+}
+
+#[tokio::test]
+async fn two_credentials_of_one_kind_are_refused() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(&upstream)).await;
+    let c = client();
+    let url = obleth.url("/v1/chat/completions");
+    for name in ["authorization", "x-api-key"] {
+        let value = |k: &str| {
+            if name == "authorization" {
+                format!("Bearer {k}")
+            } else {
+                k.to_string()
+            }
+        };
+        let resp = c
+            .post(&url)
+            .header(name, value(GOOD))
+            .header(name, value("obk_other_000000000000000000000"))
+            .json(&chat("small"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 400, "invalid_request").await;
+    }
+    assert_eq!(upstream.requests(), 0);
+}

@@ -66,6 +66,15 @@ pub enum BodyError {
     NotJson(String),
     #[error("you must provide a model parameter")]
     MissingModel,
+    /// A field obleth budgets on has a value the upstream would read
+    /// differently (a float, a string, a negative number): refusing it keeps
+    /// the reservation and the upstream's reading the same.
+    #[error("{field}: {value} is not {expected}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// A parsed LLM request body; the JSON is kept so it can be rewritten.
@@ -78,6 +87,33 @@ pub struct LlmRequest {
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`, when given.
     pub max_tokens: Option<u64>,
+    /// Completions the upstream generates: the larger of `n` and `best_of`
+    /// (1 when neither is given). Each may run up to `max_tokens`.
+    pub choices: u64,
+}
+
+/// The field's value when it is present and not null: a whole number of at
+/// least `min`, else the error naming the field.
+fn whole_number(
+    body: &Map<String, Value>,
+    field: &'static str,
+    min: u64,
+) -> Result<Option<u64>, BodyError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= min => Ok(Some(n)),
+            _ => Err(BodyError::InvalidField {
+                field,
+                value: v.to_string().chars().take(40).collect(),
+                expected: if min == 0 {
+                    "a non-negative integer"
+                } else {
+                    "a positive integer"
+                },
+            }),
+        },
+    }
 }
 
 impl LlmRequest {
@@ -92,16 +128,17 @@ impl LlmRequest {
             _ => return Err(BodyError::MissingModel),
         };
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let max_tokens = body
-            .get("max_completion_tokens")
-            .or_else(|| body.get("max_tokens"))
-            .and_then(Value::as_u64);
+        let max_completion_tokens = whole_number(&body, "max_completion_tokens", 0)?;
+        let max_tokens = whole_number(&body, "max_tokens", 0)?;
+        let n = whole_number(&body, "n", 1)?.unwrap_or(1);
+        let best_of = whole_number(&body, "best_of", 1)?.unwrap_or(1);
         Ok(LlmRequest {
             body,
             received_len: bytes.len(),
             model,
             stream,
-            max_tokens,
+            max_tokens: max_completion_tokens.or(max_tokens),
+            choices: n.max(best_of),
         })
     }
 
@@ -148,6 +185,14 @@ impl LlmRequest {
             self.body.insert("max_tokens".into(), Value::from(cap));
         }
         self.max_tokens = Some(self.max_tokens.map_or(cap, |n| n.min(cap)));
+    }
+
+    /// The most completion tokens the request can cause: `max_tokens` (or
+    /// `default` when absent) for each generated choice.
+    pub fn completion_bound(&self, default: u64) -> u64 {
+        self.max_tokens
+            .unwrap_or(default)
+            .saturating_mul(self.choices)
     }
 
     /// Bytes of the request body: an upper bound of its prompt tokens for
@@ -237,5 +282,35 @@ mod tests {
         let (up, limit) = capped(br#"{"model":"m"}"#);
         assert_eq!((up["max_tokens"].as_u64(), limit), (Some(256), Some(256)));
         assert!(up.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn budgeted_fields_must_be_whole_numbers() {
+        for body in [
+            r#"{"model":"m","max_tokens":1.5}"#,
+            r#"{"model":"m","max_tokens":"100"}"#,
+            r#"{"model":"m","max_tokens":1e30}"#,
+            r#"{"model":"m","max_tokens":-1}"#,
+            r#"{"model":"m","max_completion_tokens":true}"#,
+            r#"{"model":"m","n":0}"#,
+            r#"{"model":"m","n":2.5}"#,
+            r#"{"model":"m","best_of":"3"}"#,
+        ] {
+            let e = LlmRequest::parse(body.as_bytes()).expect_err(body);
+            assert!(matches!(e, BodyError::InvalidField { .. }), "{body}: {e}");
+        }
+        let r = LlmRequest::parse(br#"{"model":"m","max_tokens":null,"n":null}"#).unwrap();
+        assert_eq!((r.max_tokens, r.choices), (None, 1));
+    }
+
+    #[test]
+    fn every_choice_is_reserved_for() {
+        let r = LlmRequest::parse(br#"{"model":"m","max_tokens":10,"n":100}"#).unwrap();
+        assert_eq!(r.completion_bound(4096), 1000);
+        let r = LlmRequest::parse(br#"{"model":"m","n":2,"best_of":5}"#).unwrap();
+        assert_eq!(r.completion_bound(7), 35);
+        let r = LlmRequest::parse(br#"{"model":"m","max_completion_tokens":3,"max_tokens":9}"#)
+            .unwrap();
+        assert_eq!(r.completion_bound(7), 3);
     }
 }

@@ -77,11 +77,18 @@ pub fn admin_router(shared: Arc<Shared>, admin_token: &str) -> Router {
         .merge(api)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let failed = crate::supervision::failures();
+    if !failed.is_empty() {
+        let services = failed.join(", ");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: background task died: {services}\n"),
+        )
+    } else if shared.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
     }
 }
 

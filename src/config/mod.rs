@@ -5,7 +5,7 @@
 mod locate;
 mod raw;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -597,6 +597,16 @@ impl Validator {
         }
     }
 
+    /// A duration where zero is meaningless (an interval, a timeout).
+    fn positive_duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+        let d = self.duration(key, text, default);
+        if d.is_zero() {
+            self.problem(key, "must be longer than zero");
+            return default;
+        }
+        d
+    }
+
     fn socket_addr(&mut self, key: &str, text: &str, default_port: Option<u16>) -> SocketAddr {
         let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
         let with_port = match default_port {
@@ -713,14 +723,11 @@ impl Validator {
             self.problem("admission.global_max_in_flight", "must be at least 1");
         }
         let queue_per_pool = raw.queue_per_pool.unwrap_or(1024);
-        let timeout = self.duration(
+        let timeout = self.positive_duration(
             "admission.timeout",
             raw.timeout.as_deref(),
             Duration::from_secs(30),
         );
-        if timeout.is_zero() {
-            self.problem("admission.timeout", "must be longer than zero");
-        }
         let brownout_wait = self.duration(
             "admission.brownout_wait",
             raw.brownout_wait.as_deref(),
@@ -796,7 +803,7 @@ impl Validator {
                     database: ch.database.clone().unwrap_or_else(|| "obleth".into()),
                     user: ch.user.clone(),
                     password: None,
-                    timeout: self.duration(
+                    timeout: self.positive_duration(
                         "telemetry.clickhouse.timeout",
                         ch.timeout.as_deref(),
                         Duration::from_secs(10),
@@ -804,7 +811,7 @@ impl Validator {
                 },
                 shipping: obleth_filters::telemetry::ShipperConfig {
                     batch_rows: batch_rows.max(1),
-                    batch_interval: self.duration(
+                    batch_interval: self.positive_duration(
                         "telemetry.clickhouse.batch_interval",
                         ch.batch_interval.as_deref(),
                         Duration::from_secs(1),
@@ -862,6 +869,7 @@ impl Validator {
                 }
             }
         }
+        self.model_namespace(&raw.models);
         for (i, k) in raw.keys.iter().enumerate() {
             if !k.secret.starts_with(obleth_filters::auth::SECRET_PREFIX) || k.secret.len() < 24 {
                 self.problem(
@@ -887,6 +895,36 @@ impl Validator {
                 })
                 .collect(),
             keys: raw.keys,
+        }
+    }
+
+    /// Model names and aliases are one namespace: a request's `model`
+    /// must resolve to exactly one model, or an alias could hand a tenant a
+    /// model its allowlist does not name.
+    fn model_namespace(&mut self, models: &[crate::store::ModelSpec]) {
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        for (i, m) in models.iter().enumerate() {
+            if owners.insert(&m.name, &m.name).is_some() {
+                self.problem(&format!("seed.models[{i}].name"), "duplicate model name");
+            }
+        }
+        for (i, m) in models.iter().enumerate() {
+            for (j, alias) in m.aliases.iter().enumerate() {
+                let key = format!("seed.models[{i}].aliases[{j}]");
+                match owners.get(alias.as_str()) {
+                    Some(owner) if *owner == m.name => self.problem(
+                        &key,
+                        format!("{alias:?} repeats this model's name or one of its aliases"),
+                    ),
+                    Some(owner) => {
+                        let message = format!("{alias:?} already names the model {owner:?}");
+                        self.problem(&key, message)
+                    }
+                    None => {
+                        owners.insert(alias, &m.name);
+                    }
+                }
+            }
         }
     }
 
@@ -1090,17 +1128,17 @@ impl Validator {
         let t = p.timeouts;
         let tkey = format!("{key}.timeouts");
         let timeouts = Timeouts {
-            connect: self.duration(
+            connect: self.positive_duration(
                 &format!("{tkey}.connect"),
                 t.connect.as_deref(),
                 Duration::from_secs(2),
             ),
-            read: self.duration(
+            read: self.positive_duration(
                 &format!("{tkey}.read"),
                 t.read.as_deref(),
                 Duration::from_secs(60),
             ),
-            write: self.duration(
+            write: self.positive_duration(
                 &format!("{tkey}.write"),
                 t.write.as_deref(),
                 Duration::from_secs(60),
@@ -1108,8 +1146,8 @@ impl Validator {
             total: t
                 .total
                 .as_deref()
-                .map(|s| self.duration(&format!("{tkey}.total"), Some(s), Duration::ZERO)),
-            idle_keepalive: self.duration(
+                .map(|s| self.positive_duration(&format!("{tkey}.total"), Some(s), Duration::MAX)),
+            idle_keepalive: self.positive_duration(
                 &format!("{tkey}.idle_keepalive"),
                 t.idle_keepalive.as_deref(),
                 Duration::from_secs(60),
@@ -1191,12 +1229,12 @@ impl Validator {
         }
         HealthCheckConfig {
             kind,
-            interval: self.duration(
+            interval: self.positive_duration(
                 &format!("{key}.interval"),
                 h.interval.as_deref(),
                 Duration::from_secs(2),
             ),
-            timeout: self.duration(
+            timeout: self.positive_duration(
                 &format!("{key}.timeout"),
                 h.timeout.as_deref(),
                 Duration::from_secs(1),
@@ -1395,10 +1433,10 @@ impl Validator {
                 }
             }
             (None, None, Some(r), None) => {
-                if !(100..=599).contains(&r.status) {
+                if !(200..=599).contains(&r.status) {
                     self.problem(
                         &format!("{key}.respond.status"),
-                        format!("{} is not an HTTP status", r.status),
+                        format!("{} is not a final response status (200 to 599)", r.status),
                     );
                 }
                 let content_type = r
@@ -1661,6 +1699,73 @@ routes:
         assert!(
             p[0].contains("test.yaml:2:5: routes[0]: a route needs exactly one action"),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused_where_they_are_written() {
+        let p = problems(
+            "pools:
+  - name: a
+    servers: [{ address: '127.0.0.1:1' }]
+    health_check: { interval: 0s, timeout: 0ms }
+    timeouts: { connect: 0s, read: 0s, total: 0s }
+",
+        )
+        .join("\n");
+        for (at, key) in [
+            ("4:21", "health_check.interval"),
+            ("4:35", "health_check.timeout"),
+            ("5:17", "timeouts.connect"),
+            ("5:30", "timeouts.read"),
+            ("5:40", "timeouts.total"),
+        ] {
+            assert!(
+                p.contains(&format!(
+                    "test.yaml:{at}: pools[0].{key}: must be longer than zero"
+                )),
+                "{key}: {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn respond_status_must_be_a_final_status() {
+        for status in [100, 101, 199] {
+            let p = problems(&format!(
+                "routes:\n  - name: r\n    respond: {{ status: {status} }}\n"
+            ));
+            assert!(
+                p[0].contains("routes[0].respond.status: ") && p[0].contains("200 to 599"),
+                "{p:?}"
+            );
+        }
+        assert!(parse("routes:\n  - name: r\n    respond: { status: 200 }\n").is_ok());
+    }
+
+    #[test]
+    fn model_names_and_aliases_share_one_namespace_in_the_seed() {
+        let p = problems(
+            "pools: [{ name: p, servers: [{ address: '127.0.0.1:1' }] }]
+seed:
+  models:
+    - { name: model-a, pool: p }
+    - { name: model-b, pool: p, aliases: [b, model-a] }
+    - { name: model-c, pool: p, aliases: [b, c, c] }
+",
+        )
+        .join("\n");
+        assert!(
+            p.contains("test.yaml:5:46: seed.models[1].aliases[1]: \"model-a\" already names the model \"model-a\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("seed.models[2].aliases[0]: \"b\" already names the model \"model-b\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("seed.models[2].aliases[2]: \"c\" repeats this model's name"),
+            "{p}"
         );
     }
 }

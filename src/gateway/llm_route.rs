@@ -164,6 +164,7 @@ impl From<BodyError> for Rejection {
         let code = match e {
             BodyError::NotJson(_) => "invalid_json",
             BodyError::MissingModel => "missing_model",
+            BodyError::InvalidField { .. } => "invalid_value",
         };
         Rejection::new(400, code, e.to_string())
     }
@@ -227,6 +228,15 @@ async fn admit(
             )
         })?;
 
+    for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
+        if req.headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("more than one {name} header; send one credential"),
+            ));
+        }
+    }
     let secret = credential(
         req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
         req.headers.get("x-api-key").map(|v| v.as_bytes()),
@@ -262,7 +272,9 @@ async fn admit(
     })?;
     ctx.model = Some(model.model.name.clone());
     let tenant = &principal.tenant;
-    if !(tenant.allows_model(&model.model.name) || tenant.allows_model(&request.model)) {
+    // The allowlist names canonical models: an alias reaches what its model
+    // allows, never more.
+    if !tenant.allows_model(&model.model.name) {
         return Err(Rejection::new(
             403,
             "model_not_allowed",
@@ -341,9 +353,7 @@ async fn wait_for_slot(
     request: &LlmRequest,
 ) -> Result<Permit, Rejection> {
     let (tenant, key) = (&principal.tenant, &principal.key);
-    let completion_bound = request
-        .max_tokens
-        .unwrap_or(llm.budget_settings.default_max_tokens);
+    let completion_bound = request.completion_bound(llm.budget_settings.default_max_tokens);
     let ticket = Ticket {
         pool: model.model.name.clone(),
         group: tenant.group.clone(),
@@ -426,9 +436,7 @@ async fn reserve(
     request: &LlmRequest,
 ) -> Result<BudgetHold, Rejection> {
     let prompt_bound = request.prompt_bound();
-    let completion_bound = request
-        .max_tokens
-        .unwrap_or(llm.budget_settings.default_max_tokens);
+    let completion_bound = request.completion_bound(llm.budget_settings.default_max_tokens);
     let estimate = Cost {
         tokens: prompt_bound.saturating_add(completion_bound),
         usd_micros: usd_micros(model, prompt_bound, completion_bound, true),
