@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod client_connection;
 pub mod config;
 pub mod gateway;
 pub mod health;

@@ -14,9 +14,11 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::access_log::AccessLog;
+use crate::client_connection::EdgeApp;
 use crate::admin::{admin_router, metrics_router, HttpEndpoint};
 use crate::config::{Config, ListenerConfig};
 use crate::gateway::{Gateway, Generation, Shared};
@@ -152,11 +154,17 @@ fn add_listener(
         shared.clone(),
         listener.name.clone(),
         listener.tls.is_some(),
+        listener.client,
     );
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        &format!("listener {}", listener.name),
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    if listener.tls.is_none() && listener.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
+    let mut service = Service::new(
+        format!("listener {}", listener.name),
+        EdgeApp::new(proxy, listener.client),
     );
     let addr = listener.address.to_string();
     match &listener.tls {
@@ -171,16 +179,7 @@ fn add_listener(
             settings.enable_h2();
             service.add_tls_with_settings(&addr, None, settings);
         }
-        None => {
-            if listener.h2c {
-                if let Some(app) = service.app_logic_mut() {
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = true;
-                    app.server_options = Some(options);
-                }
-            }
-            service.add_tcp(&addr);
-        }
+        None => service.add_tcp(&addr),
     }
     server.add_service(service);
     Ok(())

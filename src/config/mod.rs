@@ -168,6 +168,40 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub h2c: bool,
+    pub client: ClientLimits,
+}
+
+/// How long and how much a client may take to send a request: what stops
+/// slowloris heads, trickled bodies and oversized heads before they hold a
+/// connection or a buffer for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request head must arrive within this (HAProxy's
+    /// `timeout http-request`); on a kept-alive connection it runs from the
+    /// head's first byte. 408 when it passes.
+    pub http_request: Duration,
+    /// Idle time allowed between requests on a kept-alive connection
+    /// (`timeout http-keep-alive`).
+    pub http_keep_alive: Duration,
+    /// Longest wait for the next bytes of a request body (`timeout client`).
+    pub client: Duration,
+    /// Largest request head (request line and headers); 431 beyond it.
+    pub max_head_bytes: usize,
+    /// Bytes per second a request body must average once it has taken
+    /// longer than `http_request`; 0 turns the check off. 408 below it.
+    pub min_body_rate: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            http_request: Duration::from_secs(10),
+            http_keep_alive: Duration::from_secs(60),
+            client: Duration::from_secs(30),
+            max_head_bytes: 64 * 1024,
+            min_body_rate: 1024,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -491,10 +525,8 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>, v: &mut
         match raw.listeners.first_mut() {
             Some(l) => l.address = addr,
             None => raw.listeners.push(RawListener {
-                name: None,
                 address: addr,
-                tls: None,
-                h2c: false,
+                ..RawListener::default()
             }),
         }
     }
@@ -967,8 +999,7 @@ impl Validator {
             vec![RawListener {
                 name: Some("http".into()),
                 address: "0.0.0.0:8080".into(),
-                tls: None,
-                h2c: false,
+                ..RawListener::default()
             }]
         } else {
             raw
@@ -978,6 +1009,7 @@ impl Validator {
             .enumerate()
             .map(|(i, l)| {
                 let key = format!("listeners[{i}]");
+                let client = self.client_limits(&key, &l);
                 let name = l.name.unwrap_or_else(|| {
                     if l.tls.is_some() {
                         "https".into()
@@ -1011,9 +1043,41 @@ impl Validator {
                     address,
                     tls,
                     h2c: l.h2c,
+                    client,
                 }
             })
             .collect()
+    }
+
+    fn client_limits(&mut self, key: &str, l: &RawListener) -> ClientLimits {
+        let defaults = ClientLimits::default();
+        let t = &l.timeouts;
+        let max_head_bytes = l.max_head_bytes.unwrap_or(defaults.max_head_bytes);
+        if !(1024..=1 << 20).contains(&max_head_bytes) {
+            self.problem(
+                &format!("{key}.max_head_bytes"),
+                "must be between 1024 and 1048576",
+            );
+        }
+        ClientLimits {
+            http_request: self.positive_duration(
+                &format!("{key}.timeouts.http_request"),
+                t.http_request.as_deref(),
+                defaults.http_request,
+            ),
+            http_keep_alive: self.positive_duration(
+                &format!("{key}.timeouts.http_keep_alive"),
+                t.http_keep_alive.as_deref(),
+                defaults.http_keep_alive,
+            ),
+            client: self.positive_duration(
+                &format!("{key}.timeouts.client"),
+                t.client.as_deref(),
+                defaults.client,
+            ),
+            max_head_bytes: max_head_bytes.clamp(1024, 1 << 20),
+            min_body_rate: l.min_body_rate.unwrap_or(defaults.min_body_rate),
+        }
     }
 
     fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {

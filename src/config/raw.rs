@@ -127,7 +127,7 @@ pub struct RawServer {
     pub work_stealing: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: Option<String>,
@@ -135,6 +135,19 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     #[serde(default)]
     pub h2c: bool,
+    #[serde(default)]
+    pub timeouts: RawClientTimeouts,
+    pub max_head_bytes: Option<usize>,
+    pub min_body_rate: Option<u64>,
+}
+
+/// A listener's client-side timeouts, named as in HAProxy.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTimeouts {
+    pub http_request: Option<String>,
+    pub http_keep_alive: Option<String>,
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -261,7 +261,7 @@ async fn admit(
         return Ok(true);
     }
 
-    let body = read_body(session, action.max_body).await?;
+    let body = read_body(session, ctx, action.max_body).await?;
     let mut request = LlmRequest::parse(&body)?;
     let model = llm.catalog.lookup(&request.model).ok_or_else(|| {
         Rejection::new(
@@ -529,7 +529,11 @@ async fn reserve(
 
 /// Reads the whole body (bounded); Pingora keeps it for the upstream and
 /// `LlmCall::replace_body` swaps in the rewritten one.
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Rejection> {
+async fn read_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max: usize,
+) -> Result<Bytes, Rejection> {
     let too_large = || {
         Rejection::new(
             413,
@@ -553,6 +557,13 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Rejection
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > max {
                     return Err(too_large());
+                }
+                if ctx.check_body_rate(chunk.len()).is_err() {
+                    return Err(Rejection::new(
+                        408,
+                        "request_timeout",
+                        "the request body arrived too slowly",
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }

@@ -30,7 +30,8 @@ mod forwarding;
 mod llm_route;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::config::{Algorithm, HashKey, PoolConfig};
+use crate::client_connection::HeadGuard;
+use crate::config::{Algorithm, ClientLimits, HashKey, PoolConfig};
 use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
 use crate::pool::{InFlight, Pool};
@@ -188,6 +189,33 @@ pub struct RequestCtx {
     /// The status `fail_to_proxy` chose, when the request failed.
     error_status: u16,
     total_timeout_hit: bool,
+    /// Request body bytes received so far, for the listener's minimum rate.
+    body_bytes: u64,
+    limits: ClientLimits,
+}
+
+impl RequestCtx {
+    /// Refuses a request body that trickles in: once it has taken longer
+    /// than `http_request`, it must average `min_body_rate` bytes a second.
+    pub(crate) fn check_body_rate(&mut self, received: usize) -> Result<()> {
+        self.body_bytes += received as u64;
+        let rate = self.limits.min_body_rate;
+        let elapsed = self.started.elapsed();
+        if rate > 0
+            && elapsed > self.limits.http_request
+            && (self.body_bytes as f64) < rate as f64 * elapsed.as_secs_f64()
+        {
+            FAMILIES
+                .connections_closed
+                .with_label_values(&["slow_body"])
+                .inc();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(408),
+                format!("request body slower than {rate} bytes/s"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The proxy of one listener.
@@ -195,14 +223,16 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener: String,
     scheme: &'static str,
+    limits: ClientLimits,
 }
 
 impl Gateway {
-    pub fn new(shared: Arc<Shared>, listener: String, tls: bool) -> Self {
+    pub fn new(shared: Arc<Shared>, listener: String, tls: bool, limits: ClientLimits) -> Self {
         Self {
             shared,
             listener,
             scheme: if tls { "https" } else { "http" },
+            limits,
         }
     }
 
@@ -240,6 +270,20 @@ pub(crate) async fn respond(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// Why a request's Host is unusable (RFC 9112 §3.2): an HTTP/1.1 request
+/// must carry exactly one Host header; HTTP/1.0 may carry none; HTTP/2
+/// names the authority in the URI.
+fn host_problem(req: &RequestHeader) -> Option<&'static str> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("request has more than one Host header"),
+        (None, _) if req.version == http::Version::HTTP_11 => {
+            Some("HTTP/1.1 request has no Host header")
+        }
+        _ => None,
+    }
 }
 
 /// The key consistent hashing uses for this request.
@@ -281,11 +325,18 @@ fn status_for(e: &Error) -> u16 {
             504
         }
         ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
-        | HandshakeError => 502,
+        | HandshakeError
+            if *e.esource() != ErrorSource::Downstream =>
+        {
+            502
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
-                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                // The client stopped sending its body: HAProxy's `timeout
+                // client` answers 408 too.
+                ReadTimedout => 408,
+                ReadError | WriteError | ConnectionClosed | WriteTimedout => 0,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -302,6 +353,7 @@ fn status_label(status: u16) -> &'static str {
         401 => "401",
         403 => "403",
         404 => "404",
+        408 => "408",
         413 => "413",
         429 => "429",
         499 => "499",
@@ -354,11 +406,36 @@ impl ProxyHttp for Gateway {
             first_byte: None,
             error_status: 0,
             total_timeout_hit: false,
+            body_bytes: 0,
+            limits: self.limits,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(guard) = HeadGuard::of(session.stream()) {
+            guard.accepted();
+        }
+        // RFC 9112 §9.3.2: pipelined requests are served one after another,
+        // in order, instead of being dropped with the connection.
+        session.set_pipelining_enabled(true);
+        session.set_read_timeout(Some(self.limits.client));
+        // Pingora keeps an HTTP/1.1 connection without an idle limit
+        // (`Some(0)`); an explicit close or HTTP/1.0 (`None`) stays as it is.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(self.limits.http_keep_alive.as_secs().max(1)));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = RequestId::of(session.req_header());
+        if let Some(problem) = host_problem(session.req_header()) {
+            session.set_keepalive(None);
+            let text = HeaderValue::from_static("text/plain");
+            let body = Bytes::from(format!("400 {problem}\n"));
+            respond(session, 400, &text, body, &ctx.request_id, None).await?;
+            return Ok(true);
+        }
         let generation = self.shared.generation.load();
         let view = RequestView::new(session.req_header());
         let Some(route) = generation.routes.find(&view).cloned() else {
@@ -557,6 +634,12 @@ impl ProxyHttp for Gateway {
             .and_then(|p| p.config.host_header.as_ref())
         {
             upstream.insert_header(header::HOST, host)?;
+        } else if !upstream.headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may omit Host; the upstream speaks
+            // HTTP/1.1, which requires one: name the server.
+            if let Some(server) = ctx.server.as_ref() {
+                upstream.insert_header(header::HOST, server.server().config.name.as_str())?;
+            }
         }
 
         let ip = client_ip(session);
@@ -639,6 +722,9 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.llm.is_none() {
+            ctx.check_body_rate(body.as_ref().map_or(0, Bytes::len))?;
+        }
         if let Some(call) = ctx.llm.as_mut() {
             call.replace_body(body);
         }
@@ -681,6 +767,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(guard) = HeadGuard::of(session.stream()) {
+            guard.request_done();
+        }
         if let Some(call) = ctx.llm.as_mut() {
             call.settle(&self.shared.llm).await;
         }
