@@ -204,6 +204,10 @@ GET /echo/p2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     assert_eq!(text.matches("HTTP/1.1 200 ").count(), 3, "{text}");
     let at = |p: &str| text.find(&format!("\"path\":\"/echo/{p}\"")).expect(p);
     assert!(at("p0") < at("p1") && at("p1") < at("p2"), "{text}");
+    // Only the last answer, after which the connection closes, says so.
+    let lower = text.to_ascii_lowercase();
+    assert_eq!(lower.matches("connection: close").count(), 1, "{text}");
+    assert!(lower.find("connection: close").unwrap() > at("p1"), "{text}");
     assert_eq!(upstream.requests(), 3);
 }
 

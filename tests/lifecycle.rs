@@ -210,7 +210,7 @@ async fn health_ready_and_metrics_endpoints() {
 }
 
 #[tokio::test]
-async fn access_log_writes_httplog_and_json_lines() {
+async fn access_log_writes_httplog_and_json_lines_without_query_credentials() {
     let a = mock("a").await;
     let config = format!(
         "pools:\n{}routes:\n  - name: api\n    proxy: {{ pool: p }}\n",
@@ -233,10 +233,24 @@ async fn access_log_writes_httplog_and_json_lines() {
         "{line}"
     );
 
+    // Credentials in the query never reach the log, in either format.
+    client()
+        .get(obleth.url("/echo?api_key=sk-live-1&q=2&token=t0p"))
+        .send()
+        .await
+        .unwrap();
+    let line = obleth.access_lines(2).await.remove(1);
+    assert!(
+        line.contains("\"GET /echo?api_key=REDACTED&q=2&token=REDACTED HTTP/1.1\""),
+        "{line}"
+    );
+
     let obleth = Obleth::start_with(&config, "json", &[]).await;
-    client().get(obleth.url("/echo")).send().await.unwrap();
+    client().get(obleth.url("/echo?key=abc")).send().await.unwrap();
     let line = obleth.access_lines(1).await.remove(0);
+    assert!(!line.contains("abc"), "{line}");
     let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(v["uri"], "/echo?key=REDACTED");
     assert_eq!(v["status"], 200);
     assert_eq!(v["route"], "api");
     assert_eq!(v["pool"], "p");
