@@ -67,11 +67,10 @@ async fn host_is_required_on_http_1_1_and_supplied_for_http_1_0() {
 
 /// obleth in front of `upstream` on a listener with short client limits.
 async fn strict_listener(upstream: &MockUpstream) -> (Obleth, SocketAddr) {
-    let port = free_port();
     let obleth = Obleth::start(&format!(
         "listeners:
   - name: http
-    address: 127.0.0.1:{port}
+    address: {LISTEN}
     timeouts: {{ http_request: 1s, client: 1s, http_keep_alive: 2s }}
     min_body_rate: 1024
 pools:\n{}{}",
@@ -79,7 +78,8 @@ pools:\n{}{}",
         catch_all("p")
     ))
     .await;
-    (obleth, SocketAddr::from(([127, 0, 0, 1], port)))
+    let addr = obleth.http;
+    (obleth, addr)
 }
 
 /// Sends `parts` one after another with `pause` between them, then reads

@@ -14,7 +14,14 @@ pub use obleth_mock_upstream::{MockConfig, MockUpstream};
 /// The admin token every test instance runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
 
-/// A port that was free a moment ago.
+/// Stands for the test instance's own HTTP listener address in a
+/// configuration body that brings its own `listeners:` section, so
+/// [`Obleth::start`] can pick (and, when another test took it first,
+/// re-pick) the port itself.
+pub const LISTEN: &str = "$LISTEN";
+
+/// A port that was free a moment ago. Another test process may take it
+/// before it is bound: prefer [`LISTEN`], which [`Obleth::start`] retries.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -78,6 +85,7 @@ fn frame(
     access_log: &Path,
     format: &str,
 ) -> String {
+    let body = body.replace(LISTEN, &http.to_string());
     let mut text = String::new();
     if !body.contains("listeners:") {
         text.push_str(&format!(
@@ -103,8 +111,15 @@ fn frame(
             db.display()
         ));
     }
-    text.push_str(body);
+    text.push_str(&body);
     text
+}
+
+/// How waiting for a started instance ended.
+enum Start {
+    Ready,
+    /// One of its ports was taken by another test meanwhile.
+    PortTaken,
 }
 
 impl Obleth {
@@ -114,7 +129,21 @@ impl Obleth {
         Self::start_with(body, "httplog", &[]).await
     }
 
+    /// Starts obleth as [`Obleth::start`] does, with the access log in
+    /// `access_log_format` and extra environment variables. Ports taken by
+    /// a parallel test between picking and binding are picked again.
     pub async fn start_with(body: &str, access_log_format: &str, env: &[(&str, &str)]) -> Self {
+        for _ in 0..4 {
+            let mut obleth = Self::spawn(body, access_log_format, env);
+            match obleth.wait_ready().await {
+                Start::Ready => return obleth,
+                Start::PortTaken => continue,
+            }
+        }
+        panic!("obleth found its ports taken four times in a row");
+    }
+
+    fn spawn(body: &str, access_log_format: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -138,7 +167,7 @@ impl Obleth {
             .stderr(std::fs::File::create(&stderr_log).expect("stderr log"))
             .spawn()
             .expect("obleth starts");
-        let mut obleth = Self {
+        Self {
             child: Some(child),
             http,
             admin,
@@ -147,12 +176,10 @@ impl Obleth {
             config_path,
             access_log,
             stderr_log,
-        };
-        obleth.wait_ready().await;
-        obleth
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Start {
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = client();
         while Instant::now() < deadline {
@@ -161,7 +188,12 @@ impl Obleth {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("obleth exited early ({status}):\n{}", self.stderr());
+                let stderr = self.stderr();
+                if stderr.to_ascii_lowercase().contains("address already in use") {
+                    self.child = None;
+                    return Start::PortTaken;
+                }
+                panic!("obleth exited early ({status}):\n{stderr}");
             }
             let ready = client
                 .get(format!("http://{}/readyz", self.admin))
@@ -169,7 +201,7 @@ impl Obleth {
                 .await
                 .is_ok_and(|r| r.status() == 200);
             if ready {
-                return;
+                return Start::Ready;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -238,15 +270,19 @@ impl Obleth {
             .expect("metrics body")
     }
 
-    /// The value of one sample, e.g. `obleth_upstream_retries_total{pool="a"}`.
+    /// The value of one sample, e.g. `obleth_upstream_retries_total{pool="a"}`;
+    /// panics when /metrics has no such sample, so a renamed metric or
+    /// label cannot pass for a zero.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics_text().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        sample_value(&text, sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
+    }
+
+    /// The value of one sample, or `None` while it has never been set
+    /// (a labelled counter appears on its first increment).
+    pub async fn try_metric(&self, sample: &str) -> Option<f64> {
+        sample_value(&self.metrics_text().await, sample)
     }
 
     /// Access log lines written so far (waits briefly for the writer).
@@ -261,6 +297,14 @@ impl Obleth {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)
+            .filter(|rest| rest.starts_with(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 impl Drop for Obleth {
