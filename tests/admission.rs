@@ -367,12 +367,11 @@ async fn a_client_leaving_the_queue_frees_its_place_and_pays_nothing() {
     let charged = body["usage"]["total_tokens"].as_u64().unwrap();
     assert_eq!(budget["standing"]["committed_tokens"], charged, "{budget}");
     assert_eq!(budget["standing"]["reserved_tokens"], 0, "{budget}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while label(&obleth, "499", "rejected").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the leaver was not counted as 499"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    obleth
+        .wait_metric(
+            "obleth_requests_total{admission=\"rejected\",status=\"499\"}",
+            |n| n >= 1.0,
+            Duration::from_secs(5),
+        )
+        .await;
 }

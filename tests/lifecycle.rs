@@ -78,10 +78,24 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream and the load are under way before the first reload.
+    obleth
+        .wait_metric("obleth_http_in_flight", |n| n >= 1.0, Duration::from_secs(10))
+        .await;
+    let reloaded = "obleth_config_reloads_total{result=\"ok\"}";
     for i in 0..6 {
         obleth.reload(&config(if i % 2 == 0 { &b } else { &a }));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let n = f64::from(i + 1);
+        obleth
+            .wait_metric(reloaded, |v| v >= n, Duration::from_secs(10))
+            .await;
+        // Requests keep flowing on the new generation before the next swap.
+        let before = done.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.load(Ordering::Relaxed) < before + 10 {
+            assert!(Instant::now() < deadline, "requests stalled after reload {i}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     obleth.reload(&config(&b));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -154,17 +168,33 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    obleth
+        .wait_metric("obleth_http_in_flight", |n| n >= 1.0, Duration::from_secs(10))
+        .await;
     let started = Instant::now();
     obleth.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = tokio::net::TcpStream::connect(obleth.http).await;
-    assert!(refused.is_err(), "still accepting while draining");
-    let readyz = client()
-        .get(format!("http://{}/readyz", obleth.admin))
-        .send()
-        .await;
-    assert!(readyz.is_err() || readyz.is_ok_and(|r| r.status() == 503));
+    // Within the drain (the request takes a second): readiness goes and
+    // new connections are refused while the request in flight goes on.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let readyz = client()
+            .get(format!("http://{}/readyz", obleth.admin))
+            .send()
+            .await;
+        let unready = readyz.is_err() || readyz.is_ok_and(|r| r.status() == 503);
+        let refused = tokio::net::TcpStream::connect(obleth.http).await.is_err();
+        if unready && refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready ({}) or accepting ({}) while draining",
+            !unready,
+            !refused
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!slow.is_finished(), "the drain waits for the request in flight");
     let r = slow
         .await
         .unwrap()

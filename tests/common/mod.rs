@@ -279,6 +279,24 @@ impl Obleth {
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
     }
 
+    /// Waits until `sample` satisfies `holds`, failing the test with the
+    /// last value after `limit`: the way to synchronise with obleth instead
+    /// of sleeping.
+    pub async fn wait_metric(&self, sample: &str, holds: impl Fn(f64) -> bool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.try_metric(sample).await;
+            if value.is_some_and(&holds) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} is {value:?} after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The value of one sample, or `None` while it has never been set
     /// (a labelled counter appears on its first increment).
     pub async fn try_metric(&self, sample: &str) -> Option<f64> {
