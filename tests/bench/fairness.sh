@@ -67,8 +67,8 @@ W = {"A": 3, "B": 1, "C": 1}
 print(f"fairness: model pool of 4 slots, upstream at 2000 tokens/s per request, A and B 12 clients each "
       f"for {seconds} s (first 3 s not counted), C one request every 0.3 s from 5 s on")
 print()
-print("| order | tenant | weight | requests | tokens | A:B tokens (target 3.00) | Jain's index (A, B, weight-normalised) | max service gap A/3 vs B (tokens) |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| order | tenant | weight | requests | tokens | A:B tokens (target 3.00) | Jain's index (A, B, weight-normalised) | final imbalance A/3 - B (tokens) | largest gap, any window | largest gap, 1 s windows |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 verdict = []
 for name, run in (("fair", fair), ("fifo", fifo)):
     d = run["done"]
@@ -76,7 +76,9 @@ for name, run in (("fair", fair), ("fifo", fifo)):
     x = [d["A"][1] / W["A"], d["B"][1] / W["B"]]
     jain = sum(x) ** 2 / (len(x) * sum(v * v for v in x))
     for t in "ABC":
-        extra = f"{ratio:.2f} | {jain:.3f} | {run['gap']:.0f}" if t == "A" else " | | "
+        g = run["gap"]
+        extra = (f"{ratio:.2f} | {jain:.3f} | {g['final']:.0f} | {g['any_window']:.0f} | {g['window_1s']:.0f}"
+                 if t == "A" else " | | | | ")
         print(f"| {name} | {t} | {W[t]} | {d[t][0]} | {d[t][1]} | {extra} |")
     if name == "fair":
         verdict.append(("A:B within 5 % of 3:1", abs(ratio - 3) / 3 <= 0.05))

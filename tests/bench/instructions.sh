@@ -7,12 +7,15 @@
 #
 #   tests/bench/instructions.sh              # 8 s of load per target
 #   DURATION=15 tests/bench/instructions.sh
+#   PROFILE=40 tests/bench/instructions.sh   # also each target's 40 costliest
+#                                            # functions (inclusive, per request)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-8}
 WARMUP=${WARMUP:-3}
+PROFILE=${PROFILE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 
 source tests/bench/lib.sh
@@ -42,6 +45,13 @@ count() {
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   total=$(callgrind_annotate "$work/$label.$pid.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   echo "$label $requests $total" >>"$work/counts"
+  if [ "$PROFILE" -gt 0 ]; then
+    echo "== $label: $PROFILE costliest functions, inclusive instructions per request"
+    callgrind_annotate --inclusive=yes "$work/$label.$pid.cg.1" 2>/dev/null |
+      awk -v n="$requests" -v top="$PROFILE" '
+        /^ *[0-9,]+ / && !/PROGRAM TOTALS/ && shown < top {
+          ir = $1; gsub(",", "", ir); $1 = ""; printf "%10.0f%s\n", ir / n, $0; shown++ }'
+  fi
 }
 
 HA=$(port)

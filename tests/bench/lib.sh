@@ -75,13 +75,13 @@ to_us() {
   }'
 }
 
-# CPU time (user + system) a process has used, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# User and system CPU time a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # run LABEL URL PID [wrk args...]: one warm-up and one measured wrk run;
-# appends "label req/s p50 p99 cpu-us-per-request errors" to $work/results.
-# The CPU column counts PID's CPU time per request, which varies far less
-# between runs than req/s on a shared VM.
+# appends "label req/s p50 p99 cpu user system errors" to $work/results,
+# the last three in µs of PID's CPU time per request (user + system, then
+# each alone), which varies far less between runs than req/s on a shared VM.
 run() {
   local label=$1 url=$2 pid=$3 out before after
   shift 3
@@ -91,7 +91,9 @@ run() {
   after=$(cpu_ticks "$pid")
   local rps p50 p99 errors requests cpu_us
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  cpu_us=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  cpu_us=$(awk -v b="$before" -v a="$after" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN {
+    split(b, x, " "); split(a, y, " "); u = (y[1] - x[1]) / hz * 1e6 / n; s = (y[2] - x[2]) / hz * 1e6 / n
+    printf "%.1f %.1f %.1f", u + s, u, s }')
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
@@ -107,12 +109,13 @@ table() {
     { n[$1]++; if (n[$1] == int((rounds + 1) / 2)) print }' >"$work/median"
   awk 'NR == FNR { row[$1] = $0; next } !seen[$1]++ { print row[$1] }' "$work/median" "$work/results" >"$work/table"
   awk -v base="$base" '
-    { label[NR] = $1; rps[NR] = $2; p50[NR] = $3; p99[NR] = $4; cpu[NR] = $5; err = ""; for (i = 6; i <= NF; i++) err = err " " $i; errs[NR] = err
+    { label[NR] = $1; rps[NR] = $2; p50[NR] = $3; p99[NR] = $4; cpu[NR] = $5; usr[NR] = $6; sys[NR] = $7
+      err = ""; for (i = 8; i <= NF; i++) err = err " " $i; errs[NR] = err
       if ($1 == base) { hr = $2; h99 = $4; hcpu = $5 } }
     END {
-      printf "| target | req/s | p50 (us) | p99 (us) | CPU us/req | req/s vs %s | p99 vs %s | CPU/req vs %s |\n", base, base, base
-      printf "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+      printf "| target | req/s | p50 (us) | p99 (us) | CPU us/req | user us/req | system us/req | req/s vs %s | p99 vs %s | CPU/req vs %s |\n", base, base, base
+      printf "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
       for (i = 1; i <= NR; i++)
-        printf "| %s | %.0f | %.0f | %.0f | %.1f | %.2fx | %.2fx | %.2fx |%s\n", label[i], rps[i], p50[i], p99[i], cpu[i], rps[i] / hr, p99[i] / h99, cpu[i] / hcpu, errs[i]
+        printf "| %s | %.0f | %.0f | %.0f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx |%s\n", label[i], rps[i], p50[i], p99[i], cpu[i], usr[i], sys[i], rps[i] / hr, p99[i] / h99, cpu[i] / hcpu, errs[i]
     }' "$work/table"
 }
