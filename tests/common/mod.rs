@@ -189,7 +189,10 @@ impl Obleth {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 let stderr = self.stderr();
-                if stderr.to_ascii_lowercase().contains("address already in use") {
+                if stderr
+                    .to_ascii_lowercase()
+                    .contains("address already in use")
+                {
                     self.child = None;
                     return Start::PortTaken;
                 }
