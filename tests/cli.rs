@@ -158,20 +158,86 @@ async fn tenant_and_key_commands_call_the_admin_api() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("OBLETH_ADMIN_TOKEN"));
 }
 
-#[test]
-fn migrate_prepares_a_new_store() {
+/// What the migrations in `migrations/BACKEND` promise: their versions and
+/// the tables they create.
+fn promised(backend: &str) -> (Vec<i64>, Vec<String>) {
+    let mut versions = Vec::new();
+    let mut tables = Vec::new();
+    for entry in std::fs::read_dir(format!("migrations/{backend}")).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        versions.push(name.split('_').next().unwrap().parse().expect("numbered"));
+        let sql = std::fs::read_to_string(&path).expect("read");
+        for stmt in sql.split("CREATE TABLE ").skip(1) {
+            let table = stmt.split_whitespace().next().expect("a name");
+            tables.push(table.trim_matches('(').to_string());
+        }
+    }
+    versions.sort();
+    tables.sort();
+    (versions, tables)
+}
+
+#[tokio::test]
+async fn migrate_prepares_a_new_store_on_sqlite_and_postgres() {
+    use sqlx::{Connection, Row};
     let dir = TempDir::new();
     let db = dir.path().join("fresh.db");
-    let path = write(
-        &dir,
-        &format!("store:\n  database_url: 'sqlite://{}'\n", db.display()),
-    );
-    let (ok, out, err) = obleth(&["migrate", "-c", &path]);
-    assert!(ok, "{err}");
-    assert!(out.contains("migrations applied"), "{out}");
-    assert!(db.exists());
-    let (ok, _, err) = obleth(&["migrate", "-c", &path]);
-    assert!(ok, "migrating twice is harmless: {err}");
+    let pg = PgDatabase::create().await;
+    for (backend, url) in [
+        ("sqlite", format!("sqlite://{}", db.display())),
+        ("postgres", pg.url.clone()),
+    ] {
+        let path = write(&dir, &format!("store:\n  database_url: '{url}'\n"));
+        let (ok, out, err) = obleth(&["migrate", "-c", &path]);
+        assert!(ok, "{backend}: {err}");
+        assert!(out.contains("migrations applied"), "{out}");
+        let (ok, _, err) = obleth(&["migrate", "-c", &path]);
+        assert!(ok, "{backend}: migrating twice is harmless: {err}");
+
+        let (versions, tables) = promised(backend);
+        let (applied, mut present): (Vec<i64>, Vec<String>) = if backend == "sqlite" {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+            let applied =
+                sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("migration table");
+            let present = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut c)
+                .await
+                .expect("tables");
+            (
+                applied.iter().map(|r| r.get(0)).collect(),
+                present.iter().map(|r| r.get(0)).collect(),
+            )
+        } else {
+            let mut c = pg.connect().await;
+            let applied =
+                sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("migration table");
+            let present = sqlx::query(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            )
+            .fetch_all(&mut c)
+            .await
+            .expect("tables");
+            (
+                applied.iter().map(|r| r.get(0)).collect(),
+                present.iter().map(|r| r.get(0)).collect(),
+            )
+        };
+        assert_eq!(applied, versions, "{backend}: every migration applied once");
+        present.sort();
+        for table in &tables {
+            assert!(
+                present.contains(table),
+                "{backend}: no table {table} in {present:?}"
+            );
+        }
+    }
 }
 
 #[test]

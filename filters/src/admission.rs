@@ -973,9 +973,14 @@ mod tests {
         });
         s.set_pool_size("p", 4);
         s.set_pool_size("q", 3);
+        // Tenant t0 may have one request in flight per pool; each key of
+        // t1 may have one. The test keeps its own books of who holds and
+        // who waits, so the caps and work conservation are checked against
+        // what was asked for, not against the scheduler's own view.
         let mut waiting = tokio::task::JoinSet::new();
-        let mut held: Vec<Permit> = Vec::new();
-        for step in 0..3_000 {
+        let mut queued: HashMap<u64, Ticket> = HashMap::new();
+        let mut held: Vec<(Permit, Ticket)> = Vec::new();
+        for step in 0..3_000u64 {
             match next(10) {
                 0..=4 => {
                     let tenant = next(4);
@@ -989,12 +994,13 @@ mod tests {
                     t.pool = if next(3) == 0 { "q" } else { "p" }.into();
                     t.tenant_max_in_flight = (tenant == 0).then_some(1);
                     t.key_max_in_flight = (tenant == 1).then_some(1);
+                    queued.insert(step, t.clone());
                     let s = s.clone();
-                    waiting.spawn(async move { s.admit(t).await });
+                    waiting.spawn(async move { (step, s.admit(t).await) });
                 }
                 5..=8 if !held.is_empty() => {
                     let at = next(held.len() as u64) as usize;
-                    let permit = held.swap_remove(at);
+                    let (permit, _) = held.swap_remove(at);
                     permit.correct(next(800));
                 }
                 _ => s.set_pool_size("p", 1 + next(5) as u32),
@@ -1003,29 +1009,47 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             while let Some(done) = waiting.try_join_next() {
-                held.push(
-                    done.expect("admit task")
-                        .expect("no refusal without a timeout"),
-                );
+                let (id, permit) = done.expect("admit task");
+                let t = queued.remove(&id).expect("a queued ticket");
+                held.push((permit.expect("no refusal without a timeout"), t));
             }
+            let holding = |pool: &str, tenant: &str, key: Option<&str>| {
+                held.iter()
+                    .filter(|(_, t)| {
+                        t.pool == pool && t.tenant == tenant && key.is_none_or(|k| t.key == k)
+                    })
+                    .count()
+            };
             let snap = s.snapshot().expect("snapshot");
             assert!(snap.in_flight <= snap.global, "step {step}: {snap:?}");
             assert_eq!(snap.in_flight as usize, held.len(), "step {step}");
             for pool in &snap.pools {
-                let cap_of = |name: &str| (name == "g/t0").then_some(1);
-                for t in &pool.tenants {
-                    if let Some(cap) = cap_of(&t.name) {
-                        assert!(t.in_flight <= cap, "step {step}: {t:?}");
-                    }
+                assert!(
+                    holding(&pool.pool, "t0", None) <= 1,
+                    "step {step}: t0 over its cap"
+                );
+                for key in ["k0", "k1"] {
+                    assert!(
+                        holding(&pool.pool, "t1", Some(key)) <= 1,
+                        "step {step}: t1/{key} over its cap"
+                    );
                 }
                 let room = pool.in_flight < pool.size && snap.in_flight < snap.global;
-                // Waiting with room is only allowed for capped clients.
-                let blocked = |t: &FlowSnapshot| {
-                    t.queued == 0 || t.name == "g/t0" && t.in_flight >= 1 || t.name == "g/t1"
+                // Waiting with room is only allowed for a request whose own
+                // cap (tenant t0's, or its t1 key's) is reached.
+                let capped = |t: &Ticket| match t.tenant.as_str() {
+                    "t0" => holding(&t.pool, "t0", None) >= 1,
+                    "t1" => holding(&t.pool, "t1", Some(&t.key)) >= 1,
+                    _ => false,
                 };
+                let stuck: Vec<_> = queued
+                    .values()
+                    .filter(|t| t.pool == pool.pool && !capped(t))
+                    .map(|t| format!("{}/{}", t.tenant, t.key))
+                    .collect();
                 assert!(
-                    !room || pool.tenants.iter().all(blocked),
-                    "step {step}: a slot is free while {} waits: {pool:?}",
+                    !room || stuck.is_empty(),
+                    "step {step}: a slot of {} is free while {stuck:?} wait",
                     pool.pool
                 );
             }
