@@ -80,7 +80,11 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
     };
     // The stream and the load are under way before the first reload.
     obleth
-        .wait_metric("obleth_http_in_flight", |n| n >= 1.0, Duration::from_secs(10))
+        .wait_metric(
+            "obleth_http_in_flight",
+            |n| n >= 1.0,
+            Duration::from_secs(10),
+        )
         .await;
     let reloaded = "obleth_config_reloads_total{result=\"ok\"}";
     for i in 0..6 {
@@ -93,7 +97,10 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
         let before = done.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while done.load(Ordering::Relaxed) < before + 10 {
-            assert!(Instant::now() < deadline, "requests stalled after reload {i}");
+            assert!(
+                Instant::now() < deadline,
+                "requests stalled after reload {i}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -169,7 +176,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             .await
     });
     obleth
-        .wait_metric("obleth_http_in_flight", |n| n >= 1.0, Duration::from_secs(10))
+        .wait_metric(
+            "obleth_http_in_flight",
+            |n| n >= 1.0,
+            Duration::from_secs(10),
+        )
         .await;
     let started = Instant::now();
     obleth.signal("TERM");
@@ -194,7 +205,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!slow.is_finished(), "the drain waits for the request in flight");
+    assert!(
+        !slow.is_finished(),
+        "the drain waits for the request in flight"
+    );
     let r = slow
         .await
         .unwrap()
@@ -276,7 +290,11 @@ async fn access_log_writes_httplog_and_json_lines_without_query_credentials() {
     );
 
     let obleth = Obleth::start_with(&config, "json", &[]).await;
-    client().get(obleth.url("/echo?key=abc")).send().await.unwrap();
+    client()
+        .get(obleth.url("/echo?key=abc"))
+        .send()
+        .await
+        .unwrap();
     let line = obleth.access_lines(1).await.remove(0);
     assert!(!line.contains("abc"), "{line}");
     let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
@@ -312,4 +330,56 @@ async fn environment_overrides_the_file() {
         tokio::net::TcpStream::connect(obleth.http).await.is_err(),
         "the file's address is not used"
     );
+}
+
+#[tokio::test]
+async fn sigterm_waits_no_longer_than_the_grace_and_sigint_does_not_wait() {
+    let a = mock("a").await;
+    let config = format!(
+        "server:\n  threads: 2\n  grace: 1s\npools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
+        pool("p", &[&a], "")
+    );
+    for signal in ["TERM", "INT"] {
+        let mut obleth = Obleth::start(&config).await;
+        let url = obleth.url("/echo");
+        // Far longer than the grace: the drain must give up on it.
+        let slow = tokio::spawn(async move {
+            client()
+                .get(url)
+                .header("x-mock-latency-ms", "20000")
+                .send()
+                .await
+        });
+        obleth
+            .wait_metric(
+                "obleth_http_in_flight",
+                |n| n >= 1.0,
+                Duration::from_secs(10),
+            )
+            .await;
+        let started = Instant::now();
+        obleth.signal(signal);
+        let status = obleth
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("SIG{signal}: still running after 10 s"));
+        let took = started.elapsed();
+        let limit = if signal == "TERM" { 4 } else { 2 };
+        assert!(
+            took < Duration::from_secs(limit),
+            "SIG{signal}: exited after {took:?}"
+        );
+        if signal == "TERM" {
+            assert!(status.success(), "{status}");
+            assert!(
+                took >= Duration::from_millis(900),
+                "the drain gave the request its grace: {took:?}"
+            );
+        }
+        let cut = slow.await.expect("client task");
+        assert!(
+            cut.is_err(),
+            "SIG{signal}: the request in flight was cut off, not answered"
+        );
+    }
 }
