@@ -33,6 +33,13 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
   python3 -m pip install --quiet openai
 fi
 
+# The admin API's OpenAPI document is checked by a bounded schemathesis run
+# (tests/schemathesis.sh; its CLI is version 4).
+if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  echo "setup: installing schemathesis"
+  python3 -m pip install --quiet 'schemathesis>=4,<5'
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked

@@ -11,4 +11,5 @@ scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo nextest run --workspace --no-fail-fast
+tests/schemathesis.sh
 scripts/demo.sh --once

@@ -18,8 +18,8 @@ use pingora::services::listening::Service;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::access_log::AccessLog;
-use crate::client_connection::EdgeApp;
 use crate::admin::{admin_router, metrics_router, HttpEndpoint};
+use crate::client_connection::EdgeApp;
 use crate::config::{Config, ListenerConfig};
 use crate::gateway::{Gateway, Generation, Shared};
 use crate::health::HealthService;

@@ -69,10 +69,12 @@ mod tests {
         }
         assert!(failures().contains(&"test panicker"));
         assert!(!failures().contains(&"test finisher"));
-        assert!(FAMILIES
-            .background_failures
-            .with_label_values(&["test panicker"])
-            .get()
-            >= 1);
+        assert!(
+            FAMILIES
+                .background_failures
+                .with_label_values(&["test panicker"])
+                .get()
+                >= 1
+        );
     }
 }

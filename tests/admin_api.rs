@@ -1,6 +1,7 @@
 //! The admin API on real Postgres and Redis: CRUD with validation and
 //! conflicts, one audit row per mutation, secrets never stored or logged,
-//! the generated OpenAPI document, and changes reaching another replica.
+//! the generated OpenAPI document, changes reaching another replica, and
+//! names and aliases claimed once even by racing replicas.
 
 mod common;
 
@@ -147,14 +148,16 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
     admin
         .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 409)
         .await;
-    admin
+    // A group that does not exist conflicts with the stored state.
+    let e = admin
         .ok(
             "POST",
             "/tenants",
             Some(json!({ "name": "orphan", "group": "nope" })),
-            400,
+            409,
         )
         .await;
+    assert_eq!(e["error"]["field"], "group");
     let e = admin
         .ok(
             "POST",
@@ -513,4 +516,40 @@ async fn a_replica_serves_keys_cached_in_redis_without_asking_postgres() {
         "a key only the store could answer for"
     );
     assert!(unknown.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn racing_replicas_cannot_both_claim_one_model_alias() {
+    let upstream = mock("vllm").await;
+    let db = PgDatabase::create().await;
+    let prefix = redis_prefix();
+    let a = start(&upstream, &db, &prefix).await;
+    let b = start(&upstream, &db, &prefix).await;
+    let (admin_a, admin_b) = (Admin::of(&a), Admin::of(&b));
+    for round in 0..10 {
+        let shared = format!("shared-{round}");
+        let body = |name: String| json!({ "name": name, "pool": "p", "aliases": [shared.clone()] });
+        let (x, y) = tokio::join!(
+            admin_a.call("POST", "/models", Some(body(format!("x-{round}")))),
+            admin_b.call("POST", "/models", Some(body(format!("y-{round}")))),
+        );
+        let mut statuses = [x.0, y.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "round {round}: {x:?} {y:?}");
+        let loser = if x.0 == 409 { &x.1 } else { &y.1 };
+        assert_eq!(loser["error"]["field"], "aliases", "{loser}");
+    }
+    // Each alias names exactly one model.
+    let models = admin_a.ok("GET", "/models", None, 200).await;
+    let mut aliases: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["aliases"].as_array().unwrap().iter())
+        .filter_map(Value::as_str)
+        .collect();
+    let all = aliases.len();
+    aliases.sort_unstable();
+    aliases.dedup();
+    assert_eq!((all, aliases.len()), (10, 10), "{models}");
 }

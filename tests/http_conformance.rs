@@ -60,7 +60,10 @@ async fn host_is_required_on_http_1_1_and_supplied_for_http_1_0() {
 
     // HTTP/1.0 may omit Host: the upstream still gets one.
     let old = exchange(&obleth, b"GET /echo HTTP/1.0\r\n\r\n", limit).await;
-    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
+    assert!(
+        old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"),
+        "{old}"
+    );
     let host = format!("\"host\":\"{}\"", upstream.addr);
     assert!(old.contains(&host), "{old}");
 }
@@ -207,7 +210,10 @@ GET /echo/p2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     // Only the last answer, after which the connection closes, says so.
     let lower = text.to_ascii_lowercase();
     assert_eq!(lower.matches("connection: close").count(), 1, "{text}");
-    assert!(lower.find("connection: close").unwrap() > at("p1"), "{text}");
+    assert!(
+        lower.find("connection: close").unwrap() > at("p1"),
+        "{text}"
+    );
     assert_eq!(upstream.requests(), 3);
 }
 
@@ -223,11 +229,23 @@ async fn an_oversized_head_gets_431_and_a_large_one_passes() {
     };
     let limit = Duration::from_secs(10);
     let fits = exchange(&obleth, head(60 * 1024).as_bytes(), limit).await;
-    assert!(fits.starts_with("HTTP/1.1 200 "), "{}", &fits[..fits.len().min(200)]);
+    assert!(
+        fits.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &fits[..fits.len().min(200)]
+    );
     let big = exchange(&obleth, head(70 * 1024).as_bytes(), limit).await;
-    assert!(big.starts_with("HTTP/1.1 431 "), "{}", &big[..big.len().min(200)]);
+    assert!(
+        big.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &big[..big.len().min(200)]
+    );
     let huge = exchange(&obleth, head(1100 * 1024).as_bytes(), limit).await;
-    assert!(huge.starts_with("HTTP/1.1 431 "), "{}", &huge[..huge.len().min(200)]);
+    assert!(
+        huge.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &huge[..huge.len().min(200)]
+    );
     assert_eq!(upstream.requests(), 1);
     assert!(
         obleth
@@ -243,8 +261,14 @@ async fn requests_pingora_refuses_get_obleths_answer_without_a_banner() {
     let obleth = proxy_to(&[&upstream], "").await;
     let limit = Duration::from_secs(5);
     for (request, status) in [
-        (&b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n"[..], "400"),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", "400"),
+        (
+            &b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n"[..],
+            "400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            "400",
+        ),
         (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "405"),
     ] {
         let text = exchange(&obleth, request, limit).await;

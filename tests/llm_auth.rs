@@ -365,8 +365,16 @@ routes:
     };
 
     // Allowing a model allows its aliases, and nothing else.
-    assert_eq!(served(post(GOOD, "a-alias").await.unwrap()).await, "vendor/a");
-    expect_error(post(GOOD, "b-alias").await.unwrap(), 403, "model_not_allowed").await;
+    assert_eq!(
+        served(post(GOOD, "a-alias").await.unwrap()).await,
+        "vendor/a"
+    );
+    expect_error(
+        post(GOOD, "b-alias").await.unwrap(),
+        403,
+        "model_not_allowed",
+    )
+    .await;
     // An alias on the allowlist grants nothing: the check is on the model
     // the alias resolves to, which the list does not name.
     expect_error(
@@ -386,7 +394,10 @@ routes:
         )
         .await;
     assert_eq!(status, 409);
-    assert_eq!(served(post(GOOD, "model-a").await.unwrap()).await, "vendor/a");
+    assert_eq!(
+        served(post(GOOD, "model-a").await.unwrap()).await,
+        "vendor/a"
+    );
 }
 
 #[tokio::test]

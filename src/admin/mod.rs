@@ -1,7 +1,8 @@
 //! The operator-facing HTTP endpoints: the admin listener (`/healthz`,
 //! `/readyz`) and the metrics listener (`/metrics`). Both are small axum
 //! routers run as Pingora background services on sockets bound before the
-//! server starts, so a port in use fails start-up with a clear error.
+//! server starts, so a port in use fails start-up with a clear error. The
+//! admin API lives in one file per resource, wired together in [`api`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
@@ -18,6 +19,27 @@ use pingora::services::background::BackgroundService;
 use crate::gateway::Shared;
 
 pub mod api;
+mod audit;
+mod budgets;
+mod capacity;
+mod doc;
+pub mod error;
+mod groups;
+mod keys;
+mod models;
+mod tenants;
+mod usage;
+
+/// The admin API checks model pools against the generation requests see.
+impl api::PoolDirectory for Shared {
+    fn pool_names(&self) -> Vec<String> {
+        self.current()
+            .pools
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+}
 
 /// An axum router served on a pre-bound socket until shutdown.
 pub struct HttpEndpoint {
@@ -69,7 +91,7 @@ impl BackgroundService for HttpEndpoint {
 /// accepts traffic (not before the listeners start, not while draining);
 /// everything under `/api/v1` is the token-protected admin API.
 pub fn admin_router(shared: Arc<Shared>, admin_token: &str) -> Router {
-    let api = api::router(shared.llm.clone(), admin_token);
+    let api = api::router(shared.llm.clone(), shared.clone(), admin_token);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -3,6 +3,14 @@
 //! through one set of queries on sqlx's `Any` driver. Every mutation writes
 //! its audit row in the same transaction. Nothing on the request path waits
 //! on the store except the first lookup of a key no cache holds.
+//!
+//! Model names and aliases are one namespace, kept in the `model_names`
+//! table (one row per name or alias, primary key on the string), so two
+//! writers racing for one string cannot both win, on either database. On
+//! SQLite, which allows one writer at a time and answers "database is
+//! locked" to a transaction that cannot upgrade its read lock, writes are
+//! serialised in-process and begin `IMMEDIATE`, and the file runs in WAL
+//! mode (readers never wait for the writer).
 
 mod rows;
 pub mod secrets;
@@ -13,6 +21,7 @@ use obleth_filters::records::{ApiKey, Model, Principal, Tenant};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use rows::*;
 use secrets::UpstreamKeyCipher;
@@ -43,6 +52,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A conflict with the stored state that one field of the request
+    /// caused: a name or alias already taken, a group that does not exist.
+    #[error("{field}: {message}")]
+    ConflictOn { field: String, message: String },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
     #[error("database: {0}")]
@@ -52,8 +65,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A request value the store refuses (400 naming `field`).
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         StoreError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A request value that clashes with what is stored (409 naming
+    /// `field`).
+    pub fn conflict_on(field: &str, message: impl Into<String>) -> Self {
+        StoreError::ConflictOn {
             field: field.into(),
             message: message.into(),
         }
@@ -79,6 +102,10 @@ fn classify(e: sqlx::Error, what: &str) -> StoreError {
     StoreError::Database(e)
 }
 
+/// The group tenants join when they name none; it always exists.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Now, in Unix milliseconds (how the store keeps times).
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -96,7 +123,13 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     cipher: UpstreamKeyCipher,
+    /// SQLite only: held for the whole of every write transaction.
+    writer: Option<std::sync::Arc<Mutex<()>>>,
 }
+
+/// A write transaction and, on SQLite, the in-process writer lock it holds
+/// until it is dropped.
+type Write = (Transaction<'static, Any>, Option<OwnedMutexGuard<()>>);
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -112,12 +145,14 @@ impl Store {
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA foreign_keys = ON")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000")
-                        .execute(&mut *conn)
-                        .await?;
+                    for pragma in [
+                        "PRAGMA foreign_keys = ON",
+                        "PRAGMA busy_timeout = 5000",
+                        // Readers see the last commit while a write goes on.
+                        "PRAGMA journal_mode = WAL",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
                     Ok(())
                 })
             });
@@ -135,6 +170,7 @@ impl Store {
             pool,
             backend,
             cipher,
+            writer: (backend == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(()))),
         })
     }
 
@@ -150,8 +186,20 @@ impl Store {
             .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(self.pool.begin().await?)
+    /// Starts a write transaction. On SQLite it takes the in-process writer
+    /// lock first, then begins `IMMEDIATE`: the database's write lock is
+    /// taken at `BEGIN`, where SQLite waits for it (busy timeout) — a
+    /// deferred transaction that read first would instead fail at once
+    /// with "database is locked" if another connection still held the
+    /// lock (say, a failed transaction whose rollback sqlx has only queued).
+    async fn begin(&self) -> Result<Write, StoreError> {
+        match &self.writer {
+            Some(writer) => {
+                let lock = writer.clone().lock_owned().await;
+                Ok((self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(lock)))
+            }
+            None => Ok((self.pool.begin().await?, None)),
+        }
     }
 
     /// Deletes one row of `table` and audits it as `{entity}.delete`.
@@ -163,7 +211,7 @@ impl Store {
         entity: &str,
         id: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
             .bind(id)
             .execute(&mut *tx)
@@ -212,7 +260,7 @@ impl Store {
         entity_id: &str,
         detail: &impl Serialize,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         Self::audit(&mut tx, actor, action, entity_type, entity_id, detail).await?;
         tx.commit().await?;
         Ok(())
@@ -267,7 +315,7 @@ impl Store {
         upsert: bool,
     ) -> Result<Group, StoreError> {
         group.validate()?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let now = now_ms();
         let exists = sqlx::query("SELECT name FROM fairshare_groups WHERE name = $1")
             .bind(&group.name)
@@ -303,6 +351,11 @@ impl Store {
     }
 
     pub async fn delete_group(&self, actor: &str, name: &str) -> Result<(), StoreError> {
+        if name == DEFAULT_GROUP {
+            return Err(StoreError::Conflict(format!(
+                "the group {DEFAULT_GROUP:?} cannot be deleted: tenants created without a group join it"
+            )));
+        }
         self.delete(actor, "fairshare_groups", "name", "group", name)
             .await
             .map_err(|e| match e {
@@ -322,9 +375,16 @@ impl Store {
         rows.iter().map(TenantRecord::from_row).collect()
     }
 
-    /// A tenant by id or by name.
+    /// A tenant by id or by name. Names cannot start with
+    /// [`TENANT_ID_PREFIX`], so a string of that shape is only ever looked
+    /// up as an id, any other only as a name: one string, one tenant.
     pub async fn tenant(&self, id_or_name: &str) -> Result<TenantRecord, StoreError> {
-        sqlx::query(&format!("{TENANT_SELECT} WHERE t.id = $1 OR t.name = $1"))
+        let column = if id_or_name.starts_with(TENANT_ID_PREFIX) {
+            "t.id"
+        } else {
+            "t.name"
+        };
+        sqlx::query(&format!("{TENANT_SELECT} WHERE {column} = $1"))
             .bind(id_or_name)
             .fetch_optional(&self.pool)
             .await?
@@ -340,7 +400,8 @@ impl Store {
     ) -> Result<TenantRecord, StoreError> {
         spec.validate()?;
         let id = new_id("ten")?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
+        Self::require_group(&mut tx, &spec.group).await?;
         let now = now_ms();
         bind_tenant(
             sqlx::query(
@@ -355,7 +416,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| classify(e, &format!("tenant {:?} (or its group {:?})", spec.name, spec.group)))?;
+        .map_err(|e| classify(e, &format!("tenant {:?}", spec.name)))?;
         Self::audit(&mut tx, actor, "tenant.create", "tenant", &id, spec).await?;
         tx.commit().await?;
         self.tenant(&id).await
@@ -369,7 +430,8 @@ impl Store {
         spec: &TenantSpec,
     ) -> Result<TenantRecord, StoreError> {
         spec.validate()?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
+        Self::require_group(&mut tx, &spec.group).await?;
         let done = bind_tenant(
             sqlx::query(
                 "UPDATE tenants SET name = $1, group_name = $2, weight = $3, tokens_per_minute = $4, max_in_flight = $5,
@@ -383,13 +445,32 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await
-        .map_err(|e| classify(e, &format!("tenant {:?} (or its group {:?})", spec.name, spec.group)))?;
+        .map_err(|e| classify(e, &format!("tenant {:?}", spec.name)))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("tenant {id:?}")));
         }
         Self::audit(&mut tx, actor, "tenant.update", "tenant", id, spec).await?;
         tx.commit().await?;
         self.tenant(id).await
+    }
+
+    /// A tenant's group must exist: a conflict with the stored state (409
+    /// naming `group`) rather than a malformed request.
+    async fn require_group(
+        tx: &mut Transaction<'static, Any>,
+        group: &str,
+    ) -> Result<(), StoreError> {
+        let found = sqlx::query("SELECT name FROM fairshare_groups WHERE name = $1")
+            .bind(group)
+            .fetch_optional(&mut **tx)
+            .await?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(StoreError::conflict_on(
+                "group",
+                format!("the group {group:?} does not exist"),
+            )),
+        }
     }
 
     pub async fn delete_tenant(&self, actor: &str, id: &str) -> Result<(), StoreError> {
@@ -439,7 +520,7 @@ impl Store {
     ) -> Result<ApiKey, StoreError> {
         spec.validate()?;
         let id = new_id("key")?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, disabled, weight, expires_at, tokens_per_minute,
@@ -482,7 +563,7 @@ impl Store {
         spec: &KeySpec,
     ) -> Result<ApiKey, StoreError> {
         spec.validate()?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET name = $1, disabled = $2, weight = $3, expires_at = $4, tokens_per_minute = $5,
                budget_tokens = $6, budget_usd = $7, updated_at = $8, max_in_flight = $10 WHERE id = $9",
@@ -516,7 +597,7 @@ impl Store {
         prefix: &str,
         secret_hash: &str,
     ) -> Result<ApiKey, StoreError> {
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET prefix = $1, hash = $2, updated_at = $3 WHERE id = $4",
         )
@@ -568,15 +649,17 @@ impl Store {
     }
 
     /// Creates or replaces a model. `upstream_key`: `None` keeps the stored
-    /// one on update.
+    /// one on update. The spec is stored [normalized](ModelSpec::normalized);
+    /// its name and aliases must be free (409 naming `name` or `aliases`).
     pub async fn put_model(
         &self,
         actor: &str,
         spec: &ModelSpec,
         create: bool,
     ) -> Result<Model, StoreError> {
+        let spec = &spec.normalized();
         spec.validate()?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _writer) = self.begin().await?;
         let existing = sqlx::query("SELECT upstream_key FROM models WHERE name = $1")
             .bind(&spec.name)
             .fetch_optional(&mut *tx)
@@ -591,6 +674,13 @@ impl Store {
             (None, false) => return Err(StoreError::NotFound(format!("model {:?}", spec.name))),
             _ => {}
         }
+        if !create {
+            sqlx::query("DELETE FROM model_names WHERE model = $1")
+                .bind(&spec.name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::check_names_free(&mut tx, spec).await?;
         let stored_key: Option<String> = match &spec.upstream_key {
             Some(k) if k.is_empty() => None,
             Some(k) => Some(self.cipher.seal(k).map_err(StoreError::Crypto)?),
@@ -626,6 +716,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, &format!("model {:?}", spec.name)))?;
+        Self::claim_names(&mut tx, spec).await?;
         let action = if create {
             "model.create"
         } else {
@@ -642,6 +733,61 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.model(&spec.name).await
+    }
+
+    /// Refuses a name or alias that another model already uses, naming the
+    /// field and the owner.
+    async fn check_names_free(
+        tx: &mut Transaction<'static, Any>,
+        spec: &ModelSpec,
+    ) -> Result<(), StoreError> {
+        let wanted = std::iter::once(("name", &spec.name))
+            .chain(spec.aliases.iter().map(|a| ("aliases", a)));
+        for (field, name) in wanted {
+            let owner = sqlx::query("SELECT model FROM model_names WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(row) = owner {
+                let owner: String = row.try_get("model")?;
+                let what = if &owner == name {
+                    "the name"
+                } else {
+                    "an alias"
+                };
+                return Err(StoreError::conflict_on(
+                    field,
+                    format!("{name:?} is already {what} of the model {owner:?}; names and aliases of all models are one namespace"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the model's name and aliases in `model_names`. A concurrent
+    /// writer that claimed one of them first makes the insert fail on the
+    /// primary key: that is the race-free part of the check above.
+    async fn claim_names(
+        tx: &mut Transaction<'static, Any>,
+        spec: &ModelSpec,
+    ) -> Result<(), StoreError> {
+        let names = std::iter::once(("name", &spec.name))
+            .chain(spec.aliases.iter().map(|a| ("aliases", a)));
+        for (field, name) in names {
+            sqlx::query("INSERT INTO model_names (name, model) VALUES ($1, $2)")
+                .bind(name)
+                .bind(&spec.name)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| match classify(e, "model name") {
+                    StoreError::Conflict(_) => StoreError::conflict_on(
+                        field,
+                        format!("{name:?} was just taken by another model; names and aliases of all models are one namespace"),
+                    ),
+                    other => other,
+                })?;
+        }
+        Ok(())
     }
 
     pub async fn delete_model(&self, actor: &str, name: &str) -> Result<(), StoreError> {

@@ -1,0 +1,110 @@
+//! `/api/v1/capacity` and `/api/v1/fairshare`: this process's admission
+//! ceiling and how the fair queue shares each model pool.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::api::{actor, ApiState};
+use super::error::{ApiError, ApiResult, Body, ErrorBody};
+use crate::store::IN_FLIGHT_MAX;
+
+/// The global ceiling and each model pool's load.
+#[derive(Serialize, ToSchema)]
+pub struct CapacityView {
+    global_max_in_flight: u32,
+    in_flight: u32,
+    queued: usize,
+    pools: Vec<PoolLoad>,
+}
+
+/// One model pool's size and load.
+#[derive(Serialize, ToSchema)]
+pub struct PoolLoad {
+    pool: String,
+    max_in_flight: u32,
+    in_flight: u32,
+    queued: usize,
+}
+
+/// Body of `PUT /capacity`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityChange {
+    #[schema(minimum = 1, maximum = 1000000)]
+    global_max_in_flight: u32,
+}
+
+fn snapshot(s: &ApiState) -> ApiResult<obleth_filters::admission::Snapshot> {
+    s.llm
+        .scheduler
+        .snapshot()
+        .ok_or_else(|| ApiError::unavailable("the scheduler is unavailable"))
+}
+
+fn capacity_view(s: &ApiState) -> ApiResult<CapacityView> {
+    let snap = snapshot(s)?;
+    Ok(CapacityView {
+        global_max_in_flight: snap.global,
+        in_flight: snap.in_flight,
+        queued: snap.queued,
+        pools: snap
+            .pools
+            .into_iter()
+            .map(|p| PoolLoad {
+                pool: p.pool,
+                max_in_flight: p.size,
+                in_flight: p.in_flight,
+                queued: p.queued,
+            })
+            .collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/capacity", tag = "admission",
+    responses((status = 200, body = CapacityView)))]
+pub(super) async fn get_capacity(State(s): State<ApiState>) -> ApiResult<Json<CapacityView>> {
+    Ok(Json(capacity_view(&s)?))
+}
+
+/// Changes this process's global ceiling at once (waiters are let in when
+/// it grows; when it shrinks, requests in flight finish undisturbed). The
+/// value lasts until restart, where the configuration applies again.
+#[utoipa::path(put, path = "/api/v1/capacity", tag = "admission", request_body = CapacityChange,
+    responses((status = 200, body = CapacityView), (status = 400, body = ErrorBody)))]
+pub(super) async fn put_capacity(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Body(change): Body<CapacityChange>,
+) -> ApiResult<Json<CapacityView>> {
+    if !(1..=IN_FLIGHT_MAX).contains(&change.global_max_in_flight) {
+        return Err(ApiError::invalid(
+            "global_max_in_flight",
+            format!("must be 1 to {IN_FLIGHT_MAX}"),
+        ));
+    }
+    let before = s.llm.scheduler.global();
+    s.llm
+        .store
+        .record(
+            &actor(&headers),
+            "capacity.update",
+            "capacity",
+            "global",
+            &json!({ "global_max_in_flight_before": before, "global_max_in_flight": change.global_max_in_flight }),
+        )
+        .await?;
+    s.llm.scheduler.set_global(change.global_max_in_flight);
+    Ok(Json(capacity_view(&s)?))
+}
+
+#[utoipa::path(get, path = "/api/v1/fairshare", tag = "admission",
+    responses((status = 200, description = "Per pool: size, in flight, queued, and per group and tenant (`group/tenant id`) the weight, its share among active siblings, in flight, queued and tokens served since the pool was last idle", body = Object)))]
+pub(super) async fn fairshare(
+    State(s): State<ApiState>,
+) -> ApiResult<Json<obleth_filters::admission::Snapshot>> {
+    Ok(Json(snapshot(&s)?))
+}
