@@ -656,3 +656,24 @@ async fn the_openapi_document_describes_responses_statuses_and_constraints() {
         "{limit}"
     );
 }
+
+#[tokio::test]
+async fn two_admin_tokens_in_one_request_are_refused() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let resp = client()
+        .get(format!("http://{}/api/v1/tenants", obleth.admin))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("authorization", "Bearer something-else")
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("JSON error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than one Authorization")),
+        "{body}"
+    );
+}

@@ -90,6 +90,18 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         // Outside the API (only unknown paths of the admin listener get here).
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     }
+    let credentials = req
+        .headers()
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .count();
+    if credentials > 1 {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "more than one Authorization header; send one admin token",
+        )
+        .into_response();
+    }
     match presented {
         Some(digest) if openssl::memcmp::eq(&digest, &state.token_digest) => next.run(req).await,
         _ => {
