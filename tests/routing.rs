@@ -1,9 +1,11 @@
 //! Routes through the real binary: every match kind and action, the default
-//! route, and the forwarding headers.
+//! route, the forwarding headers, and the request id on every answer.
 
 mod common;
+mod edge_kit;
 
 use common::*;
+use edge_kit::*;
 use serde_json::Value;
 
 async fn echo(resp: reqwest::Response) -> Value {
@@ -217,4 +219,92 @@ async fn forwarding_headers_and_request_id() {
     assert_eq!(body["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     assert_eq!(body["headers"]["x-request-id"], "client-chosen-id");
+}
+
+#[tokio::test]
+async fn obleths_own_answers_carry_the_request_id() {
+    let down = mock("down").await;
+    down.set_healthy(false);
+    let refusing = Refusing::new();
+    let config = format!(
+        "pools:\n{}  - name: refused\n    retries: 0\n    servers: [{{ address: '{}' }}]\n\
+routes:
+  - name: moved
+    match: {{ path: {{ prefix: /old }} }}
+    redirect: {{ status: 301, location: 'https://{{host}}/new' }}
+  - name: fixed
+    match: {{ path: {{ exact: /fixed }} }}
+    respond: {{ status: 200, body: fixed }}
+  - name: down
+    match: {{ path: {{ prefix: /down }} }}
+    proxy: {{ pool: down }}
+  - name: refused
+    match: {{ path: {{ prefix: /refused }} }}
+    proxy: {{ pool: refused }}
+",
+        pool(
+            "down",
+            &[&down],
+            "health_check: { path: /health, interval: 50ms, rise: 1, fall: 1 }"
+        ),
+        refusing.addr
+    );
+    let obleth = Obleth::start(&config).await;
+    wait_sample(&obleth, &healthy("down", down.addr), 0.0).await;
+    let c = client();
+    let mut sent = 0;
+    // The refused server answers 502 first, then 503 while it is ejected.
+    for (path, statuses) in [
+        ("/nowhere", &[404][..]),
+        ("/old/page", &[301]),
+        ("/fixed", &[200]),
+        ("/down", &[503]),
+        ("/refused", &[502, 503]),
+    ] {
+        let generated = {
+            let r = c.get(obleth.url(path)).send().await.unwrap();
+            assert!(
+                statuses.contains(&r.status().as_u16()),
+                "{path}: {}",
+                r.status()
+            );
+            r.headers()
+                .get("x-request-id")
+                .unwrap_or_else(|| panic!("{path}: no X-Request-Id"))
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            generated.len() == 32 && generated.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{path}: generated id {generated:?}"
+        );
+        let chosen = format!("client-id-{sent}");
+        let r = c
+            .get(obleth.url(path))
+            .header("x-request-id", &chosen)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            statuses.contains(&r.status().as_u16()),
+            "{path}: {}",
+            r.status()
+        );
+        assert_eq!(r.headers()["x-request-id"], chosen.as_str(), "{path}");
+        // An unusable id (over 128 characters) is replaced, not echoed.
+        let r = c
+            .get(obleth.url(path))
+            .header("x-request-id", "x".repeat(129))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-request-id"].len(), 32, "{path}");
+        sent += 3;
+        // The access log names the same ids.
+        let lines = obleth.access_lines(sent).await;
+        let logged = |line: &str, id: &str| line.split(' ').any(|field| field == id);
+        assert!(logged(&lines[sent - 3], &generated), "{lines:?}");
+        assert!(logged(&lines[sent - 2], &chosen), "{lines:?}");
+    }
 }

@@ -411,7 +411,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let Some(guard) = HeadGuard::of(session.stream()) {
             guard.accepted();
         }
@@ -750,6 +754,10 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
+            // The connection is closed after this answer (`can_reuse_downstream`
+            // below), so the answer must say so: a client told `keep-alive`
+            // would send its next request into a reset.
+            session.set_keepalive(None);
             let body = Bytes::from(format!("{code} {}\n", reason(code)));
             let text = HeaderValue::from_static("text/plain");
             let extra = (code == 503).then(|| (header::RETRY_AFTER, "1".to_string()));
