@@ -111,14 +111,21 @@ enum KeyCommand {
     },
 }
 
+/// Writes a line of output. A reader that went away (`obleth check | head`)
+/// is no error: the command's result stands, unlike `println!`'s panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
-                print!("{}", config.summary());
-                println!("configuration ok");
+                say(&format!("{}configuration ok", config.summary()));
                 ExitCode::SUCCESS
             }
             Err(e) => report(&e),
@@ -136,18 +143,18 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())?;
                 store.migrate().await.map_err(|e| e.to_string())?;
-                println!(
+                say(&format!(
                     "migrations applied to {}",
                     obleth::config::redact_url(&config.store.database_url)
-                );
+                ));
                 if let Some(ch) = &config.telemetry.clickhouse {
                     let sink =
                         obleth_filters::telemetry::ClickHouseSink::new(ch.connection.clone());
                     sink.migrate().await.map_err(|e| e.to_string())?;
-                    println!(
+                    say(&format!(
                         "usage schema created in ClickHouse database {}",
                         ch.connection.database
-                    );
+                    ));
                 }
                 Ok::<(), String>(())
             });
@@ -254,7 +261,7 @@ where
     };
     match block_on(f(client)) {
         Ok(text) => {
-            println!("{}", text.trim_end());
+            say(text.trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

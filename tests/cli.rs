@@ -298,3 +298,19 @@ async fn the_official_openai_python_client_works_through_obleth() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn output_to_a_reader_that_went_away_is_not_a_crash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(["check", "-c", "conf/obleth.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("obleth runs");
+    // As `obleth check | head -0` would: the reader is gone before the output.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("obleth exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

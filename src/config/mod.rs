@@ -429,7 +429,12 @@ impl Config {
             } else {
                 ""
             };
-            let _ = writeln!(out, "listener {}: {}{tls}", l.name, l.address);
+            let c = &l.client;
+            let _ = writeln!(
+                out,
+                "listener {}: {}{tls} http_request={:?} http_keep_alive={:?} client={:?} max_head_bytes={} min_body_rate={}",
+                l.name, l.address, c.http_request, c.http_keep_alive, c.client, c.max_head_bytes, c.min_body_rate
+            );
         }
         let _ = writeln!(
             out,
