@@ -1,15 +1,20 @@
 //! Token budgets through the real binary: the per-minute bucket answers 429
-//! with Retry-After and OpenAI's rate-limit headers, term budgets are never
-//! overspent under concurrency and committed spend equals what the upstream
-//! reported, streams are metered (usage requested and stripped again), and
-//! a dead Redis is survived as `fail_open` says.
+//! with Retry-After and OpenAI's rate-limit headers (in-process and in
+//! Redis), term budgets are never overspent under concurrency and committed
+//! spend equals what the upstream reported, streams are metered (usage
+//! requested and stripped again), a client leaving mid-stream pays exactly
+//! what was generated, and a dead Redis is survived as `fail_open` says.
+//! Spend is read only after settlement (see `budget_common`).
 
+mod budget_common;
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use budget_common::*;
 use common::*;
+use futures_util::StreamExt;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
@@ -44,8 +49,15 @@ async fn post(obleth: &Obleth, body: &Value) -> reqwest::Response {
         .json(body)
         .send()
         .await
-        .unwrap()
+        .expect("obleth answers")
 }
+
+/// Bytes of `body` as sent: what obleth reserves for the prompt.
+fn body_len(body: &Value) -> u64 {
+    serde_json::to_vec(body).expect("json").len() as u64
+}
+
+const TENANT: &str = "/tenants/acme/budget";
 
 /// The tenant's committed spend in Redis.
 async fn committed(prefix: &str, obleth: &Obleth) -> (u64, u64) {
@@ -61,47 +73,85 @@ async fn committed(prefix: &str, obleth: &Obleth) -> (u64, u64) {
     (tokens.unwrap_or(0), usd.unwrap_or(0))
 }
 
-#[tokio::test]
-async fn an_exhausted_token_bucket_answers_429_with_retry_after() {
+/// Spends a 1000-token bucket with two requests and checks the third's
+/// 429 and every rate-limit header against the bucket's arithmetic.
+async fn an_exhausted_bucket_answers_429(redis: Option<&str>) {
     let upstream = mock("vllm").await;
+    let prefix = redis_prefix();
     let obleth = Obleth::start(&config(
         &upstream,
         "{ name: acme, tokens_per_minute: 1000 }",
-        None,
+        redis.map(|url| (url, prefix.as_str())),
         true,
     ))
     .await;
-    // Each request reserves its body size (about 80) plus 400 and is
-    // charged the reported 6 + 400 tokens: two fit in 1000, the third waits.
-    let first = post(&obleth, &chat(400)).await;
+    // Each request reserves its body's bytes plus max_tokens and is
+    // charged the reported 6 + 400 tokens: two fit in 1000, the third
+    // waits until the bucket refilled enough.
+    let body = chat(400);
+    let estimate = body_len(&body) + 400;
+    let started = Instant::now();
+    let header = |resp: &reqwest::Response, name: &str| -> String {
+        resp.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}: {:?}", resp.headers()))
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    let first = post(&obleth, &body).await;
     assert_eq!(first.status(), 200);
-    assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "1000");
-    let remaining: u64 = first.headers()["x-ratelimit-remaining-tokens"]
-        .to_str()
-        .unwrap()
+    assert_eq!(header(&first, "x-ratelimit-limit-tokens"), "1000");
+    // The bucket starts full, so exactly the estimate is gone.
+    assert_eq!(
+        header(&first, "x-ratelimit-remaining-tokens"),
+        (1000 - estimate).to_string()
+    );
+    // Refilling `estimate` at 1000 per minute takes estimate * 60 ms.
+    assert_eq!(
+        header(&first, "x-ratelimit-reset-tokens"),
+        format!("{}ms", estimate * 60)
+    );
+    let used: Value = first.json().await.expect("a completion");
+    let charged = used["usage"]["total_tokens"].as_u64().expect("usage");
+    assert_eq!(charged, 406);
+    until_settled(&obleth, 1, &[TENANT]).await;
+
+    let second = post(&obleth, &body).await;
+    assert_eq!(second.status(), 200);
+    // The unused part of the first reservation came back; time refilled
+    // at most elapsed/60 tokens more.
+    let remaining: u64 = header(&second, "x-ratelimit-remaining-tokens")
         .parse()
-        .unwrap();
-    assert!((400..600).contains(&remaining), "{remaining}");
-    assert!(first.headers()["x-ratelimit-reset-tokens"]
-        .to_str()
-        .unwrap()
-        .ends_with("ms"));
-    first.bytes().await.unwrap();
-    assert_eq!(post(&obleth, &chat(400)).await.status(), 200);
-    let limited = post(&obleth, &chat(400)).await;
+        .expect("a number");
+    let floor = 1000 - charged - estimate;
+    let refill = started.elapsed().as_millis() as u64 / 60 + 1;
+    assert!(
+        (floor..=floor + refill).contains(&remaining),
+        "{remaining} not in {floor}..={}",
+        floor + refill
+    );
+    second.bytes().await.expect("a body");
+    until_settled(&obleth, 2, &[TENANT]).await;
+
+    let limited = post(&obleth, &body).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     assert_eq!(limited.status(), 429);
-    let retry: u64 = limited
-        .headers()
-        .get("retry-after")
-        .unwrap_or_else(|| panic!("{:?}", limited.headers()))
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
-    assert_eq!(limited.headers()["x-ratelimit-remaining-tokens"], "0");
-    let body: Value = limited.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // The bucket holds 1000 - 2 * 406 plus what time refilled; the wait is
+    // what is missing at 1000 per minute, rounded up to whole seconds.
+    let level = 1000 - 2 * charged;
+    let latest = ((estimate - level) * 60).div_ceil(1000);
+    let earliest = (estimate.saturating_sub(level + elapsed_ms / 60 + 1) * 60).div_ceil(1000);
+    let retry: u64 = header(&limited, "retry-after").parse().expect("seconds");
+    assert!(
+        (earliest..=latest).contains(&retry),
+        "Retry-After {retry} not in {earliest}..={latest}"
+    );
+    assert_eq!(header(&limited, "x-ratelimit-limit-tokens"), "1000");
+    assert_eq!(header(&limited, "x-ratelimit-remaining-tokens"), "0");
+    assert_eq!(header(&limited, "x-ratelimit-reset-tokens"), "60000ms");
+    let refused: Value = limited.json().await.expect("an error body");
+    assert_eq!(refused["error"]["code"], "rate_limit_exceeded", "{refused}");
     assert_eq!(
         upstream.requests(),
         2,
@@ -111,9 +161,27 @@ async fn an_exhausted_token_bucket_answers_429_with_retry_after() {
     let huge = post(&obleth, &chat(5000)).await;
     assert_eq!(huge.status(), 429);
     assert_eq!(
-        huge.json::<Value>().await.unwrap()["error"]["code"],
+        huge.json::<Value>().await.expect("an error body")["error"]["code"],
         "request_too_large"
     );
+    // Refusals reserve nothing and settle nothing.
+    let budget = until_settled(&obleth, 2, &[TENANT]).await;
+    assert_eq!(
+        standing(&budget[0], "committed_tokens"),
+        2 * charged,
+        "the two admitted requests, as reported: {}",
+        budget[0]
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_token_bucket_answers_429_with_retry_after() {
+    an_exhausted_bucket_answers_429(None).await;
+}
+
+#[tokio::test]
+async fn an_exhausted_token_bucket_in_redis_answers_429_with_the_same_headers() {
+    an_exhausted_bucket_answers_429(Some("redis://127.0.0.1:6379")).await;
 }
 
 #[tokio::test]
@@ -159,6 +227,7 @@ async fn concurrent_requests_never_overspend_and_commit_exactly_the_reported_usa
         admitted > 0 && refused > 0,
         "{admitted} admitted, {refused} refused"
     );
+    until_settled(&obleth, admitted, &[TENANT]).await;
     let (tokens, usd) = committed(&prefix, &obleth).await;
     assert_eq!(
         tokens, reported,
@@ -188,6 +257,7 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     assert_eq!(text.matches("\"content\":\"tok").count(), 5);
     assert!(text.ends_with("data: [DONE]\n\n"));
     // prompt 1 word + 3, completion 5: charged although the client saw no usage.
+    until_settled(&obleth, 1, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 9);
 
     let mut asked = body.clone();
@@ -197,6 +267,7 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
         text.contains("\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5"),
         "{text}"
     );
+    until_settled(&obleth, 2, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
 
     // An upstream failure refunds the whole reservation.
@@ -209,8 +280,17 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
         .await
         .unwrap();
     assert_eq!(failed.status(), 500);
-    failed.bytes().await.unwrap();
+    failed.bytes().await.expect("the error body");
+    until_settled(&obleth, 3, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
+    assert_eq!(
+        sample(
+            &obleth,
+            "obleth_budget_settlements_total{outcome=\"refunded\"}"
+        )
+        .await,
+        1.0
+    );
 }
 
 /// A redis-server of the test's own, to be killed.
@@ -220,7 +300,7 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    async fn start() -> Self {
         let port = free_port();
         let child = Command::new("redis-server")
             .args([
@@ -236,11 +316,14 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Waits without blocking the runtime the in-process mock runs on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Self { child, port }
     }
@@ -257,7 +340,7 @@ impl Drop for OwnRedis {
 async fn a_dead_redis_is_survived_as_fail_open_says() {
     let upstream = mock("vllm").await;
     for fail_open in [true, false] {
-        let mut redis = OwnRedis::start();
+        let mut redis = OwnRedis::start().await;
         let url = format!("redis://127.0.0.1:{}", redis.port);
         let obleth = Obleth::start(&config(
             &upstream,
@@ -282,7 +365,7 @@ async fn a_dead_redis_is_survived_as_fail_open_says() {
         );
         if fail_open {
             assert_eq!(resp.status(), 200);
-            assert_eq!(obleth.metric("obleth_budget_fail_open_total").await, 1.0);
+            assert_eq!(sample(&obleth, "obleth_budget_fail_open_total").await, 1.0);
         } else {
             assert_eq!(resp.status(), 503);
             assert!(resp.headers().contains_key("retry-after"));
@@ -305,37 +388,69 @@ async fn operators_read_and_reset_budgets_and_the_reset_is_audited() {
     ))
     .await;
     let admin = Admin::of(&obleth);
-    let body: Value = post(&obleth, &chat(50)).await.json().await.unwrap();
-    let reported = body["usage"]["total_tokens"].as_u64().unwrap();
-    let budget = admin.ok("GET", "/tenants/acme/budget", None, 200).await;
-    assert_eq!(budget["standing"]["committed_tokens"], reported, "{budget}");
-    assert_eq!(budget["standing"]["reserved_tokens"], 0);
+    let body: Value = post(&obleth, &chat(50))
+        .await
+        .json()
+        .await
+        .expect("a completion");
+    let reported = body["usage"]["total_tokens"].as_u64().expect("usage");
+    let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
+    assert_eq!(standing(&budget, "committed_tokens"), reported, "{budget}");
     assert_eq!(budget["limits"]["budget_tokens"], 1000);
-    assert!(budget["standing"]["bucket_tokens"].as_u64().unwrap() <= 5000);
+    assert!(standing(&budget, "bucket_tokens") <= 5000, "{budget}");
 
-    // Spend the rest, get refused, reset, get served again.
-    while post(&obleth, &chat(300)).await.status() == 200 {}
-    assert_eq!(post(&obleth, &chat(300)).await.status(), 403);
+    // Spend the rest one settled request at a time: each is admitted
+    // exactly while committed spend plus its reservation fits.
+    let big = chat(300);
+    let estimate = body_len(&big) + 300;
+    let mut spent = reported;
+    let mut settled = 1;
+    loop {
+        let resp = post(&obleth, &big).await;
+        let status = resp.status();
+        if status != 200 {
+            assert_eq!(status, 403);
+            let refused: Value = resp.json().await.expect("an error body");
+            assert_eq!(refused["error"]["code"], "budget_exhausted", "{refused}");
+            break;
+        }
+        assert!(spent + estimate <= 1000, "admitted beyond the budget");
+        let used: Value = resp.json().await.expect("a completion");
+        spent += used["usage"]["total_tokens"].as_u64().expect("usage");
+        settled += 1;
+        let budget = until_settled(&obleth, settled, &[TENANT]).await.remove(0);
+        assert_eq!(standing(&budget, "committed_tokens"), spent, "{budget}");
+    }
+    assert!(
+        spent + estimate > 1000,
+        "refused although {spent} + {estimate} fit"
+    );
     let after = admin
         .ok("POST", "/tenants/acme/budget/reset", None, 200)
         .await;
-    assert_eq!(after["standing"]["committed_tokens"], 0);
-    assert_eq!(post(&obleth, &chat(300)).await.status(), 200);
+    assert_eq!(standing(&after, "committed_tokens"), 0, "{after}");
+    assert_eq!(post(&obleth, &big).await.status(), 200);
+    let budget = until_settled(&obleth, settled + 1, &[TENANT])
+        .await
+        .remove(0);
+    assert!(standing(&budget, "committed_tokens") > 0, "{budget}");
     let audit = admin
         .ok("GET", "/audit?entity_type=tenant", None, 200)
         .await;
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["action"] == "tenant.budget_reset"),
-        "{audit}"
+    let reset = audit
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|r| r["action"] == "tenant.budget_reset")
+        .unwrap_or_else(|| panic!("no reset audited: {audit}"));
+    assert_eq!(
+        reset["detail"]["committed_tokens_before"], spent,
+        "the audit says what was reset: {reset}"
     );
 }
 
 #[tokio::test]
-async fn timeouts_refund_and_a_client_leaving_mid_stream_pays_what_was_generated() {
+async fn a_timed_out_request_is_refunded() {
     let upstream = mock("vllm").await;
     let config = config(
         &upstream,
@@ -348,13 +463,6 @@ async fn timeouts_refund_and_a_client_leaving_mid_stream_pays_what_was_generated
         "    retries: 0\n    timeouts: { read: 300ms }\n    servers:",
     );
     let obleth = Obleth::start(&config).await;
-    let admin = Admin::of(&obleth);
-    let committed = || async {
-        admin.ok("GET", "/tenants/acme/budget", None, 200).await["standing"]["committed_tokens"]
-            .as_u64()
-            .unwrap()
-    };
-
     let timed_out = client()
         .post(obleth.url("/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -362,41 +470,103 @@ async fn timeouts_refund_and_a_client_leaving_mid_stream_pays_what_was_generated
         .json(&chat(50))
         .send()
         .await
-        .unwrap();
+        .expect("obleth answers");
     assert_eq!(timed_out.status(), 504);
-    assert_eq!(committed().await, 0, "a timeout is refunded");
+    let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
+    assert_eq!(
+        standing(&budget, "committed_tokens"),
+        0,
+        "a timeout is refunded: {budget}"
+    );
+    assert_eq!(
+        sample(
+            &obleth,
+            "obleth_budget_settlements_total{outcome=\"refunded\"}"
+        )
+        .await,
+        1.0
+    );
+}
 
-    // 200 tokens at 20/s: leave after the first few.
+/// Tokens the mock streams per second in the mid-stream test: slow enough
+/// that obleth sees the client leave long before the next token is due.
+const SLOW_TPS: u64 = 2;
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_pays_exactly_the_tokens_generated_before_it_left() {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(
+        &upstream,
+        "{ name: acme, budget_tokens: 100000 }",
+        None,
+        true,
+    ))
+    .await;
+    let pace_ms = 1000 / SLOW_TPS;
+    // 200 tokens at 2/s: the client leaves after reading the first two.
     let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "go" }], "max_tokens": 200, "stream": true });
+    let sent = Instant::now();
     let resp = client()
         .post(obleth.url("/v1/chat/completions"))
         .bearer_auth(KEY)
-        .header("x-mock-tps", "20")
+        .header("x-mock-tps", SLOW_TPS.to_string())
         .json(&body)
         .send()
         .await
-        .unwrap();
-    let mut stream = futures_util::StreamExt::fuse(resp.bytes_stream());
-    for _ in 0..3 {
-        futures_util::StreamExt::next(&mut stream).await;
+        .expect("obleth answers");
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    let tokens = |text: &str| text.matches("\"content\":\"tok").count() as u64;
+    while tokens(&text) < 2 {
+        let chunk = stream
+            .next()
+            .await
+            .expect("the stream goes on")
+            .expect("a chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
     }
+    let seen = tokens(&text);
     drop(stream);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let charged = loop {
-        let c = committed().await;
-        if c > 0 || std::time::Instant::now() > deadline {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(charged > 0, "what was generated is charged");
-    assert!(charged < 200, "only what was generated: {charged}");
-    let settled = obleth
-        .metric("obleth_budget_settlements_total{outcome=\"estimated\"}")
-        .await;
+    // The mock numbers its tokens and paces every one, the first included,
+    // so by any moment t it has generated at most (t - sent) / pace of
+    // them, and none once obleth closed its connection. The client saw
+    // `seen`, so obleth metered at least those.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.open_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "obleth kept the upstream stream open after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let generated_at_most = sent.elapsed().as_millis() as u64 / pace_ms;
+    let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
     assert_eq!(
-        settled, 1.0,
-        "no usage arrived, so the streamed text was counted"
+        sample(
+            &obleth,
+            "obleth_budget_settlements_total{outcome=\"estimated\"}"
+        )
+        .await,
+        1.0,
+        "no usage arrived, so the streamed tokens were counted"
+    );
+    let output = sample(&obleth, "obleth_tokens_total{direction=\"output\"}").await as u64;
+    assert!(
+        (seen..=generated_at_most.max(seen)).contains(&output),
+        "charged {output} output tokens; the client saw {seen} and the mock generated at most {generated_at_most}"
+    );
+
+    let input = sample(&obleth, "obleth_tokens_total{direction=\"input\"}").await as u64;
+    assert_eq!(
+        input,
+        body_len(&body).div_ceil(4),
+        "without usage the prompt is estimated at 4 bytes a token"
+    );
+    assert_eq!(
+        standing(&budget, "committed_tokens"),
+        input + output,
+        "{budget}"
     );
 }
 
@@ -422,20 +592,16 @@ async fn a_client_leaving_before_the_first_byte_is_refunded() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the client timed out");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while obleth
-        .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
-        .await
-        < 1.0
-    {
-        assert!(std::time::Instant::now() < deadline, "never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let budget = Admin::of(&obleth)
-        .ok("GET", "/tenants/acme/budget", None, 200)
-        .await;
-    assert_eq!(budget["standing"]["committed_tokens"], 0, "{budget}");
-    assert_eq!(budget["standing"]["reserved_tokens"], 0, "{budget}");
+    let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
+    assert_eq!(
+        sample(
+            &obleth,
+            "obleth_budget_settlements_total{outcome=\"refunded\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(standing(&budget, "committed_tokens"), 0, "{budget}");
     let line = obleth.access_lines(1).await.remove(0);
     assert!(
         line.contains(" 499 "),

@@ -4,11 +4,13 @@
 //! and restarted leaves exactly one row per answered request; a torn record
 //! is skipped and logged; the disk cap drops and counts instead of failing.
 
+mod budget_common;
 mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use budget_common::{sample, standing, until_settled};
 use common::*;
 use serde_json::{json, Value};
 
@@ -55,6 +57,83 @@ async fn until_answer(ch: &ClickHouse, sql: &str, expected: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the sample `name` satisfies `done`.
+async fn until_sample(obleth: &Obleth, name: &str, what: &str, done: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = sample(obleth, name).await;
+        if done(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {name} is {value}\n{}",
+            obleth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops background merges of the usage table, so a duplicate row stays
+/// visible to `count()` instead of being collapsed by ReplacingMergeTree.
+/// Waits for obleth to have created the table; must be repeated after a
+/// ClickHouse restart.
+async fn stop_merges(ch: &ClickHouse) {
+    until_answer(ch, "EXISTS TABLE obleth.usage", "1").await;
+    let stopped = ch.query("SYSTEM STOP MERGES obleth.usage").await;
+    assert!(stopped.is_ok(), "SYSTEM STOP MERGES: {stopped:?}");
+}
+
+/// What the usage ledger holds, counted so that merges cannot hide a
+/// duplicate: rows, distinct record ids, distinct request ids, and the
+/// daily rollup's request total (the materialized view adds every inserted
+/// row for good; merging either table never lowers it).
+#[derive(Debug, PartialEq)]
+struct Ledger {
+    rows: u64,
+    records: u64,
+    requests: u64,
+    rollup: u64,
+}
+
+async fn ledger(ch: &ClickHouse) -> Ledger {
+    let counts = ch
+        .query("SELECT count(), uniqExact(record_id), uniqExact(request_id) FROM obleth.usage FORMAT CSV")
+        .await
+        .unwrap_or_else(|e| panic!("count the usage table: {e}"));
+    let rollup = ch
+        .query("SELECT sum(requests) FROM obleth.usage_daily")
+        .await
+        .unwrap_or_else(|e| panic!("sum the daily rollup: {e}"));
+    let n = |s: &str| -> u64 {
+        s.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("a count, not {s:?}"))
+    };
+    let counts: Vec<u64> = counts.split(',').map(n).collect();
+    Ledger {
+        rows: counts[0],
+        records: counts[1],
+        requests: counts[2],
+        rollup: n(&rollup),
+    }
+}
+
+/// Asserts every one of `expected` records is in the ledger exactly once.
+async fn assert_exactly_once(ch: &ClickHouse, expected: u64, when: &str) {
+    let held = ledger(ch).await;
+    assert_eq!(
+        held,
+        Ledger {
+            rows: expected,
+            records: expected,
+            requests: expected,
+            rollup: expected,
+        },
+        "{when}: every record exactly once (rows, record ids, request ids, daily rollup)"
+    );
 }
 
 #[tokio::test]
@@ -136,10 +215,17 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
     let mut ch = ClickHouse::start().await;
     let upstream = mock("vllm").await;
     let obleth = Obleth::start(&config(&upstream, &shipping_to(&ch))).await;
+    stop_merges(&ch).await;
     for _ in 0..20 {
         assert_eq!(chat(&obleth, 3).await.status(), 200);
     }
-    until_answer(&ch, "SELECT count() FROM obleth.usage", "20").await;
+    // The shipper counts a batch only after its inserts returned, so once
+    // it counts 20 nothing of theirs is still on the way.
+    until_sample(&obleth, "obleth_telemetry_shipped_total", "shipped", |n| {
+        n >= 20.0
+    })
+    .await;
+    assert_exactly_once(&ch, 20, "before the outage").await;
     ch.stop();
     for _ in 0..30 {
         assert_eq!(
@@ -148,28 +234,42 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
             "served while ClickHouse is down"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while obleth.metric("obleth_telemetry_backlog_bytes").await == 0.0 {
-        assert!(Instant::now() < deadline, "the backlog never showed");
+    until_sample(
+        &obleth,
+        "obleth_telemetry_backlog_bytes",
+        "the backlog shows",
+        |b| b > 0.0,
+    )
+    .await;
+    // The shipper has tried and failed against the dead server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !obleth.stderr().contains("cannot ship usage records") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed shipment logged:\n{}",
+            obleth.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     ch.resume().await;
-    until_answer(&ch, "SELECT count() FROM obleth.usage", "50").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_merges(&ch).await;
+    until_sample(&obleth, "obleth_telemetry_shipped_total", "shipped", |n| {
+        n >= 50.0
+    })
+    .await;
+    until_sample(
+        &obleth,
+        "obleth_telemetry_backlog_bytes",
+        "the backlog drains",
+        |b| b == 0.0,
+    )
+    .await;
+    assert_exactly_once(&ch, 50, "after the outage").await;
     assert_eq!(
-        ch.query("SELECT count(), uniqExact(request_id) FROM obleth.usage FORMAT CSV")
-            .await
-            .unwrap(),
-        "50,50",
-        "every record exactly once, without relying on merges"
+        sample(&obleth, "obleth_telemetry_shipped_total").await,
+        50.0,
+        "each record shipped once"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while obleth.metric("obleth_telemetry_backlog_bytes").await > 0.0 {
-        assert!(Instant::now() < deadline, "the backlog never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(obleth.stderr().contains("cannot ship usage records"));
 }
 
 #[tokio::test]
@@ -180,6 +280,7 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     let wal_path = wal.path().display().to_string();
     let body = config(&upstream, &shipping_to(&ch));
     let obleth = Obleth::start_with(&body, "off", &[("OBLETH_WAL_PATH", &wal_path)]).await;
+    stop_merges(&ch).await;
     let url = obleth.url("/v1/chat/completions");
     let mut load = tokio::task::JoinSet::new();
     for _ in 0..16 {
@@ -205,42 +306,73 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Kill it while records are being written and shipped: some batches
+    // are in ClickHouse, more are only in the log.
+    until_sample(
+        &obleth,
+        "obleth_telemetry_shipped_total",
+        "shipping ran",
+        |n| n >= 20.0,
+    )
+    .await;
+    until_sample(
+        &obleth,
+        "obleth_telemetry_durable_total",
+        "the load ran",
+        |n| n >= 60.0,
+    )
+    .await;
     obleth.signal("KILL");
     let mut answered = 0;
     while let Some(done) = load.join_next().await {
-        answered += done.unwrap().len();
+        answered += done.expect("a load task").len() as u64;
     }
     assert!(answered >= 20, "load ran: {answered}");
     drop(obleth);
 
     let restarted = Obleth::start_with(&body, "off", &[("OBLETH_WAL_PATH", &wal_path)]).await;
+    // One request after the restart: the log ships in order, so once its
+    // row is in and the backlog is empty, everything before it was shipped.
+    let last = chat(&restarted, 2).await;
+    assert_eq!(last.status(), 200);
+    let last_id = last.headers()["x-request-id"]
+        .to_str()
+        .expect("a request id")
+        .to_string();
+    until_answer(
+        &ch,
+        &format!("SELECT count() > 0 FROM obleth.usage WHERE request_id = '{last_id}'"),
+        "1",
+    )
+    .await;
+    until_sample(
+        &restarted,
+        "obleth_telemetry_backlog_bytes",
+        "the log is shipped",
+        |b| b == 0.0,
+    )
+    .await;
     // Records of answered requests were durable at most a group commit
-    // after their response; the row count settles at or above `answered`
-    // (requests cut by the kill may have been logged too), with no
-    // duplicates.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (rows, unique) = loop {
-        let counts = ch
-            .query("SELECT count(), uniqExact(request_id) FROM obleth.usage FORMAT CSV")
-            .await
-            .unwrap_or_default();
-        let mut it = counts.split(',').map(|n| n.parse::<usize>().unwrap_or(0));
-        let (rows, unique) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-        if rows >= answered || Instant::now() > deadline {
-            break (rows, unique);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // after their response; requests cut by the kill may have been logged
+    // too, so there may be more rows than answers, but no duplicates.
+    let held = ledger(&ch).await;
     assert!(
-        rows >= answered,
-        "{rows} rows for {answered} answered requests"
+        held.rows > answered,
+        "{held:?} for {answered} answered requests and one after the restart"
     );
-    assert_eq!(rows, unique, "no request has two rows");
+    assert_eq!(held.records, held.rows, "no record has two rows: {held:?}");
+    assert_eq!(
+        held.requests, held.rows,
+        "no request has two rows: {held:?}"
+    );
+    assert_eq!(
+        held.rollup, held.rows,
+        "the daily rollup counts each request once: {held:?}"
+    );
     let statuses = ch
         .query("SELECT status, count() FROM obleth.usage GROUP BY status FORMAT JSONEachRow")
         .await
-        .unwrap();
+        .expect("statuses");
     let by_status: HashMap<String, u64> = statuses
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -252,10 +384,9 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
         })
         .collect();
     assert!(
-        by_status.get("200").copied().unwrap_or(0) as usize >= answered,
+        by_status.get("200").copied().unwrap_or(0) > answered,
         "{by_status:?}"
     );
-    drop(restarted);
 }
 
 #[tokio::test]
@@ -275,7 +406,7 @@ async fn a_torn_final_record_is_skipped_and_logged() {
         assert_eq!(chat(&offline, 2).await.status(), 200);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while offline.metric("obleth_telemetry_durable_total").await < 5.0 {
+    while sample(&offline, "obleth_telemetry_durable_total").await < 5.0 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -332,7 +463,7 @@ async fn the_disk_cap_drops_and_counts_and_refusing_is_a_choice() {
         assert!(Instant::now() < deadline, "drops are counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(obleth.metric("obleth_telemetry_disk_bytes").await <= 4096.0);
+    assert!(sample(&obleth, "obleth_telemetry_disk_bytes").await <= 4096.0);
     let admin = Admin::of(&obleth);
     admin.ok("GET", "/capacity", None, 200).await;
     let (status, body) = admin.call("GET", "/usage", None).await;
@@ -381,9 +512,10 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
         assert_eq!(chat(&obleth, 40).await.status(), 200);
     }
     until_answer(&ch, "SELECT count() FROM obleth.usage", "3").await;
-    let admin = Admin::of(&obleth);
-    let before = admin.ok("GET", "/tenants/acme/budget", None, 200).await;
-    let committed = before["standing"]["committed_tokens"].as_u64().unwrap();
+    let before = until_settled(&obleth, 3, &["/tenants/acme/budget"])
+        .await
+        .remove(0);
+    let committed = standing(&before, "committed_tokens");
     assert!(committed > 120, "{before}");
     drop(obleth);
 

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Budget correctness under contention: two obleth processes sharing one
 # Redis and one Postgres, CLIENTS concurrent clients hammering one tenant
-# that has a small term budget and a tokens-per-minute limit, the upstream
-# reporting real usage. Prints the budget, the committed spend, the usage the
-# upstream reported for admitted requests, the overshoot and the refusals.
+# that has a small term budget and a tokens-per-minute limit. A third of
+# the requests are plain completions, a third full streams (half asking for
+# usage), a third streams the client leaves after a few tokens. A relay in
+# front of the mock upstream (tests/bench/usage_relay.py) records what the
+# upstream itself reported for every request it served, or, for a stream
+# cut off without usage, how many tokens it had generated; the check is
+# against that, not against what clients saw. Prints the budget, the
+# committed spend, the upstream's account, the bounds the left streams put
+# on the charge, the overshoot and the refusals.
 #
 #   tests/bench/budget_correctness.sh          # 200 clients for 25 s
+#   PROFILE=debug CLIENTS=20 SECONDS_OF_LOAD=5 tests/bench/budget_correctness.sh
+#
+# Committed spend must be at most the budget and equal the upstream's
+# reported usage plus, for each left stream, obleth's prompt estimate and
+# between the tokens its client saw and the tokens the upstream generated.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,9 +26,15 @@ BUDGET=${BUDGET:-80000}
 TPM=${TPM:-60000}
 KEY=obk_budget_correctness_000000000
 
+PROFILE=${PROFILE:-release}
 scripts/setup.sh
 scripts/services.sh
-cargo build --release --quiet -p obleth -p obleth-mock-upstream
+if [ "$PROFILE" = release ]; then
+  cargo build --release --quiet -p obleth -p obleth-mock-upstream
+else
+  cargo build --quiet -p obleth -p obleth-mock-upstream
+fi
+bin=target/$PROFILE
 LOAD_CORE=0 DURATION=1 CONNECTIONS=1 WARMUP=1
 source tests/bench/lib.sh
 
@@ -26,8 +43,13 @@ psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db"
 drop_db() { psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; }
 trap 'cleanup; drop_db' EXIT INT TERM
 
+MOCK=$(port)
+$bin/obleth-mock-upstream --listen "127.0.0.1:$MOCK" --threads 1 >/dev/null &
+pids+=($!)
+wait_port "$MOCK"
+# obleth's upstream is the relay, which records the mock's answers.
 UP=$(port)
-target/release/obleth-mock-upstream --listen "127.0.0.1:$UP" --threads 1 >/dev/null &
+python3 tests/bench/usage_relay.py "$UP" "$MOCK" &
 pids+=($!)
 wait_port "$UP"
 
@@ -50,7 +72,7 @@ seed:
   keys: [{ tenant: acme, name: k, secret: $KEY }]
 routes: [{ name: llm, match: { path: { prefix: /v1/ } }, llm: {} }]
 YAML
-  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 target/release/obleth run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
+  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 $bin/obleth run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
   pids+=($!)
   wait_port "$p"
   STARTED_PORT=$p STARTED_ADMIN=$a
@@ -59,21 +81,39 @@ start a; A=$STARTED_PORT; ADMIN=$STARTED_ADMIN
 start b; B=$STARTED_PORT
 
 load=$(python3 tests/bench/budget_correctness.py "http://127.0.0.1:$A,http://127.0.0.1:$B" "$KEY" "$CLIENTS" "$SECONDS_OF_LOAD")
-standing=$(curl -fsS -H "authorization: Bearer bench-admin-token-0123456789abcdef0123" "http://127.0.0.1:$ADMIN/api/v1/tenants/acme/budget")
+# Settlement happens after the response: wait until nothing is reserved.
+budget_url="http://127.0.0.1:$ADMIN/api/v1/tenants/acme/budget"
+for _ in $(seq 300); do
+  standing=$(curl -fsS -H "authorization: Bearer bench-admin-token-0123456789abcdef0123" "$budget_url")
+  python3 -c 'import json,sys; s=json.loads(sys.argv[1])["standing"]; sys.exit(0 if s["reserved_tokens"] == 0 else 1)' "$standing" && break
+  sleep 0.1
+done
+upstream=$(curl -fsS "http://127.0.0.1:$UP/__usage")
 
-python3 - "$load" "$standing" "$BUDGET" "$CLIENTS" "$SECONDS_OF_LOAD" "$TPM" <<'PY'
+python3 - "$load" "$standing" "$upstream" "$BUDGET" "$CLIENTS" "$SECONDS_OF_LOAD" "$TPM" <<'PY'
 import json, sys
-load, standing = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-budget, clients, seconds, tpm = int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+load, standing, upstream = (json.loads(a) for a in sys.argv[1:4])
+budget, clients, seconds, tpm = int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 committed = standing["standing"]["committed_tokens"]
-reported = load["reported"]
+reported = sum(r["usage"] for r in upstream.values() if "usage" in r)
+cut = {i: r["generated"] for i, r in upstream.items() if "usage" not in r}
+left = load["left"]
+# A stream cut off without usage is charged obleth's prompt estimate plus
+# the tokens it metered: at least what its client saw, at most what the
+# upstream generated.
+unexplained = sorted(i for i in cut if i not in left)
+low = reported + sum(left[i]["prompt_estimate"] + left[i]["seen"] for i in cut if i in left)
+high = reported + sum(left[i]["prompt_estimate"] + g for i, g in cut.items() if i in left)
 s = load["statuses"]
-print(f"budget correctness: 2 obleth processes, 1 Redis, {clients} concurrent clients for {seconds} s, tokens_per_minute {tpm}")
-print(f"| budget (tokens) | committed | reported by upstream (admitted) | overshoot | committed - reported | admitted | 403 budget | 429 rate | other |")
-print(f"| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 other = sum(v for k, v in s.items() if k not in ("200", "403", "429"))
-print(f"| {budget} | {committed} | {reported} | {committed - budget} | {committed - reported} | {s.get('200', 0)} | {s.get('403', 0)} | {s.get('429', 0)} | {other} |")
-ok = committed <= budget and committed == reported and standing["standing"]["reserved_tokens"] == 0
+print(f"budget correctness: 2 obleth processes, 1 Redis, {clients} concurrent clients for {seconds} s, tokens_per_minute {tpm}")
+print("| budget (tokens) | committed | reported by upstream | streams cut (upstream-generated tokens) | allowed committed | clients saw usage of | overshoot | admitted | 403 budget | 429 rate | other |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print(f"| {budget} | {committed} | {reported} | {len(cut)} ({sum(cut.values())}) | {low}..{high} | {load['client_reported']} | {committed - budget} | {s.get('200', 0)} | {s.get('403', 0)} | {s.get('429', 0)} | {other} |")
+if unexplained:
+    print(f"upstream answers without usage that no client left: {unexplained[:10]}")
+ok = (committed <= budget and low <= committed <= high and not unexplained
+      and standing["standing"]["reserved_tokens"] == 0)
 print("result:", "ok" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY

@@ -29,6 +29,15 @@ pub fn free_port() -> u16 {
         .expect("an ephemeral port")
 }
 
+/// `N` distinct ports that were free a moment ago: all are held at once
+/// while they are picked, so none is handed out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
+}
+
 /// A private directory, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -145,9 +154,8 @@ impl Obleth {
 
     fn spawn(body: &str, access_log_format: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let [http, admin, metrics] =
+            free_ports::<3>().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let access_log = dir.path().join("access.log");
         let stderr_log = dir.path().join("stderr.log");
         let config_path = dir.path().join("obleth.yaml");

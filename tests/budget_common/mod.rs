@@ -1,0 +1,104 @@
+//! Helpers shared by the budget and telemetry tests: metric samples that
+//! must exist (an absent sample fails the test instead of reading as 0),
+//! and waiting for settlement before spend is asserted. Settlement runs in
+//! `logging`, after the client already has its whole response, so a test
+//! that reads committed or reserved spend right after the response races
+//! it: a late charge would pass a "refunded" check, and an exact positive
+//! check could read the spend before it landed.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Admin, Obleth};
+
+/// How long settlement may take after the response before a test fails.
+pub const SETTLEMENT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Every sample of the metric family `family` as `(labels, value)`, e.g.
+/// `("{outcome=\"charged\"}", 3.0)`; `("", v)` for a family without labels.
+pub async fn samples(obleth: &Obleth, family: &str) -> Vec<(String, f64)> {
+    obleth
+        .metrics_text()
+        .await
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (labels, value) = if rest.starts_with('{') {
+                let end = rest.find('}')? + 1;
+                (&rest[..end], &rest[end..])
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None;
+            };
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of one sample obleth must export, e.g.
+/// `obleth_tokens_total{direction="output"}`; panics when it is absent.
+pub async fn sample(obleth: &Obleth, sample: &str) -> f64 {
+    let (family, labels) = match sample.find('{') {
+        Some(at) => (&sample[..at], &sample[at..]),
+        None => (sample, ""),
+    };
+    let all = samples(obleth, family).await;
+    all.iter()
+        .find(|(l, _)| l == labels)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("obleth exports no sample {sample}; {family} has {all:?}"))
+}
+
+/// Settlements so far, whatever their outcome (one per scope of each
+/// request that reserved anything).
+pub async fn settlements(obleth: &Obleth) -> u64 {
+    samples(obleth, "obleth_budget_settlements_total")
+        .await
+        .iter()
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
+
+/// Waits until exactly `expected` scope settlements happened and none of
+/// `scopes` (admin API paths such as `/tenants/acme/budget`) holds a
+/// reservation any more; returns their budget views. Fails loudly when
+/// settlement does not come within [`SETTLEMENT_DEADLINE`] or when there
+/// are more settlements than expected.
+pub async fn until_settled(obleth: &Obleth, expected: u64, scopes: &[&str]) -> Vec<Value> {
+    let admin = Admin::of(obleth);
+    let deadline = Instant::now() + SETTLEMENT_DEADLINE;
+    loop {
+        let done = settlements(obleth).await;
+        assert!(
+            done <= expected,
+            "{done} settlements, expected {expected}: something settled twice or unasked"
+        );
+        let mut views = Vec::new();
+        for path in scopes {
+            views.push(admin.ok("GET", path, None, 200).await);
+        }
+        let unreserved = views.iter().all(|v| {
+            v["standing"]["reserved_tokens"] == 0 && v["standing"]["reserved_usd_micros"] == 0
+        });
+        if done == expected && unreserved {
+            return views;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled within {SETTLEMENT_DEADLINE:?}: {done} of {expected} settlements, scopes {views:?}\n{}",
+            obleth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A standing field of a budget view as a number.
+pub fn standing(view: &Value, field: &str) -> u64 {
+    view["standing"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no standing.{field} in {view}"))
+}
