@@ -170,7 +170,11 @@ async fn two_concurrent_creates_cannot_both_claim_one_alias() {
 }
 
 /// Runs `obleth run -c config` to its exit (or kills it after `limit`).
-fn run_to_exit(config: &std::path::Path, dir: &std::path::Path, limit: Duration) -> (bool, String) {
+async fn run_to_exit(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    limit: Duration,
+) -> (bool, String) {
     let log = dir.join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_obleth"))
         .args(["run", "-c"])
@@ -191,7 +195,8 @@ fn run_to_exit(config: &std::path::Path, dir: &std::path::Path, limit: Duration)
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Not a thread sleep: the in-process mock upstream shares this runtime.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     (exited.is_some_and(|s| !s.success()), text)
@@ -230,7 +235,7 @@ async fn seeding_a_model_whose_alias_is_a_stored_models_name_fails_start_up() {
         ),
     )
     .unwrap();
-    let (failed, log) = run_to_exit(&config, dir.path(), Duration::from_secs(15));
+    let (failed, log) = run_to_exit(&config, dir.path(), Duration::from_secs(15)).await;
     assert!(failed, "start-up must fail on the clash:\n{log}");
     assert!(log.contains("stored"), "the error names the clash:\n{log}");
 }
