@@ -5,96 +5,14 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::HeaderName;
-use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
-use regex::Regex;
 
+use crate::config::{
+    HeaderCondition, HeaderEdits, HeaderTest, HostPattern, Matcher, PathPattern, RouteConfig,
+    Template, TemplatePart,
+};
 use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
-
-/// A route as validated from the configuration.
-#[derive(Debug)]
-pub struct RouteConfig {
-    pub name: String,
-    pub matcher: Matcher,
-    pub action: Action,
-}
-
-/// Conditions that must all hold for a route to match; an empty matcher
-/// matches every request (the default route).
-#[derive(Debug, Default)]
-pub struct Matcher {
-    pub hosts: Vec<HostPattern>,
-    pub path: Option<PathPattern>,
-    pub methods: Vec<Method>,
-    pub headers: Vec<HeaderCondition>,
-}
-
-/// A host name pattern; matching ignores case and any port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Exact(String),
-    /// `*.example.com`, stored as `.example.com`: any name ending with it.
-    Suffix(String),
-}
-
-#[derive(Debug)]
-pub enum PathPattern {
-    Prefix(String),
-    Exact(String),
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-pub struct HeaderCondition {
-    pub name: HeaderName,
-    pub test: HeaderTest,
-}
-
-#[derive(Debug)]
-pub enum HeaderTest {
-    Present,
-    Absent,
-    Equals(String),
-    Regex(Regex),
-}
-
-/// What a matched route does with the request.
-#[derive(Debug)]
-pub enum Action {
-    Proxy(ProxyAction),
-    Redirect {
-        status: u16,
-        location: Template,
-    },
-    Respond(FixedResponse),
-    /// An OpenAI-compatible LLM endpoint: key auth, routing by the body's
-    /// `model` to the model's pool, model and credential rewriting.
-    Llm(LlmAction),
-}
-
-#[derive(Debug, Clone)]
-pub struct LlmAction {
-    /// Larger bodies are answered with 413.
-    pub max_body: usize,
-}
-
-/// Forward to a pool, optionally rewriting the path and editing headers.
-#[derive(Debug)]
-pub struct ProxyAction {
-    pub pool: String,
-    pub rewrite_prefix: Option<(String, String)>,
-    pub request_headers: HeaderEdits,
-    pub response_headers: HeaderEdits,
-}
-
-#[derive(Debug, Default)]
-pub struct HeaderEdits {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub remove: Vec<HeaderName>,
-}
 
 impl HeaderEdits {
     pub fn apply_to_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
@@ -118,62 +36,7 @@ impl HeaderEdits {
     }
 }
 
-#[derive(Debug)]
-pub struct FixedResponse {
-    pub status: u16,
-    pub body: Bytes,
-    pub content_type: HeaderValue,
-}
-
-/// A redirect location with `{scheme}`, `{host}` (without port), `{path}`, `{query}` (with its
-/// leading `?`, or empty) and `{uri}` (path and query) placeholders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    parts: Vec<TemplatePart>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TemplatePart {
-    Literal(String),
-    Scheme,
-    Host,
-    Path,
-    Query,
-    Uri,
-}
-
 impl Template {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(TemplatePart::Literal(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
-            let part = match &rest[open + 1..open + close] {
-                "scheme" => TemplatePart::Scheme,
-                "host" => TemplatePart::Host,
-                "path" => TemplatePart::Path,
-                "query" => TemplatePart::Query,
-                "uri" => TemplatePart::Uri,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}}; use scheme, host, path, query or uri"
-                    ))
-                }
-            };
-            parts.push(part);
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(TemplatePart::Literal(rest.to_string()));
-        }
-        Ok(Self { parts })
-    }
-
     pub fn render(&self, req: &RequestView<'_>, scheme: &str) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -358,6 +221,9 @@ impl RouteTable {
 
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderName;
+    use regex::Regex;
+
     use super::*;
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {

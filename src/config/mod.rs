@@ -4,6 +4,7 @@
 
 mod locate;
 mod raw;
+mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -17,13 +18,10 @@ use http::{HeaderValue, Method};
 use ipnet::IpNet;
 use regex::Regex;
 
-use crate::routing::{
-    Action, FixedResponse, HeaderCondition, HeaderEdits, HeaderTest, HostPattern, LlmAction,
-    Matcher, PathPattern, ProxyAction, RouteConfig, Template,
-};
 use locate::{Position, PositionIndex};
 use obleth_filters::admission::QueueOrder;
 use raw::*;
+pub use routes::*;
 
 /// The validated configuration of one obleth process.
 #[derive(Debug)]

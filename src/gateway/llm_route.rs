@@ -21,7 +21,7 @@ use serde_json::json;
 use super::{respond, Generation, RequestCtx};
 use crate::llm::{key_scope, tenant_scope, CatalogModel, LlmState};
 use crate::metrics::FAMILIES;
-use crate::routing::LlmAction;
+use crate::config::LlmAction;
 
 /// An LLM request that passed every gate, on its way upstream.
 pub struct LlmCall {

@@ -35,7 +35,8 @@ use crate::config::{Algorithm, ClientLimits, HashKey, PoolConfig};
 use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
 use crate::pool::{InFlight, Pool};
-use crate::routing::{Action, RequestView, Route, RouteConfig, RouteTable};
+use crate::config::{Action, RouteConfig};
+use crate::routing::{RequestView, Route, RouteTable};
 use forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
 use obleth_filters::telemetry::UsageRecord;
 
