@@ -2,17 +2,13 @@
 //! its LLM routes, is a multi-tenant LLM gateway. `main.rs` is the CLI; this
 //! library holds the parts, one module per concern, in request-path order.
 
-pub mod access_log;
 pub mod admin;
 pub mod cli;
-pub mod client_connection;
 pub mod config;
+pub mod edge;
 pub mod gateway;
-pub mod health;
 pub mod llm;
 pub mod metrics;
-pub mod pool;
-pub mod routing;
 pub mod server;
 pub mod store;
 pub mod supervision;

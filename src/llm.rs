@@ -21,7 +21,7 @@ use crate::config::{
     AdmissionSettings, Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed,
     ServerConfig, Timeouts, UpstreamTls,
 };
-use crate::pool::Pool;
+use crate::edge::pool::Pool;
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
 use crate::telemetry::Telemetry;

@@ -17,12 +17,12 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::access_log::AccessLog;
 use crate::admin::{admin_router, metrics_router, HttpEndpoint};
-use crate::client_connection::EdgeApp;
 use crate::config::{Config, ListenerConfig};
+use crate::edge::access_log::AccessLog;
+use crate::edge::client_connection::EdgeApp;
+use crate::edge::health::HealthService;
 use crate::gateway::{Gateway, Generation, Shared};
-use crate::health::HealthService;
 use crate::metrics::FAMILIES;
 
 /// Why the server could not start.

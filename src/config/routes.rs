@@ -144,5 +144,4 @@ impl Template {
         }
         Ok(Self { parts })
     }
-
 }

@@ -19,9 +19,9 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::{respond, Generation, RequestCtx};
+use crate::config::LlmAction;
 use crate::llm::{key_scope, tenant_scope, CatalogModel, LlmState};
 use crate::metrics::FAMILIES;
-use crate::config::LlmAction;
 
 /// An LLM request that passed every gate, on its way upstream.
 pub struct LlmCall {

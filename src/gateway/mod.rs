@@ -26,18 +26,17 @@ use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
 use tokio::sync::watch;
 
-mod forwarding;
 mod llm_route;
 
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::client_connection::HeadGuard;
+use crate::config::{Action, RouteConfig};
 use crate::config::{Algorithm, ClientLimits, HashKey, PoolConfig};
+use crate::edge::access_log::{AccessLog, AccessRecord};
+use crate::edge::client_connection::HeadGuard;
+use crate::edge::forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
+use crate::edge::pool::{InFlight, Pool};
+use crate::edge::routing::{RequestView, Route, RouteTable};
 use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
-use crate::pool::{InFlight, Pool};
-use crate::config::{Action, RouteConfig};
-use crate::routing::{RequestView, Route, RouteTable};
-use forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
 use obleth_filters::telemetry::UsageRecord;
 
 /// Routes and pools of one configuration; a reload builds a new generation

@@ -11,8 +11,8 @@ use crate::config::{
     HeaderCondition, HeaderEdits, HeaderTest, HostPattern, Matcher, PathPattern, RouteConfig,
     Template, TemplatePart,
 };
+use crate::edge::pool::Pool;
 use crate::metrics::RouteMetrics;
-use crate::pool::Pool;
 
 impl HeaderEdits {
     pub fn apply_to_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {

@@ -18,7 +18,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Names as written on the wire. Pingora keeps the case of every header
 /// name; a static name is taken as it is, where a `HeaderName` is copied.
-pub(super) const X_REQUEST_ID_WIRE: &str = "X-Request-Id";
+pub(crate) const X_REQUEST_ID_WIRE: &str = "X-Request-Id";
 const X_FORWARDED_FOR_WIRE: &str = "X-Forwarded-For";
 const X_FORWARDED_PROTO_WIRE: &str = "X-Forwarded-Proto";
 const X_FORWARDED_HOST_WIRE: &str = "X-Forwarded-Host";
@@ -85,7 +85,7 @@ impl RequestId {
 /// Adds the forwarding headers to the upstream request. Values the client
 /// sent are kept (and `X-Forwarded-For` extended) only when the client is a
 /// trusted proxy; otherwise they are replaced.
-pub(super) fn add_forwarding_headers(
+pub(crate) fn add_forwarding_headers(
     upstream: &mut RequestHeader,
     downstream: &RequestHeader,
     client: Option<IpAddr>,

@@ -12,8 +12,8 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 
 use crate::config::{HealthCheckConfig, HealthCheckKind, PoolConfig};
+use crate::edge::pool::Pool;
 use crate::gateway::Generation;
-use crate::pool::Pool;
 
 /// Runs the checks of every pool of the current configuration generation;
 /// a reload hands it the new generation, and checks of pools that are no

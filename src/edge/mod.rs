@@ -1,0 +1,17 @@
+//! The edge plane: what HAProxy does. Nothing here knows of tenants, keys or
+//! tokens; the proxy phases call into it for every request.
+//!
+//! - [`client_connection`]: the client connection under Pingora's parser —
+//!   head deadline and size, obleth's own answers to unparsable requests.
+//! - [`routing`]: matching a request against the ordered routes.
+//! - [`pool`]: server pools and load balancing, passive ejection.
+//! - [`health`]: active health checks.
+//! - [`forwarding`]: `X-Forwarded-*` and the request id.
+//! - [`access_log`]: one line per request, HAProxy `httplog` or JSON.
+
+pub mod access_log;
+pub mod client_connection;
+pub mod forwarding;
+pub mod health;
+pub mod pool;
+pub mod routing;
