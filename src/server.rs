@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +21,8 @@ use crate::config::{Config, ListenerConfig};
 use crate::edge::access_log::AccessLog;
 use crate::edge::client_connection::EdgeApp;
 use crate::edge::health::HealthService;
-use crate::gateway::{Gateway, Generation, Shared};
 use crate::metrics::FAMILIES;
+use crate::proxy::{Gateway, Generation, Shared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +105,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let admin = HttpEndpoint::bind(
         "admin",
         admin_address,
-        admin_router(shared.clone(), &admin_token),
+        admin_router(shared.llm.clone(), shared.watch_pools(), &admin_token),
     )?;
     let metrics = HttpEndpoint::bind(
         "metrics",
@@ -122,7 +121,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     pingora_server.add_service(background_service(
         "health checks",
         HealthService {
-            generations: shared.watch_generations(),
+            pools: shared.watch_pools(),
         },
     ));
     pingora_server.add_service(background_service(
@@ -207,7 +206,7 @@ impl BackgroundService for Lifecycle {
         for addr in &self.probe_addresses {
             wait_until_accepting(*addr).await;
         }
-        self.shared.ready.store(true, Ordering::Relaxed);
+        crate::supervision::set_accepting(true);
         tracing::info!("ready");
         loop {
             tokio::select! {
@@ -282,7 +281,7 @@ fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
                     Err(RecvError::Closed) => return,
                 }
             }
-            shared.ready.store(false, Ordering::Relaxed);
+            crate::supervision::set_accepting(false);
             tracing::info!(
                 "draining: {} requests in flight, grace {grace:?}",
                 shared.in_flight()

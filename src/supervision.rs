@@ -4,12 +4,34 @@
 //! or usage shipper shows up on every dashboard instead of failing silently.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::metrics::FAMILIES;
 
 /// Services whose task died, in the order they failed.
 static FAILED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// False before the listeners accept connections and once draining begins.
+static ACCEPTING: AtomicBool = AtomicBool::new(false);
+
+/// Says whether the listeners take traffic (set once they accept, cleared
+/// when draining starts).
+pub fn set_accepting(accepting: bool) {
+    ACCEPTING.store(accepting, Ordering::Relaxed);
+}
+
+/// What `/readyz` answers: ready, or why not.
+pub fn readiness() -> Result<(), String> {
+    let failed = failures();
+    if !failed.is_empty() {
+        return Err(format!("background task died: {}", failed.join(", ")));
+    }
+    if !ACCEPTING.load(Ordering::Relaxed) {
+        return Err("not accepting traffic (starting or draining)".into());
+    }
+    Ok(())
+}
 
 /// Runs `task` on the current Tokio runtime under supervision.
 pub fn spawn<F>(service: &'static str, task: F)

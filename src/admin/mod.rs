@@ -5,18 +5,17 @@
 //! admin API lives in one file per resource, wired together in [`api`].
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::gateway::Shared;
+use crate::edge::pool::LivePools;
+use crate::llm::LlmState;
 
 pub mod api;
 mod audit;
@@ -30,14 +29,10 @@ mod models;
 mod tenants;
 mod usage;
 
-/// The admin API checks model pools against the generation requests see.
-impl api::PoolDirectory for Shared {
+/// The admin API checks model pools against the pools requests see.
+impl api::PoolDirectory for LivePools {
     fn pool_names(&self) -> Vec<String> {
-        self.current()
-            .pools
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect()
+        self.borrow().iter().map(|p| p.name().to_string()).collect()
     }
 }
 
@@ -88,29 +83,24 @@ impl BackgroundService for HttpEndpoint {
 }
 
 /// `/healthz` answers while the process runs; `/readyz` only while it
-/// accepts traffic (not before the listeners start, not while draining);
-/// everything under `/api/v1` is the token-protected admin API.
-pub fn admin_router(shared: Arc<Shared>, admin_token: &str) -> Router {
-    let api = api::router(shared.llm.clone(), shared.clone(), admin_token);
+/// accepts traffic (not before the listeners start, not while draining,
+/// not once a background task died); everything under `/api/v1` is the
+/// token-protected admin API.
+pub fn admin_router(llm: Arc<LlmState>, pools: LivePools, admin_token: &str) -> Router {
+    let api = api::router(llm, Arc::new(pools), admin_token);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(shared)
         .merge(api)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let failed = crate::supervision::failures();
-    if !failed.is_empty() {
-        let services = failed.join(", ");
-        (
+async fn readyz() -> (StatusCode, String) {
+    match crate::supervision::readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: background task died: {services}\n"),
-        )
-    } else if shared.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -9,26 +9,24 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::watch;
 
 use crate::config::{HealthCheckConfig, HealthCheckKind, PoolConfig};
-use crate::edge::pool::Pool;
-use crate::gateway::Generation;
+use crate::edge::pool::{LivePools, Pool};
 
-/// Runs the checks of every pool of the current configuration generation;
-/// a reload hands it the new generation, and checks of pools that are no
+/// Runs the checks of every pool requests are routed to; a reload hands it
+/// the new pools, and checks of pools that are no
 /// longer referenced stop by themselves.
 pub struct HealthService {
-    pub generations: watch::Receiver<Arc<Generation>>,
+    pub pools: LivePools,
 }
 
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut generations = self.generations.clone();
+        let mut live = self.pools.clone();
         loop {
-            let generation = generations.borrow_and_update().clone();
-            for pool in &generation.pools {
+            let pools = live.borrow_and_update().clone();
+            for pool in pools.iter() {
                 if let Some(check) = &pool.config.health_check {
                     let probe = build_probe(&pool.config, check);
                     crate::supervision::spawn(
@@ -37,9 +35,9 @@ impl BackgroundService for HealthService {
                     );
                 }
             }
-            drop(generation);
+            drop(pools);
             tokio::select! {
-                changed = generations.changed() => if changed.is_err() { return },
+                changed = live.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
             }
         }

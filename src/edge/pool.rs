@@ -84,6 +84,10 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The pools requests are routed to right now, republished on every
+/// reload: what health checks and the admin API follow.
+pub type LivePools = tokio::sync::watch::Receiver<Arc<[Arc<Pool>]>>;
+
 /// A request's claim on a server; the server's in-flight count drops with it.
 #[derive(Debug)]
 pub struct InFlight {

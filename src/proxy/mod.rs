@@ -8,7 +8,7 @@
 //! request and writes its access log line.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,7 +33,7 @@ use crate::config::{Algorithm, ClientLimits, HashKey, PoolConfig};
 use crate::edge::access_log::{AccessLog, AccessRecord};
 use crate::edge::client_connection::HeadGuard;
 use crate::edge::forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
-use crate::edge::pool::{InFlight, Pool};
+use crate::edge::pool::{InFlight, LivePools, Pool};
 use crate::edge::routing::{RequestView, Route, RouteTable};
 use crate::llm::LlmState;
 use crate::metrics::{RouteMetrics, FAMILIES};
@@ -92,12 +92,10 @@ impl Generation {
 /// State shared by every listener and the background services.
 pub struct Shared {
     generation: ArcSwap<Generation>,
-    generations: watch::Sender<Arc<Generation>>,
+    pools: watch::Sender<Arc<[Arc<Pool>]>>,
     trusted_proxies: Vec<IpNet>,
     pub access_log: AccessLog,
     in_flight: AtomicUsize,
-    /// False before the listeners start and once draining begins.
-    pub ready: AtomicBool,
     pub llm: Arc<LlmState>,
 }
 
@@ -108,15 +106,13 @@ impl Shared {
         access_log: AccessLog,
         llm: Arc<LlmState>,
     ) -> Self {
-        let generation = Arc::new(generation);
-        let (generations, _) = watch::channel(generation.clone());
+        let (pools, _) = watch::channel(generation.pools.clone().into());
         Self {
-            generation: ArcSwap::new(generation),
-            generations,
+            generation: ArcSwap::new(Arc::new(generation)),
+            pools,
             trusted_proxies,
             access_log,
             in_flight: AtomicUsize::new(0),
-            ready: AtomicBool::new(false),
             llm,
         }
     }
@@ -127,13 +123,13 @@ impl Shared {
 
     /// Makes `generation` the one new requests see.
     pub fn install(&self, generation: Generation) {
-        let generation = Arc::new(generation);
-        self.generation.store(generation.clone());
-        self.generations.send_replace(generation);
+        self.pools.send_replace(generation.pools.clone().into());
+        self.generation.store(Arc::new(generation));
     }
 
-    pub fn watch_generations(&self) -> watch::Receiver<Arc<Generation>> {
-        self.generations.subscribe()
+    /// The live pools, for health checks and the admin API.
+    pub fn watch_pools(&self) -> LivePools {
+        self.pools.subscribe()
     }
 
     pub fn in_flight(&self) -> usize {
