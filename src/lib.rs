@@ -12,4 +12,3 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod supervision;
-pub mod telemetry;

@@ -2,80 +2,27 @@
 //! catalog, and how changes made through the admin API reach every replica
 //! (Redis pub/sub, or in-process without Redis).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use futures_util::StreamExt;
-use http::HeaderValue;
-use jiff::Timestamp;
 use obleth_filters::admission::{Capacity, Scheduler};
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
-use obleth_filters::budget::{BudgetStore, Limits, LocalBudgets, RedisBudgets, Scope};
-use obleth_filters::records::Model;
-use obleth_filters::records::{ApiKey, BudgetPeriod, Tenant};
+use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets};
 use redis::aio::ConnectionManager;
 
-use crate::config::{
-    AdmissionSettings, Algorithm, BudgetSettings, Config, PoolConfig, RedisConfig, Seed,
-    ServerConfig, Timeouts, UpstreamTls,
-};
-use crate::edge::pool::Pool;
+use crate::config::{AdmissionSettings, BudgetSettings, Config, RedisConfig, Seed};
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
-use crate::telemetry::Telemetry;
 
-/// The budget period a tenant is in at `now`: `lifetime`, or the month in
-/// its timezone (`2026-11`).
-pub fn budget_period(tenant: &Tenant, now: Timestamp) -> String {
-    match tenant.budget_period {
-        BudgetPeriod::Lifetime => "lifetime".to_string(),
-        BudgetPeriod::Monthly => now.to_zoned(tenant.zone()).strftime("%Y-%m").to_string(),
-    }
-}
+mod catalog;
+mod ledger;
+mod scopes;
+pub mod usage;
 
-/// Unix milliseconds where the tenant's current budget period began.
-pub fn period_start(tenant: &Tenant, now: Timestamp) -> u64 {
-    match tenant.budget_period {
-        BudgetPeriod::Lifetime => 0,
-        BudgetPeriod::Monthly => now
-            .to_zoned(tenant.zone())
-            .start_of_day()
-            .and_then(|d| d.with().day(1).build())
-            .map_or(0, |d| d.timestamp().as_millisecond().max(0) as u64),
-    }
-}
-
-fn usd_micros(usd: Option<f64>) -> Option<u64> {
-    usd.map(|v| (v * 1e6).round().max(0.0) as u64)
-}
-
-/// The tenant's budget scope.
-pub fn tenant_scope(tenant: &Tenant, now: Timestamp) -> Scope {
-    Scope {
-        id: format!("t:{}", tenant.id),
-        limits: Limits {
-            tokens_per_minute: tenant.tokens_per_minute,
-            budget_tokens: tenant.budget_tokens,
-            budget_usd_micros: usd_micros(tenant.budget_usd),
-            period: budget_period(tenant, now),
-        },
-    }
-}
-
-/// A key's own budget scope (counted in its tenant's period).
-pub fn key_scope(key: &ApiKey, tenant: &Tenant, now: Timestamp) -> Scope {
-    Scope {
-        id: format!("k:{}", key.id),
-        limits: Limits {
-            tokens_per_minute: key.tokens_per_minute.unwrap_or(0),
-            budget_tokens: key.budget_tokens,
-            budget_usd_micros: usd_micros(key.budget_usd),
-            period: budget_period(tenant, now),
-        },
-    }
-}
+pub use catalog::{Catalog, CatalogModel, DirectUpstream};
+pub use scopes::{budget_period, key_scope, period_start, tenant_scope};
+use usage::Telemetry;
 
 /// Why the LLM side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,136 +38,6 @@ pub enum LlmStartError {
     Seed(StoreError),
     #[error("{0}")]
     Telemetry(std::io::Error),
-}
-
-/// A model ready to route to.
-#[derive(Debug)]
-pub struct CatalogModel {
-    pub model: Model,
-    /// Set for models served from a base URL instead of a configured pool.
-    pub direct: Option<DirectUpstream>,
-}
-
-/// A model's own upstream, built from its `base_url`.
-#[derive(Debug)]
-pub struct DirectUpstream {
-    pub pool: Arc<Pool>,
-    /// The URL's path, e.g. `/v1`; endpoint paths are appended to it.
-    pub base_path: String,
-    pub host: HeaderValue,
-}
-
-/// Enabled models by name and alias, swapped whole on every reload.
-#[derive(Default)]
-pub struct Catalog {
-    by_name: ArcSwap<HashMap<String, Arc<CatalogModel>>>,
-    listed: ArcSwap<Vec<Arc<CatalogModel>>>,
-}
-
-impl Catalog {
-    pub fn lookup(&self, name: &str) -> Option<Arc<CatalogModel>> {
-        self.by_name.load().get(name).cloned()
-    }
-
-    /// Every enabled model, once, by name.
-    pub fn list(&self) -> Arc<Vec<Arc<CatalogModel>>> {
-        self.listed.load_full()
-    }
-
-    async fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let previous = self.by_name.load_full();
-        let mut by_name = HashMap::new();
-        let mut listed = Vec::new();
-        for model in store.models().await?.into_iter().filter(|m| m.enabled) {
-            let direct = match &model.base_url {
-                Some(url) => {
-                    let old = previous.get(&model.name).and_then(|m| m.direct.as_ref());
-                    match direct_upstream(&model.name, url, old).await {
-                        Ok(d) => Some(d),
-                        Err(e) => {
-                            tracing::warn!(model = %model.name, "model left out: base_url {url}: {e}");
-                            continue;
-                        }
-                    }
-                }
-                None => None,
-            };
-            let entry = Arc::new(CatalogModel { model, direct });
-            by_name.insert(entry.model.name.clone(), entry.clone());
-            listed.push(entry);
-        }
-        // Names and aliases are one namespace (the store refuses a clash);
-        // rows written before that rule may still clash, and then a name
-        // always wins over another model's alias.
-        for entry in &listed {
-            for alias in &entry.model.aliases {
-                match by_name.get(alias) {
-                    Some(owner) if !Arc::ptr_eq(owner, entry) => tracing::warn!(
-                        model = %entry.model.name,
-                        "alias {alias:?} ignored: it names the model {:?}",
-                        owner.model.name
-                    ),
-                    _ => {
-                        by_name.insert(alias.clone(), entry.clone());
-                    }
-                }
-            }
-        }
-        self.by_name.store(Arc::new(by_name));
-        self.listed.store(Arc::new(listed));
-        Ok(())
-    }
-}
-
-async fn direct_upstream(
-    name: &str,
-    url: &str,
-    old: Option<&DirectUpstream>,
-) -> Result<DirectUpstream, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err("scheme must be http or https".into()),
-    };
-    let host = uri.host().ok_or("no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let address = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("resolves to no address")?;
-    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-    let config = PoolConfig {
-        name: format!("model:{name}"),
-        algorithm: Algorithm::RoundRobin,
-        servers: vec![ServerConfig {
-            name: authority.clone(),
-            address,
-            weight: 1,
-            max_connections: None,
-        }],
-        tls: tls.then(|| UpstreamTls {
-            sni: host.clone(),
-            verify: true,
-        }),
-        health_check: None,
-        timeouts: Timeouts {
-            connect: Duration::from_secs(5),
-            read: Duration::from_secs(300),
-            write: Duration::from_secs(60),
-            total: None,
-            idle_keepalive: Duration::from_secs(60),
-        },
-        retries: 1,
-        retry_non_idempotent: false,
-        host_header: HeaderValue::from_str(&authority).ok(),
-    };
-    Ok(DirectUpstream {
-        pool: Arc::new(Pool::new(config, old.map(|o| &*o.pool))),
-        base_path: uri.path().trim_end_matches('/').to_string(),
-        host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
-    })
 }
 
 /// Everything LLM routes need, shared by all listeners and the admin API.
@@ -309,10 +126,12 @@ impl LlmState {
                 listen_for_changes(state.clone(), redis.url.clone()),
             );
         }
-        crate::supervision::spawn(
-            "ledger restore",
-            crate::telemetry::restore_budgets(state.clone()),
-        );
+        if let Some(ledger) = state.telemetry.clickhouse.clone() {
+            crate::supervision::spawn(
+                "ledger restore",
+                ledger::restore_budgets(state.store.clone(), state.budgets.clone(), ledger),
+            );
+        }
         Ok(state)
     }
 
@@ -478,52 +297,4 @@ async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<()
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn monthly_periods_and_their_start_follow_the_tenants_timezone() {
-        let mut t = Tenant {
-            id: "t".into(),
-            name: "t".into(),
-            group: "default".into(),
-            group_weight: 100,
-            weight: 100,
-            tokens_per_minute: 0,
-            max_in_flight: None,
-            status: obleth_filters::records::TenantStatus::Active,
-            timezone: "Asia/Tokyo".into(),
-            active_from: None,
-            active_until: None,
-            weekly_windows: vec![],
-            budget_tokens: Some(1),
-            budget_usd: None,
-            budget_period: BudgetPeriod::Monthly,
-            allowed_models: vec![],
-        };
-        let late_november_utc: Timestamp = "2026-11-30T16:30:00Z".parse().unwrap();
-        assert_eq!(
-            budget_period(&t, late_november_utc),
-            "2026-12",
-            "already December in Tokyo"
-        );
-        let tokyo_december: Timestamp = "2026-11-30T15:00:00Z".parse().unwrap();
-        assert_eq!(
-            period_start(&t, late_november_utc),
-            tokyo_december.as_millisecond() as u64
-        );
-        t.timezone = "America/Los_Angeles".into();
-        assert_eq!(budget_period(&t, late_november_utc), "2026-11");
-        let la_november: Timestamp = "2026-11-01T07:00:00Z".parse().unwrap();
-        assert_eq!(
-            period_start(&t, late_november_utc),
-            la_november.as_millisecond() as u64
-        );
-        t.budget_period = BudgetPeriod::Lifetime;
-        assert_eq!(budget_period(&t, late_november_utc), "lifetime");
-        assert_eq!(period_start(&t, late_november_utc), 0);
-    }
 }

@@ -1,0 +1,145 @@
+//! The model catalog: enabled models by name and alias, each with its
+//! upstream (a configured pool, or a pool of its own built from `base_url`),
+//! reloaded whole after every change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use obleth_filters::records::Model;
+
+use crate::config::{Algorithm, PoolConfig, ServerConfig, Timeouts, UpstreamTls};
+use crate::edge::pool::Pool;
+use crate::store::{Store, StoreError};
+
+/// A model ready to route to.
+#[derive(Debug)]
+pub struct CatalogModel {
+    pub model: Model,
+    /// Set for models served from a base URL instead of a configured pool.
+    pub direct: Option<DirectUpstream>,
+}
+
+/// A model's own upstream, built from its `base_url`.
+#[derive(Debug)]
+pub struct DirectUpstream {
+    pub pool: Arc<Pool>,
+    /// The URL's path, e.g. `/v1`; endpoint paths are appended to it.
+    pub base_path: String,
+    pub host: HeaderValue,
+}
+
+/// Enabled models by name and alias, swapped whole on every reload.
+#[derive(Default)]
+pub struct Catalog {
+    by_name: ArcSwap<HashMap<String, Arc<CatalogModel>>>,
+    listed: ArcSwap<Vec<Arc<CatalogModel>>>,
+}
+
+impl Catalog {
+    pub fn lookup(&self, name: &str) -> Option<Arc<CatalogModel>> {
+        self.by_name.load().get(name).cloned()
+    }
+
+    /// Every enabled model, once, by name.
+    pub fn list(&self) -> Arc<Vec<Arc<CatalogModel>>> {
+        self.listed.load_full()
+    }
+
+    pub(super) async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let previous = self.by_name.load_full();
+        let mut by_name = HashMap::new();
+        let mut listed = Vec::new();
+        for model in store.models().await?.into_iter().filter(|m| m.enabled) {
+            let direct = match &model.base_url {
+                Some(url) => {
+                    let old = previous.get(&model.name).and_then(|m| m.direct.as_ref());
+                    match direct_upstream(&model.name, url, old).await {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!(model = %model.name, "model left out: base_url {url}: {e}");
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let entry = Arc::new(CatalogModel { model, direct });
+            by_name.insert(entry.model.name.clone(), entry.clone());
+            listed.push(entry);
+        }
+        // Names and aliases are one namespace (the store refuses a clash);
+        // rows written before that rule may still clash, and then a name
+        // always wins over another model's alias.
+        for entry in &listed {
+            for alias in &entry.model.aliases {
+                match by_name.get(alias) {
+                    Some(owner) if !Arc::ptr_eq(owner, entry) => tracing::warn!(
+                        model = %entry.model.name,
+                        "alias {alias:?} ignored: it names the model {:?}",
+                        owner.model.name
+                    ),
+                    _ => {
+                        by_name.insert(alias.clone(), entry.clone());
+                    }
+                }
+            }
+        }
+        self.by_name.store(Arc::new(by_name));
+        self.listed.store(Arc::new(listed));
+        Ok(())
+    }
+}
+
+async fn direct_upstream(
+    name: &str,
+    url: &str,
+    old: Option<&DirectUpstream>,
+) -> Result<DirectUpstream, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("scheme must be http or https".into()),
+    };
+    let host = uri.host().ok_or("no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let address = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("resolves to no address")?;
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    let config = PoolConfig {
+        name: format!("model:{name}"),
+        algorithm: Algorithm::RoundRobin,
+        servers: vec![ServerConfig {
+            name: authority.clone(),
+            address,
+            weight: 1,
+            max_connections: None,
+        }],
+        tls: tls.then(|| UpstreamTls {
+            sni: host.clone(),
+            verify: true,
+        }),
+        health_check: None,
+        timeouts: Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(300),
+            write: Duration::from_secs(60),
+            total: None,
+            idle_keepalive: Duration::from_secs(60),
+        },
+        retries: 1,
+        retry_non_idempotent: false,
+        host_header: HeaderValue::from_str(&authority).ok(),
+    };
+    Ok(DirectUpstream {
+        pool: Arc::new(Pool::new(config, old.map(|o| &*o.pool))),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+        host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+    })
+}

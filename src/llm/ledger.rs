@@ -1,0 +1,85 @@
+//! Committed budget spend restored from the usage ledger in ClickHouse.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use obleth_filters::budget::{BudgetStore, Cost};
+use obleth_filters::telemetry::ClickHouseSink;
+
+use super::scopes::{key_scope, period_start, tenant_scope};
+use crate::store::Store;
+
+/// Restores committed spend the budget store lost (a Redis flush or a
+/// restart without persistence; in-process budgets after any restart) from
+/// the usage ledger: at start-up and every few minutes, each scope with a
+/// term budget is raised to what ClickHouse holds for its current period
+/// (since its last audited reset). Raising never lowers spend, so a ledger
+/// that lags the live spend by the records not yet shipped changes nothing.
+pub async fn restore_budgets(store: Store, budgets: Arc<dyn BudgetStore>, ledger: ClickHouseSink) {
+    loop {
+        match restore_once(&store, budgets.as_ref(), &ledger).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "restored the committed spend of {n} budget scopes from the usage ledger"
+            ),
+            Err(e) => tracing::warn!("cannot check budgets against the usage ledger: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+}
+
+async fn restore_once(
+    store: &Store,
+    budgets: &dyn BudgetStore,
+    ledger: &ClickHouseSink,
+) -> Result<usize, String> {
+    let now = jiff::Timestamp::now();
+    let mut restored = 0;
+    for record in store.tenants().await.map_err(|e| e.to_string())? {
+        let tenant: obleth_filters::records::Tenant = record.into();
+        let keys = store
+            .keys_of_tenant(&tenant.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let scopes = std::iter::once(("tenant", tenant.id.clone(), tenant_scope(&tenant, now)))
+            .chain(
+                keys.iter()
+                    .map(|k| ("key", k.id.clone(), key_scope(k, &tenant, now))),
+            );
+        for (entity, id, scope) in scopes {
+            let l = &scope.limits;
+            if l.budget_tokens.is_none() && l.budget_usd_micros.is_none() {
+                continue;
+            }
+            let since =
+                period_start(&tenant, now).max(last_reset(store, entity, &id, &l.period).await);
+            let (tokens, usd_micros) = ledger
+                .spent(entity, &id, since)
+                .await
+                .map_err(|e| e.to_string())?;
+            if tokens == 0 && usd_micros == 0 {
+                continue;
+            }
+            let raised = budgets
+                .raise_committed(&scope, Cost { tokens, usd_micros }, since)
+                .await
+                .map_err(|e| e.to_string())?;
+            restored += usize::from(raised);
+        }
+    }
+    Ok(restored)
+}
+
+/// When the scope's committed spend was last reset in `period` (audited),
+/// as Unix milliseconds; 0 when never.
+async fn last_reset(store: &Store, entity: &str, id: &str, period: &str) -> u64 {
+    let action = format!("{entity}.budget_reset");
+    store
+        .audit_log(Some(entity), Some(id), None, 100)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.action == action && e.detail["period"] == period)
+        .and_then(|e| e.at)
+        .map_or(0, |at| at.max(0) as u64)
+}
