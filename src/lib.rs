@@ -1,6 +1,33 @@
 //! obleth: a Pingora reverse proxy that replaces HAProxy at the edge and, on
 //! its LLM routes, is a multi-tenant LLM gateway. `main.rs` is the CLI; this
-//! library holds the parts, one module per concern, in request-path order.
+//! library holds the parts. Dependencies point one way:
+//! `config ← edge ← proxy → llm → obleth-filters`, with `server` wiring it
+//! all and `admin → store` beside it.
+//!
+//! Configuration
+//! - [`config`]: YAML and `OBLETH_*` overrides → a validated [`config::Config`],
+//!   errors with file:line:column; route definitions are data here.
+//!
+//! Edge plane (what HAProxy does; no tenants or tokens)
+//! - [`edge`]: client connections under Pingora's parser, routing, pools and
+//!   load balancing, health checks, forwarding headers, the access log.
+//!
+//! The request path
+//! - [`proxy`]: the `ProxyHttp` phases top to bottom, the request context,
+//!   the one error → status map, the live configuration generation.
+//!
+//! LLM plane (what an LLM gateway does)
+//! - [`llm`]: the store, key resolution, model catalog, budget scopes,
+//!   invalidation across replicas, the usage log and its shipping, the
+//!   ledger restore. The filters themselves are the `obleth-filters` crate.
+//!
+//! Operating it
+//! - [`admin`]: `/healthz`, `/readyz` and the admin API; [`store`]: tenants,
+//!   keys, models and the audit log in Postgres or SQLite.
+//! - [`metrics`]: the Prometheus families; [`supervision`]: background tasks
+//!   that must not die unnoticed, and readiness.
+//! - [`server`]: the Pingora server, its services, signals and reload;
+//!   [`cli`]: the admin API client behind `obleth tenant` and `obleth key`.
 
 pub mod admin;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! caches of every replica. Every error, including unknown routes and
 //! methods, is JSON ([`super::error`]). The OpenAPI document is generated
 //! from the handlers, refined where attributes cannot say enough
-//! ([`super::doc`]), and lists the pools of the live configuration.
+//! (`admin/doc.rs`), and lists the pools of the live configuration.
 
 use std::sync::Arc;
 
