@@ -159,19 +159,17 @@ async fn an_invalid_reload_is_rejected_and_the_old_config_kept() {
     wait_for_body(&obleth, "three").await;
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let a = mock("a").await;
-    let config = format!(
-        "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
-        pool("p", &[&a], "")
-    );
-    let mut obleth = Obleth::start(&config).await;
+/// Starts a request the upstream answers after `latency_ms` and returns
+/// once obleth counts it in flight.
+async fn slow_request_in_flight(
+    obleth: &Obleth,
+    latency_ms: u64,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
     let url = obleth.url("/echo");
     let slow = tokio::spawn(async move {
         client()
             .get(url)
-            .header("x-mock-latency-ms", "1000")
+            .header("x-mock-latency-ms", latency_ms.to_string())
             .send()
             .await
     });
@@ -182,6 +180,18 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             Duration::from_secs(10),
         )
         .await;
+    slow
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let a = mock("a").await;
+    let config = format!(
+        "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
+        pool("p", &[&a], "")
+    );
+    let mut obleth = Obleth::start(&config).await;
+    let slow = slow_request_in_flight(&obleth, 1000).await;
     let started = Instant::now();
     obleth.signal("TERM");
     // Within the drain (the request takes a second): readiness goes and
@@ -341,22 +351,8 @@ async fn sigterm_waits_no_longer_than_the_grace_and_sigint_does_not_wait() {
     );
     for signal in ["TERM", "INT"] {
         let mut obleth = Obleth::start(&config).await;
-        let url = obleth.url("/echo");
         // Far longer than the grace: the drain must give up on it.
-        let slow = tokio::spawn(async move {
-            client()
-                .get(url)
-                .header("x-mock-latency-ms", "20000")
-                .send()
-                .await
-        });
-        obleth
-            .wait_metric(
-                "obleth_http_in_flight",
-                |n| n >= 1.0,
-                Duration::from_secs(10),
-            )
-            .await;
+        let slow = slow_request_in_flight(&obleth, 20_000).await;
         let started = Instant::now();
         obleth.signal(signal);
         let status = obleth

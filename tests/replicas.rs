@@ -49,6 +49,14 @@ async fn tenant_model_and_key(admin: &Admin, tenant: &str, model: &str) -> Strin
     created["secret"].as_str().expect("secret").to_string()
 }
 
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis on 127.0.0.1:6379")
+}
+
 async fn status(obleth: &Obleth, secret: &str, model: &str) -> u16 {
     client()
         .post(obleth.url("/v1/chat/completions"))
@@ -102,11 +110,7 @@ async fn deleting_a_tenant_or_a_model_takes_effect_on_every_replica() {
     everywhere(&[&a, &b], &stays, "big", 200).await;
 
     // Nothing of the deleted tenant is left in the Redis hot cache.
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = redis_connection().await;
     let keys: Vec<String> = conn.keys(format!("{prefix}key:*")).await.expect("keys");
     for key in keys {
         let entry: Option<String> = conn.get(&key).await.expect("get");
@@ -129,11 +133,7 @@ async fn an_unknown_key_is_remembered_in_redis_for_every_replica() {
     assert_eq!(status(&a, unknown, "small").await, 401);
 
     // One negative entry, with the short TTL of an unknown key.
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = redis_connection().await;
     let keys: Vec<String> = conn.keys(format!("{prefix}key:*")).await.expect("keys");
     let mut negative = Vec::new();
     for key in &keys {
