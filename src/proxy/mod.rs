@@ -8,15 +8,12 @@
 //! request and writes its access log line.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
@@ -24,195 +21,26 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
-use tokio::sync::watch;
 
+mod context;
+mod errors;
+mod generation;
 mod llm_route;
 
-use crate::config::{Action, RouteConfig};
-use crate::config::{Algorithm, ClientLimits, HashKey, PoolConfig};
-use crate::edge::access_log::{AccessLog, AccessRecord};
+use context::Active;
+pub use context::RequestCtx;
+use errors::{reason, status_for, status_label, termination};
+pub use generation::{Generation, Shared};
+
+use crate::config::Action;
+use crate::config::{Algorithm, ClientLimits, HashKey};
+use crate::edge::access_log::AccessRecord;
 use crate::edge::client_connection::HeadGuard;
 use crate::edge::forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
-use crate::edge::pool::{InFlight, LivePools, Pool};
-use crate::edge::routing::{RequestView, Route, RouteTable};
-use crate::llm::LlmState;
-use crate::metrics::{RouteMetrics, FAMILIES};
+use crate::edge::routing::RequestView;
+
+use crate::metrics::FAMILIES;
 use obleth_filters::telemetry::UsageRecord;
-
-/// Routes and pools of one configuration; a reload builds a new generation
-/// and swaps it in whole, while requests in flight keep the one they started
-/// with.
-#[derive(Debug)]
-pub struct Generation {
-    pub routes: RouteTable,
-    pub pools: Vec<Arc<Pool>>,
-    /// Counts requests that matched no route.
-    unmatched: RouteMetrics,
-}
-
-impl Generation {
-    pub fn build(
-        routes: Vec<RouteConfig>,
-        pools: Vec<PoolConfig>,
-        previous: Option<&Generation>,
-    ) -> Self {
-        let pools: Vec<Arc<Pool>> = pools
-            .into_iter()
-            .map(|config| {
-                let old = previous.and_then(|g| g.pool(&config.name));
-                Arc::new(Pool::new(config, old.map(|p| &**p)))
-            })
-            .collect();
-        let routes = routes
-            .into_iter()
-            .map(|config| {
-                let pool = match &config.action {
-                    Action::Proxy(p) => pools.iter().find(|pool| pool.name() == p.pool).cloned(),
-                    _ => None,
-                };
-                Arc::new(Route {
-                    metrics: RouteMetrics::new(&config.name),
-                    config,
-                    pool,
-                })
-            })
-            .collect();
-        Self {
-            routes: RouteTable::new(routes),
-            pools,
-            unmatched: RouteMetrics::new("-"),
-        }
-    }
-
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.name() == name)
-    }
-}
-
-/// State shared by every listener and the background services.
-pub struct Shared {
-    generation: ArcSwap<Generation>,
-    pools: watch::Sender<Arc<[Arc<Pool>]>>,
-    trusted_proxies: Vec<IpNet>,
-    pub access_log: AccessLog,
-    in_flight: AtomicUsize,
-    pub llm: Arc<LlmState>,
-}
-
-impl Shared {
-    pub fn new(
-        generation: Generation,
-        trusted_proxies: Vec<IpNet>,
-        access_log: AccessLog,
-        llm: Arc<LlmState>,
-    ) -> Self {
-        let (pools, _) = watch::channel(generation.pools.clone().into());
-        Self {
-            generation: ArcSwap::new(Arc::new(generation)),
-            pools,
-            trusted_proxies,
-            access_log,
-            in_flight: AtomicUsize::new(0),
-            llm,
-        }
-    }
-
-    pub fn current(&self) -> Arc<Generation> {
-        self.generation.load_full()
-    }
-
-    /// Makes `generation` the one new requests see.
-    pub fn install(&self, generation: Generation) {
-        self.pools.send_replace(generation.pools.clone().into());
-        self.generation.store(Arc::new(generation));
-    }
-
-    /// The live pools, for health checks and the admin API.
-    pub fn watch_pools(&self) -> LivePools {
-        self.pools.subscribe()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request as in flight for as long as it lives.
-struct Active(Arc<Shared>);
-
-impl Active {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        FAMILIES.in_flight.inc();
-        Self(shared.clone())
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        FAMILIES.in_flight.dec();
-    }
-}
-
-/// Per-request state carried across the phases.
-pub struct RequestCtx {
-    _active: Active,
-    started: Instant,
-    route: Option<Arc<Route>>,
-    /// The pool attempts go to: the route's, or the requested model's.
-    pool: Option<Arc<Pool>>,
-    /// Set on LLM routes once the request passed auth and parsing; boxed,
-    /// as the context is moved with Pingora's request future on every
-    /// request and a plain proxy request has none.
-    llm: Option<Box<llm_route::LlmCall>>,
-    /// On LLM routes, the key's principal once resolved and the model once
-    /// known: a request refused after that still leaves a usage record.
-    caller: Option<Arc<obleth_filters::records::Principal>>,
-    model: Option<String>,
-    /// From the request head to the upstream's response head.
-    first_byte: Option<Duration>,
-    request_id: RequestId,
-    /// Upstream attempts made so far.
-    attempts: usize,
-    /// Servers this request already tried, skipped by retries.
-    tried: SmallVec<[usize; 4]>,
-    server: Option<InFlight>,
-    attempt_started: Option<Instant>,
-    upstream_started: Option<Instant>,
-    connect_time: Option<Duration>,
-    response_time: Option<Duration>,
-    /// The status `fail_to_proxy` chose, when the request failed.
-    error_status: u16,
-    total_timeout_hit: bool,
-    /// Request body bytes received so far, for the listener's minimum rate.
-    body_bytes: u64,
-    limits: ClientLimits,
-}
-
-impl RequestCtx {
-    /// Refuses a request body that trickles in: once it has taken longer
-    /// than `http_request`, it must average `min_body_rate` bytes a second.
-    pub(crate) fn check_body_rate(&mut self, received: usize) -> Result<()> {
-        self.body_bytes += received as u64;
-        let rate = self.limits.min_body_rate;
-        let elapsed = self.started.elapsed();
-        if rate > 0
-            && elapsed > self.limits.http_request
-            && (self.body_bytes as f64) < rate as f64 * elapsed.as_secs_f64()
-        {
-            FAMILIES
-                .connections_closed
-                .with_label_values(&["slow_body"])
-                .inc();
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(408),
-                format!("request body slower than {rate} bytes/s"),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The proxy of one listener.
 pub struct Gateway {
@@ -306,72 +134,6 @@ fn hash_key(session: &Session, key: &HashKey) -> Vec<u8> {
             .map(|(_, v)| v.as_bytes().to_vec())
             .unwrap_or_default(),
     }
-}
-
-/// The one place errors become statuses: 503 when no server may be tried,
-/// 504 for upstream timeouts, 502 for other upstream failures, 400 for a bad
-/// request, 0 when the client is gone and nothing can be sent.
-fn status_for(e: &Error) -> u16 {
-    use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(code) => *code,
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
-            if *e.esource() != ErrorSource::Downstream =>
-        {
-            504
-        }
-        ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
-        | HandshakeError
-            if *e.esource() != ErrorSource::Downstream =>
-        {
-            502
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                // The client stopped sending its body: HAProxy's `timeout
-                // client` answers 408 too.
-                ReadTimedout => 408,
-                ReadError | WriteError | ConnectionClosed | WriteTimedout => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
-/// A status as a label: the statuses of the error contract and the usual
-/// upstream ones by code, anything else by class, so the set stays small.
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        408 => "408",
-        413 => "413",
-        429 => "429",
-        499 => "499",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => match status / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        },
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error")
 }
 
 #[async_trait]
@@ -894,30 +656,6 @@ fn check_total(ctx: &mut RequestCtx) -> Result<()> {
     Ok(())
 }
 
-/// HAProxy's two termination characters: who ended the request (`C` client,
-/// `S` server, `c`/`s` their timeouts, `P` the proxy) and in which phase
-/// (`C` connecting, `H` waiting for the response head, `D` sending data).
-fn termination(e: Option<&Error>, response_started: bool, connected: bool) -> [char; 2] {
-    let Some(e) = e else { return ['-', '-'] };
-    use ErrorType::*;
-    let who = match (e.esource(), e.etype()) {
-        (_, HTTPStatus(_)) => 'S',
-        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => 'c',
-        (ErrorSource::Downstream, _) => 'C',
-        (_, ReadTimedout | WriteTimedout | ConnectTimedout) => 's',
-        (ErrorSource::Upstream, _) => 'S',
-        _ => 'P',
-    };
-    let phase = if response_started {
-        'D'
-    } else if connected {
-        'H'
-    } else {
-        'C'
-    };
-    [who, phase]
-}
-
 fn version_text(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
@@ -925,46 +663,5 @@ fn version_text(v: http::Version) -> &'static str {
         http::Version::HTTP_2 => "HTTP/2.0",
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_follow_the_error_contract() {
-        let up = |t| Error::new_up(t);
-        assert_eq!(status_for(&Error::new(ErrorType::HTTPStatus(503))), 503);
-        assert_eq!(status_for(&up(ErrorType::ReadTimedout)), 504);
-        assert_eq!(status_for(&up(ErrorType::ConnectTimedout)), 504);
-        assert_eq!(status_for(&up(ErrorType::ConnectRefused)), 502);
-        assert_eq!(status_for(&up(ErrorType::ConnectionClosed)), 502);
-        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), 0);
-        assert_eq!(
-            status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)),
-            400
-        );
-    }
-
-    #[test]
-    fn termination_names_side_and_phase() {
-        assert_eq!(termination(None, true, true), ['-', '-']);
-        assert_eq!(
-            termination(
-                Some(&Error::new_up(ErrorType::ConnectRefused)),
-                false,
-                false
-            ),
-            ['S', 'C']
-        );
-        assert_eq!(
-            termination(Some(&Error::new_up(ErrorType::ReadTimedout)), false, true),
-            ['s', 'H']
-        );
-        assert_eq!(
-            termination(Some(&Error::new_down(ErrorType::WriteError)), true, true),
-            ['C', 'D']
-        );
     }
 }

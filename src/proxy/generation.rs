@@ -1,0 +1,114 @@
+//! The live configuration: the generation of routes and pools requests see,
+//! swapped whole on reload, and the state every listener shares.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use tokio::sync::watch;
+
+use crate::config::{Action, PoolConfig, RouteConfig};
+use crate::edge::access_log::AccessLog;
+use crate::edge::pool::{LivePools, Pool};
+use crate::edge::routing::{Route, RouteTable};
+use crate::llm::LlmState;
+use crate::metrics::RouteMetrics;
+
+/// Routes and pools of one configuration; a reload builds a new generation
+/// and swaps it in whole, while requests in flight keep the one they started
+/// with.
+#[derive(Debug)]
+pub struct Generation {
+    pub routes: RouteTable,
+    pub pools: Vec<Arc<Pool>>,
+    /// Counts requests that matched no route.
+    pub(super) unmatched: RouteMetrics,
+}
+
+impl Generation {
+    pub fn build(
+        routes: Vec<RouteConfig>,
+        pools: Vec<PoolConfig>,
+        previous: Option<&Generation>,
+    ) -> Self {
+        let pools: Vec<Arc<Pool>> = pools
+            .into_iter()
+            .map(|config| {
+                let old = previous.and_then(|g| g.pool(&config.name));
+                Arc::new(Pool::new(config, old.map(|p| &**p)))
+            })
+            .collect();
+        let routes = routes
+            .into_iter()
+            .map(|config| {
+                let pool = match &config.action {
+                    Action::Proxy(p) => pools.iter().find(|pool| pool.name() == p.pool).cloned(),
+                    _ => None,
+                };
+                Arc::new(Route {
+                    metrics: RouteMetrics::new(&config.name),
+                    config,
+                    pool,
+                })
+            })
+            .collect();
+        Self {
+            routes: RouteTable::new(routes),
+            pools,
+            unmatched: RouteMetrics::new("-"),
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+}
+
+/// State shared by every listener and the background services.
+pub struct Shared {
+    pub(super) generation: ArcSwap<Generation>,
+    pools: watch::Sender<Arc<[Arc<Pool>]>>,
+    pub(super) trusted_proxies: Vec<IpNet>,
+    pub access_log: AccessLog,
+    pub(super) in_flight: AtomicUsize,
+    pub llm: Arc<LlmState>,
+}
+
+impl Shared {
+    pub fn new(
+        generation: Generation,
+        trusted_proxies: Vec<IpNet>,
+        access_log: AccessLog,
+        llm: Arc<LlmState>,
+    ) -> Self {
+        let (pools, _) = watch::channel(generation.pools.clone().into());
+        Self {
+            generation: ArcSwap::new(Arc::new(generation)),
+            pools,
+            trusted_proxies,
+            access_log,
+            in_flight: AtomicUsize::new(0),
+            llm,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Makes `generation` the one new requests see.
+    pub fn install(&self, generation: Generation) {
+        self.pools.send_replace(generation.pools.clone().into());
+        self.generation.store(Arc::new(generation));
+    }
+
+    /// The live pools, for health checks and the admin API.
+    pub fn watch_pools(&self) -> LivePools {
+        self.pools.subscribe()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
