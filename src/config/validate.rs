@@ -1,0 +1,237 @@
+//! Raw file → validated configuration: the rules shared by both planes and
+//! the top-level assembly.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::locate::PositionIndex;
+use super::raw::*;
+use super::*;
+
+/// Pingora makes at most 16 attempts per request.
+pub(super) const MAX_RETRIES: usize = 15;
+
+/// Collects problems while converting the raw file into a [`Config`].
+pub(super) struct Validator {
+    pub(super) file: String,
+    pub(super) index: PositionIndex,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Validator {
+    pub(super) fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            position: self.index.find(key),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match text {
+            None => default,
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(
+                        key,
+                        format!("{t:?} is not a duration ({e}); write e.g. 500ms, 5s, 2m"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    /// A duration where zero is meaningless (an interval, a timeout).
+    pub(super) fn positive_duration(
+        &mut self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, text, default);
+        if d.is_zero() {
+            self.problem(key, "must be longer than zero");
+            return default;
+        }
+        d
+    }
+
+    pub(super) fn socket_addr(
+        &mut self,
+        key: &str,
+        text: &str,
+        default_port: Option<u16>,
+    ) -> SocketAddr {
+        let fallback = SocketAddr::from(([0, 0, 0, 0], 0));
+        let with_port = match default_port {
+            Some(port) if !has_port(text) => format!("{text}:{port}"),
+            _ => text.to_string(),
+        };
+        match with_port.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => addr,
+            Ok(None) => {
+                self.problem(key, format!("{text:?} resolves to no address"));
+                fallback
+            }
+            Err(e) => {
+                self.problem(key, format!("{text:?} is not an address (host:port): {e}"));
+                fallback
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let server = self.server(raw.server);
+        let listeners = self.listeners(raw.listeners);
+        let admin_address = self.socket_addr(
+            "admin.address",
+            raw.admin.address.as_deref().unwrap_or("127.0.0.1:9090"),
+            None,
+        );
+        let metrics_address = self.socket_addr(
+            "metrics.address",
+            raw.metrics.address.as_deref().unwrap_or("0.0.0.0:9091"),
+            None,
+        );
+        let access_log = self.access_log(raw.access_log);
+        let pools = self.pools(raw.pools);
+        let routes = self.routes(raw.routes, &pools);
+        let store = StoreConfig {
+            database_url: raw
+                .store
+                .database_url
+                .unwrap_or_else(|| "sqlite://obleth.db".into()),
+            migrate: raw.store.migrate.unwrap_or(true),
+        };
+        if crate::store::Backend::of(&store.database_url).is_none() {
+            self.problem(
+                "store.database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            );
+        }
+        let redis = raw.redis.url.map(|url| {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                self.problem(
+                    "redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
+            RedisConfig {
+                url,
+                prefix: raw.redis.prefix.clone().unwrap_or_else(|| "obleth:".into()),
+            }
+        });
+        let seed = self.seed(raw.seed, &pools);
+        let default_max_tokens = raw.budgets.default_max_tokens.unwrap_or(4096);
+        if default_max_tokens == 0 {
+            self.problem("budgets.default_max_tokens", "must be at least 1");
+        }
+        let budgets = BudgetSettings {
+            fail_open: raw.budgets.fail_open.unwrap_or(true),
+            default_max_tokens: default_max_tokens.max(1),
+        };
+        let admission = self.admission(&raw.admission);
+        let telemetry = self.telemetry(&raw.telemetry);
+        let mut endpoints: Vec<(String, SocketAddr)> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].address"), l.address))
+            .collect();
+        endpoints.push(("admin.address".into(), admin_address));
+        endpoints.push(("metrics.address".into(), metrics_address));
+        for (i, (key, addr)) in endpoints.iter().enumerate() {
+            if addr.port() != 0 && endpoints[..i].iter().any(|(_, a)| a == addr) {
+                self.problem(key, format!("{addr} is already used by another endpoint"));
+            }
+        }
+        Config {
+            source: path.to_path_buf(),
+            server,
+            listeners,
+            admin_address,
+            metrics_address,
+            access_log,
+            pools,
+            routes,
+            store,
+            redis,
+            admin_auth: AdminAuth {
+                token: None,
+                generate_dev_token: raw.admin.generate_dev_token.unwrap_or(false),
+            },
+            seed,
+            budgets,
+            admission,
+            telemetry,
+            api_key_pepper: None,
+            encryption_key: None,
+        }
+    }
+
+    pub(super) fn server(&mut self, raw: RawServer) -> ServerSettings {
+        let threads = raw
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            self.problem("server.threads", "must be at least 1");
+        }
+        let grace = self.duration(
+            "server.grace",
+            raw.grace.as_deref(),
+            Duration::from_secs(30),
+        );
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.problem(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{cidr:?} is not a CIDR or IP address"),
+                ),
+            }
+        }
+        ServerSettings {
+            threads: threads.max(1),
+            grace,
+            trusted_proxies,
+            upstream_keepalive_pool: raw.upstream_keepalive_pool.unwrap_or(1024),
+            work_stealing: raw.work_stealing.unwrap_or(true),
+        }
+    }
+
+    pub(super) fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
+        let format = match raw.format.as_deref().unwrap_or("httplog") {
+            "httplog" => AccessLogFormat::Httplog,
+            "json" => AccessLogFormat::Json,
+            "off" => AccessLogFormat::Off,
+            other => {
+                self.problem(
+                    "access_log.format",
+                    format!("{other:?} is not one of httplog, json, off"),
+                );
+                AccessLogFormat::Off
+            }
+        };
+        AccessLogConfig {
+            format,
+            path: raw.path.map(PathBuf::from),
+        }
+    }
+}

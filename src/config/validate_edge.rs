@@ -1,0 +1,560 @@
+//! Validation of the edge plane: listeners and their client limits, pools,
+//! health checks and routes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+use regex::Regex;
+
+use super::raw::*;
+use super::validate::MAX_RETRIES;
+use super::*;
+
+impl Validator {
+    pub(super) fn listeners(&mut self, raw: Vec<RawListener>) -> Vec<ListenerConfig> {
+        let raw = if raw.is_empty() {
+            vec![RawListener {
+                name: Some("http".into()),
+                address: "0.0.0.0:8080".into(),
+                ..RawListener::default()
+            }]
+        } else {
+            raw
+        };
+        let mut names = HashSet::new();
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let key = format!("listeners[{i}]");
+                let client = self.client_limits(&key, &l);
+                let name = l.name.unwrap_or_else(|| {
+                    if l.tls.is_some() {
+                        "https".into()
+                    } else {
+                        "http".into()
+                    }
+                });
+                if !names.insert(name.clone()) {
+                    self.problem(
+                        &format!("{key}.name"),
+                        format!("duplicate listener name {name:?}"),
+                    );
+                }
+                let address = self.socket_addr(&format!("{key}.address"), &l.address, None);
+                let tls = l.tls.map(|t| {
+                    for (field, file) in [("cert", &t.cert), ("key", &t.key)] {
+                        if !Path::new(file).is_file() {
+                            self.problem(
+                                &format!("{key}.tls.{field}"),
+                                format!("{file:?} is not a readable file"),
+                            );
+                        }
+                    }
+                    TlsFiles {
+                        cert: t.cert.into(),
+                        key: t.key.into(),
+                    }
+                });
+                ListenerConfig {
+                    name,
+                    address,
+                    tls,
+                    h2c: l.h2c,
+                    client,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn client_limits(&mut self, key: &str, l: &RawListener) -> ClientLimits {
+        let defaults = ClientLimits::default();
+        let t = &l.timeouts;
+        let max_head_bytes = l.max_head_bytes.unwrap_or(defaults.max_head_bytes);
+        if !(1024..=1 << 20).contains(&max_head_bytes) {
+            self.problem(
+                &format!("{key}.max_head_bytes"),
+                "must be between 1024 and 1048576",
+            );
+        }
+        ClientLimits {
+            http_request: self.positive_duration(
+                &format!("{key}.timeouts.http_request"),
+                t.http_request.as_deref(),
+                defaults.http_request,
+            ),
+            http_keep_alive: self.positive_duration(
+                &format!("{key}.timeouts.http_keep_alive"),
+                t.http_keep_alive.as_deref(),
+                defaults.http_keep_alive,
+            ),
+            client: self.positive_duration(
+                &format!("{key}.timeouts.client"),
+                t.client.as_deref(),
+                defaults.client,
+            ),
+            max_head_bytes: max_head_bytes.clamp(1024, 1 << 20),
+            min_body_rate: l.min_body_rate.unwrap_or(defaults.min_body_rate),
+        }
+    }
+
+    pub(super) fn pools(&mut self, raw: Vec<RawPool>) -> Vec<PoolConfig> {
+        let mut names = HashSet::new();
+        let mut pools = Vec::new();
+        for (i, p) in raw.into_iter().enumerate() {
+            let key = format!("pools[{i}]");
+            if !names.insert(p.name.clone()) {
+                self.problem(
+                    &format!("{key}.name"),
+                    format!("duplicate pool name {:?}", p.name),
+                );
+            }
+            pools.push(self.pool(&key, p));
+        }
+        pools
+    }
+
+    pub(super) fn pool(&mut self, key: &str, p: RawPool) -> PoolConfig {
+        let algorithm = match (
+            p.algorithm.as_deref().unwrap_or("round_robin"),
+            p.hash_key.as_deref(),
+        ) {
+            ("round_robin", None) => Algorithm::RoundRobin,
+            ("least_in_flight", None) => Algorithm::LeastInFlight,
+            ("random", None) => Algorithm::Random,
+            ("consistent_hash", hash_key) => {
+                Algorithm::ConsistentHash(self.hash_key(key, hash_key))
+            }
+            (_, Some(_)) => {
+                self.problem(
+                    &format!("{key}.hash_key"),
+                    "only used with algorithm: consistent_hash",
+                );
+                Algorithm::RoundRobin
+            }
+            (other, None) => {
+                self.problem(
+                    &format!("{key}.algorithm"),
+                    format!("{other:?} is not one of round_robin, least_in_flight, random, consistent_hash"),
+                );
+                Algorithm::RoundRobin
+            }
+        };
+        if p.servers.is_empty() {
+            self.problem(
+                &format!("{key}.servers"),
+                "a pool needs at least one server",
+            );
+        }
+        let tls = p.tls.map(|t| UpstreamTls {
+            sni: t.sni.unwrap_or_default(),
+            verify: t.verify.unwrap_or(true),
+        });
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let servers: Vec<ServerConfig> = p
+            .servers
+            .into_iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let skey = format!("{key}.servers[{j}]");
+                let weight = s.weight.unwrap_or(1);
+                if weight == 0 || weight > 1000 {
+                    self.problem(&format!("{skey}.weight"), "must be between 1 and 1000");
+                }
+                if s.max_connections == Some(0) {
+                    self.problem(&format!("{skey}.max_connections"), "must be at least 1");
+                }
+                ServerConfig {
+                    address: self.socket_addr(
+                        &format!("{skey}.address"),
+                        &s.address,
+                        Some(default_port),
+                    ),
+                    name: s.address,
+                    weight: weight.clamp(1, 1000),
+                    max_connections: s.max_connections,
+                }
+            })
+            .collect();
+        let tls = tls.map(|mut t| {
+            if t.sni.is_empty() {
+                t.sni = servers
+                    .first()
+                    .map(|s| host_of(&s.name).to_string())
+                    .unwrap_or_default();
+            }
+            t
+        });
+        let health_check = p
+            .health_check
+            .map(|h| self.health_check(&format!("{key}.health_check"), h));
+        let t = p.timeouts;
+        let tkey = format!("{key}.timeouts");
+        let timeouts = Timeouts {
+            connect: self.positive_duration(
+                &format!("{tkey}.connect"),
+                t.connect.as_deref(),
+                Duration::from_secs(2),
+            ),
+            read: self.positive_duration(
+                &format!("{tkey}.read"),
+                t.read.as_deref(),
+                Duration::from_secs(60),
+            ),
+            write: self.positive_duration(
+                &format!("{tkey}.write"),
+                t.write.as_deref(),
+                Duration::from_secs(60),
+            ),
+            total: t
+                .total
+                .as_deref()
+                .map(|s| self.positive_duration(&format!("{tkey}.total"), Some(s), Duration::MAX)),
+            idle_keepalive: self.positive_duration(
+                &format!("{tkey}.idle_keepalive"),
+                t.idle_keepalive.as_deref(),
+                Duration::from_secs(60),
+            ),
+        };
+        let host_header = p.host_header.and_then(|h| match HeaderValue::from_str(&h) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(&format!("{key}.host_header"), "not a valid header value");
+                None
+            }
+        });
+        let retries = p.retries.unwrap_or(2);
+        if retries > MAX_RETRIES {
+            self.problem(&format!("{key}.retries"), format!("at most {MAX_RETRIES}"));
+        }
+        PoolConfig {
+            name: p.name,
+            algorithm,
+            servers,
+            tls,
+            health_check,
+            timeouts,
+            retries: retries.min(MAX_RETRIES),
+            retry_non_idempotent: p.retry_non_idempotent,
+            host_header,
+        }
+    }
+
+    pub(super) fn hash_key(&mut self, pool_key: &str, text: Option<&str>) -> HashKey {
+        let key = format!("{pool_key}.hash_key");
+        match text.unwrap_or("client_ip") {
+            "client_ip" => HashKey::ClientIp,
+            other => {
+                if let Some(name) = other.strip_prefix("header:") {
+                    match HeaderName::from_bytes(name.trim().as_bytes()) {
+                        Ok(h) => return HashKey::Header(h),
+                        Err(_) => self.problem(&key, format!("{name:?} is not a header name")),
+                    }
+                } else if let Some(name) = other.strip_prefix("cookie:") {
+                    return HashKey::Cookie(name.trim().to_string());
+                } else {
+                    self.problem(
+                        &key,
+                        format!("{other:?} is not client_ip, header:NAME or cookie:NAME"),
+                    );
+                }
+                HashKey::ClientIp
+            }
+        }
+    }
+
+    pub(super) fn health_check(&mut self, key: &str, h: RawHealthCheck) -> HealthCheckConfig {
+        let kind = match h
+            .kind
+            .as_deref()
+            .unwrap_or(if h.path.is_some() { "http" } else { "tcp" })
+        {
+            "http" => HealthCheckKind::Http {
+                path: h.path.unwrap_or_else(|| "/".into()),
+                expect_status: h.expect_status.unwrap_or(200),
+            },
+            "tcp" => HealthCheckKind::Tcp,
+            other => {
+                self.problem(
+                    &format!("{key}.kind"),
+                    format!("{other:?} is not http or tcp"),
+                );
+                HealthCheckKind::Tcp
+            }
+        };
+        let rise = h.rise.unwrap_or(2);
+        let fall = h.fall.unwrap_or(3);
+        if rise == 0 {
+            self.problem(&format!("{key}.rise"), "must be at least 1");
+        }
+        if fall == 0 {
+            self.problem(&format!("{key}.fall"), "must be at least 1");
+        }
+        HealthCheckConfig {
+            kind,
+            interval: self.positive_duration(
+                &format!("{key}.interval"),
+                h.interval.as_deref(),
+                Duration::from_secs(2),
+            ),
+            timeout: self.positive_duration(
+                &format!("{key}.timeout"),
+                h.timeout.as_deref(),
+                Duration::from_secs(1),
+            ),
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    pub(super) fn routes(&mut self, raw: Vec<RawRoute>, pools: &[PoolConfig]) -> Vec<RouteConfig> {
+        let mut names = HashSet::new();
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !names.insert(r.name.clone()) {
+                self.problem(
+                    &format!("{key}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            if let Some(prev) = routes.iter().find(|p| p.matcher.is_catch_all()) {
+                self.problem(
+                    &key,
+                    format!(
+                        "unreachable: route {:?} before it matches every request",
+                        prev.name
+                    ),
+                );
+            }
+            let matcher = r
+                .matcher
+                .map(|m| self.matcher(&format!("{key}.match"), m))
+                .unwrap_or_default();
+            let action = self.action(&key, r.proxy, r.redirect, r.respond, r.llm, pools);
+            routes.push(RouteConfig {
+                name: r.name,
+                matcher,
+                action,
+            });
+        }
+        routes
+    }
+
+    pub(super) fn matcher(&mut self, key: &str, m: RawMatch) -> Matcher {
+        let hosts = m
+            .host
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| {
+                HostPattern::parse(h)
+                    .map_err(|e| self.problem(&format!("{key}.host"), e))
+                    .ok()
+            })
+            .collect();
+        let path = m.path.and_then(|p| {
+            let pkey = format!("{key}.path");
+            match (p.prefix, p.exact, p.regex) {
+                (Some(prefix), None, None) => Some(PathPattern::Prefix(prefix)),
+                (None, Some(exact), None) => Some(PathPattern::Exact(exact)),
+                (None, None, Some(re)) => self
+                    .regex(&format!("{pkey}.regex"), &re)
+                    .map(PathPattern::Regex),
+                _ => {
+                    self.problem(&pkey, "give exactly one of prefix, exact, regex");
+                    None
+                }
+            }
+        });
+        let methods = m
+            .method
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(
+                |name| match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        self.problem(
+                            &format!("{key}.method"),
+                            format!("{name:?} is not an HTTP method"),
+                        );
+                        None
+                    }
+                },
+            )
+            .collect();
+        let mut headers = Vec::new();
+        for (j, h) in m.headers.into_iter().enumerate() {
+            let hkey = format!("{key}.headers[{j}]");
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                self.problem(
+                    &format!("{hkey}.name"),
+                    format!("{:?} is not a header name", h.name),
+                );
+                continue;
+            };
+            let test = match (h.present, h.equals, h.regex) {
+                (Some(true), None, None) => HeaderTest::Present,
+                (Some(false), None, None) => HeaderTest::Absent,
+                (None, Some(value), None) => HeaderTest::Equals(value),
+                (None, None, Some(re)) => match self.regex(&format!("{hkey}.regex"), &re) {
+                    Some(r) => HeaderTest::Regex(r),
+                    None => continue,
+                },
+                _ => {
+                    self.problem(&hkey, "give exactly one of present, equals, regex");
+                    continue;
+                }
+            };
+            headers.push(HeaderCondition { name, test });
+        }
+        Matcher {
+            hosts,
+            path,
+            methods,
+            headers,
+        }
+    }
+
+    pub(super) fn regex(&mut self, key: &str, text: &str) -> Option<Regex> {
+        Regex::new(text)
+            .map_err(|e| self.problem(key, format!("invalid regex: {e}")))
+            .ok()
+    }
+
+    pub(super) fn action(
+        &mut self,
+        key: &str,
+        proxy: Option<RawProxy>,
+        redirect: Option<RawRedirect>,
+        respond: Option<RawRespond>,
+        llm: Option<RawLlm>,
+        pools: &[PoolConfig],
+    ) -> Action {
+        let fallback = || {
+            Action::Respond(FixedResponse {
+                status: 404,
+                body: Bytes::new(),
+                content_type: HeaderValue::from_static("text/plain"),
+            })
+        };
+        match (proxy, redirect, respond, llm) {
+            (None, None, None, Some(l)) => {
+                let max_body = l.max_body.unwrap_or(LLM_MAX_BODY);
+                if max_body == 0 || max_body > LLM_MAX_BODY {
+                    self.problem(
+                        &format!("{key}.llm.max_body"),
+                        format!("must be between 1 and {LLM_MAX_BODY} bytes"),
+                    );
+                }
+                Action::Llm(LlmAction {
+                    max_body: max_body.clamp(1, LLM_MAX_BODY),
+                })
+            }
+            (Some(p), None, None, None) => {
+                let pkey = format!("{key}.proxy");
+                if !pools.iter().any(|pool| pool.name == p.pool) {
+                    self.problem(
+                        &format!("{pkey}.pool"),
+                        format!("pool {:?} is not defined", p.pool),
+                    );
+                }
+                let rewrite_prefix = p.rewrite_prefix.map(|r| {
+                    if !r.from.starts_with('/') || !r.to.starts_with('/') {
+                        self.problem(
+                            &format!("{pkey}.rewrite_prefix"),
+                            "from and to must start with '/'",
+                        );
+                    }
+                    (r.from, r.to)
+                });
+                Action::Proxy(ProxyAction {
+                    pool: p.pool,
+                    rewrite_prefix,
+                    request_headers: self
+                        .header_edits(&format!("{pkey}.request_headers"), p.request_headers),
+                    response_headers: self
+                        .header_edits(&format!("{pkey}.response_headers"), p.response_headers),
+                })
+            }
+            (None, Some(r), None, None) => {
+                let status = r.status.unwrap_or(302);
+                if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                    self.problem(
+                        &format!("{key}.redirect.status"),
+                        format!("{status} is not one of 301, 302, 303, 307, 308"),
+                    );
+                }
+                match Template::parse(&r.location) {
+                    Ok(location) => Action::Redirect { status, location },
+                    Err(e) => {
+                        self.problem(&format!("{key}.redirect.location"), e);
+                        fallback()
+                    }
+                }
+            }
+            (None, None, Some(r), None) => {
+                if !(200..=599).contains(&r.status) {
+                    self.problem(
+                        &format!("{key}.respond.status"),
+                        format!("{} is not a final response status (200 to 599)", r.status),
+                    );
+                }
+                let content_type = r
+                    .content_type
+                    .as_deref()
+                    .unwrap_or("text/plain; charset=utf-8");
+                let content_type = HeaderValue::from_str(content_type).unwrap_or_else(|_| {
+                    self.problem(
+                        &format!("{key}.respond.content_type"),
+                        "not a valid header value",
+                    );
+                    HeaderValue::from_static("text/plain")
+                });
+                Action::Respond(FixedResponse {
+                    status: r.status,
+                    body: Bytes::from(r.body),
+                    content_type,
+                })
+            }
+            _ => {
+                self.problem(
+                    key,
+                    "a route needs exactly one action: proxy, redirect or respond",
+                );
+                fallback()
+            }
+        }
+    }
+
+    pub(super) fn header_edits(&mut self, key: &str, raw: RawHeaderEdits) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        for (name, value) in raw.set {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                (Ok(n), Ok(v)) => edits.set.push((n, v)),
+                _ => self.problem(
+                    &format!("{key}.set.{name}"),
+                    "not a valid header name and value",
+                ),
+            }
+        }
+        for (i, name) in raw.remove.iter().enumerate() {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => edits.remove.push(n),
+                Err(_) => self.problem(
+                    &format!("{key}.remove[{i}]"),
+                    format!("{name:?} is not a header name"),
+                ),
+            }
+        }
+        edits
+    }
+}
