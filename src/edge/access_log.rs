@@ -255,79 +255,32 @@ fn json_line(r: &AccessRecord<'_>) -> String {
     line
 }
 
-/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-struct Parts {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    millis: u32,
-}
-
-fn parts(time: SystemTime) -> Parts {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil((secs / 86_400) as i64);
-    Parts {
-        year,
-        month,
-        day,
-        hour: secs % 86_400 / 3600,
-        minute: secs % 3600 / 60,
-        second: secs % 60,
-        millis: since.subsec_millis(),
-    }
+/// `time` in UTC, as jiff reads it (a time before 1970 or past jiff's range
+/// is logged as the epoch rather than failing the line).
+fn utc(time: SystemTime) -> jiff::Zoned {
+    jiff::Timestamp::try_from(time)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_zoned(jiff::tz::TimeZone::UTC)
 }
 
 /// `22/Nov/2026:01:23:45.678`, as in HAProxy's `%tr`. The part up to the
 /// second is formatted once per second per thread.
 fn haproxy_date(time: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     thread_local! {
         static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     SECOND.with_borrow_mut(|(second, text)| {
         if *second != since.as_secs() {
-            let p = parts(time);
             *second = since.as_secs();
-            *text = format!(
-                "{:02}/{}/{}:{:02}:{:02}:{:02}",
-                p.day,
-                MONTHS[(p.month as usize).saturating_sub(1) % 12],
-                p.year,
-                p.hour,
-                p.minute,
-                p.second
-            );
+            *text = utc(time).strftime("%d/%b/%Y:%H:%M:%S").to_string();
         }
         format!("{text}.{:03}", since.subsec_millis())
     })
 }
 
 fn rfc3339(time: SystemTime) -> String {
-    let p = parts(time);
-    format!(
-        "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.year, p.month, p.day, p.hour, p.minute, p.second, p.millis
-    )
+    utc(time).strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]
