@@ -337,7 +337,7 @@ impl Scheduler {
     }
 
     /// Every pool's size, load and flows, for the fairshare API and metrics.
-    pub fn snapshot(&self) -> Option<Snapshot> {
+    pub fn snapshot(&self) -> Snapshot {
         let state = lock(&self.state);
         let pools = state
             .pools
@@ -361,12 +361,12 @@ impl Scheduler {
                     .collect(),
             })
             .collect();
-        Some(Snapshot {
+        Snapshot {
             global: state.capacity.global,
             in_flight: state.in_flight,
             queued: state.pools.values().map(|p| p.waiting).sum(),
             pools,
-        })
+        }
     }
 
     /// Requests in flight and waiting, in total.
@@ -1020,7 +1020,7 @@ mod tests {
                     })
                     .count()
             };
-            let snap = s.snapshot().expect("snapshot");
+            let snap = s.snapshot();
             assert!(snap.in_flight <= snap.global, "step {step}: {snap:?}");
             assert_eq!(snap.in_flight as usize, held.len(), "step {step}");
             for pool in &snap.pools {

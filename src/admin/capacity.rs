@@ -38,15 +38,8 @@ pub struct CapacityChange {
     global_max_in_flight: u32,
 }
 
-fn snapshot(s: &ApiState) -> ApiResult<obleth_filters::admission::Snapshot> {
-    s.llm
-        .scheduler
-        .snapshot()
-        .ok_or_else(|| ApiError::unavailable("the scheduler is unavailable"))
-}
-
 fn capacity_view(s: &ApiState) -> ApiResult<CapacityView> {
-    let snap = snapshot(s)?;
+    let snap = s.llm.scheduler.snapshot();
     Ok(CapacityView {
         global_max_in_flight: snap.global,
         in_flight: snap.in_flight,
@@ -106,5 +99,5 @@ pub(super) async fn put_capacity(
 pub(super) async fn fairshare(
     State(s): State<ApiState>,
 ) -> ApiResult<Json<obleth_filters::admission::Snapshot>> {
-    Ok(Json(snapshot(&s)?))
+    Ok(Json(s.llm.scheduler.snapshot()))
 }

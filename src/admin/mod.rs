@@ -110,9 +110,7 @@ pub fn metrics_router(llm: Arc<crate::llm::LlmState>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || async move {
-            if let Some(snapshot) = llm.scheduler.snapshot() {
-                crate::metrics::observe_admission(&snapshot);
-            }
+            crate::metrics::observe_admission(&llm.scheduler.snapshot());
             crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
             (
                 [(

@@ -18,7 +18,9 @@ const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn now_ms() -> u64 {
+/// Milliseconds on the monotonic clock since the first call: ejection
+/// deadlines must not move when the wall clock is set.
+fn monotonic_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
@@ -40,7 +42,7 @@ pub struct Server {
 impl Server {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= monotonic_ms()
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -238,7 +240,7 @@ impl Pool {
             server.set_healthy(false);
         } else {
             server.ejected_until_ms.store(
-                now_ms() + PASSIVE_COOLDOWN.as_millis() as u64,
+                monotonic_ms() + PASSIVE_COOLDOWN.as_millis() as u64,
                 Ordering::Relaxed,
             );
         }

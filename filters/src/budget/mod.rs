@@ -138,7 +138,8 @@ pub struct Standing {
     pub reserved_usd_micros: u64,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock Unix milliseconds, what budget periods and resets are kept in.
+fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -303,7 +304,7 @@ impl BudgetStore for RedisBudgets {
                     "period",
                     scope.limits.period.as_str(),
                     "reset_at",
-                    &now_ms().to_string(),
+                    &unix_ms().to_string(),
                 ])
                 .query_async::<i64>(&mut conn),
         )
@@ -489,7 +490,7 @@ impl BudgetStore for LocalBudgets {
         s.tokens = 0;
         s.usd = 0;
         s.period = scope.limits.period.clone();
-        s.reset_at = now_ms();
+        s.reset_at = unix_ms();
         Ok(())
     }
 
