@@ -113,8 +113,37 @@ pub(crate) enum TemplatePart {
     Uri,
 }
 
+/// Why a host pattern or a redirect template is not valid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteSyntaxError {
+    #[error("empty host pattern")]
+    EmptyHost,
+    #[error("host pattern {0:?}: only a leading '*.' wildcard is supported")]
+    HostWildcard(String),
+    #[error("unclosed '{{' in {0:?}")]
+    UnclosedPlaceholder(String),
+    #[error("unknown placeholder {{{0}}}; use scheme, host, path, query or uri")]
+    UnknownPlaceholder(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, RouteSyntaxError> {
+        let lower = text.trim().to_ascii_lowercase();
+        if lower.is_empty() {
+            return Err(RouteSyntaxError::EmptyHost);
+        }
+        match lower.strip_prefix("*.") {
+            Some(rest) if !rest.is_empty() && !rest.contains('*') => {
+                Ok(HostPattern::Suffix(format!(".{rest}")))
+            }
+            _ if lower.contains('*') => Err(RouteSyntaxError::HostWildcard(text.to_string())),
+            _ => Ok(HostPattern::Exact(lower)),
+        }
+    }
+}
+
 impl Template {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, RouteSyntaxError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -123,18 +152,14 @@ impl Template {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
+                .ok_or_else(|| RouteSyntaxError::UnclosedPlaceholder(text.to_string()))?;
             let part = match &rest[open + 1..open + close] {
                 "scheme" => TemplatePart::Scheme,
                 "host" => TemplatePart::Host,
                 "path" => TemplatePart::Path,
                 "query" => TemplatePart::Query,
                 "uri" => TemplatePart::Uri,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{other}}}; use scheme, host, path, query or uri"
-                    ))
-                }
+                other => return Err(RouteSyntaxError::UnknownPlaceholder(other.to_string())),
             };
             parts.push(part);
             rest = &rest[open + close + 1..];

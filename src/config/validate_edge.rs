@@ -352,7 +352,7 @@ impl Validator {
             .iter()
             .filter_map(|h| {
                 HostPattern::parse(h)
-                    .map_err(|e| self.problem(&format!("{key}.host"), e))
+                    .map_err(|e| self.problem(&format!("{key}.host"), e.to_string()))
                     .ok()
             })
             .collect();
@@ -493,7 +493,7 @@ impl Validator {
                 match Template::parse(&r.location) {
                     Ok(location) => Action::Redirect { status, location },
                     Err(e) => {
-                        self.problem(&format!("{key}.redirect.location"), e);
+                        self.problem(&format!("{key}.redirect.location"), e.to_string());
                         fallback()
                     }
                 }

@@ -141,22 +141,6 @@ impl Matcher {
 }
 
 impl HostPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let lower = text.trim().to_ascii_lowercase();
-        if lower.is_empty() {
-            return Err("empty host pattern".into());
-        }
-        match lower.strip_prefix("*.") {
-            Some(rest) if !rest.is_empty() && !rest.contains('*') => {
-                Ok(HostPattern::Suffix(format!(".{rest}")))
-            }
-            _ if lower.contains('*') => Err(format!(
-                "host pattern {text:?}: only a leading '*.' wildcard is supported"
-            )),
-            _ => Ok(HostPattern::Exact(lower)),
-        }
-    }
-
     fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,

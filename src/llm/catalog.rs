@@ -93,24 +93,41 @@ impl Catalog {
     }
 }
 
+/// Why a model's `base_url` cannot be served (the model is left out of the
+/// catalog and the reason logged).
+#[derive(Debug, thiserror::Error)]
+enum BaseUrlError {
+    #[error("not a URL: {0}")]
+    NotAUrl(#[from] http::uri::InvalidUri),
+    #[error("scheme must be http or https")]
+    Scheme,
+    #[error("no host")]
+    NoHost,
+    #[error("cannot resolve: {0}")]
+    Resolve(#[from] std::io::Error),
+    #[error("resolves to no address")]
+    NoAddress,
+    #[error("the authority is not a valid Host header: {0}")]
+    Host(#[from] http::header::InvalidHeaderValue),
+}
+
 async fn direct_upstream(
     name: &str,
     url: &str,
     old: Option<&DirectUpstream>,
-) -> Result<DirectUpstream, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+) -> Result<DirectUpstream, BaseUrlError> {
+    let uri: http::Uri = url.parse()?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err("scheme must be http or https".into()),
+        _ => return Err(BaseUrlError::Scheme),
     };
-    let host = uri.host().ok_or("no host")?.to_string();
+    let host = uri.host().ok_or(BaseUrlError::NoHost)?.to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let address = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .next()
-        .ok_or("resolves to no address")?;
+        .ok_or(BaseUrlError::NoAddress)?;
     let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
     let config = PoolConfig {
         name: format!("model:{name}"),
@@ -140,6 +157,6 @@ async fn direct_upstream(
     Ok(DirectUpstream {
         pool: Arc::new(Pool::new(config, old.map(|o| &*o.pool))),
         base_path: uri.path().trim_end_matches('/').to_string(),
-        host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+        host: HeaderValue::from_str(&authority)?,
     })
 }

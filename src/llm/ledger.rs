@@ -3,11 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use obleth_filters::budget::{BudgetStore, Cost};
-use obleth_filters::telemetry::ClickHouseSink;
+use obleth_filters::budget::{BudgetStore, BudgetUnavailable, Cost};
+use obleth_filters::telemetry::{ClickHouseSink, SinkError};
 
 use super::scopes::{key_scope, period_start, tenant_scope};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Why one pass over the budget scopes stopped (the next pass retries).
+#[derive(Debug, thiserror::Error)]
+enum LedgerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("usage ledger: {0}")]
+    Ledger(#[from] SinkError),
+    #[error("budget store: {0}")]
+    Budgets(#[from] BudgetUnavailable),
+}
 
 /// Restores committed spend the budget store lost (a Redis flush or a
 /// restart without persistence; in-process budgets after any restart) from
@@ -32,15 +43,12 @@ async fn restore_once(
     store: &Store,
     budgets: &dyn BudgetStore,
     ledger: &ClickHouseSink,
-) -> Result<usize, String> {
+) -> Result<usize, LedgerError> {
     let now = jiff::Timestamp::now();
     let mut restored = 0;
-    for record in store.tenants().await.map_err(|e| e.to_string())? {
+    for record in store.tenants().await? {
         let tenant: obleth_filters::records::Tenant = record.into();
-        let keys = store
-            .keys_of_tenant(&tenant.id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = store.keys_of_tenant(&tenant.id).await?;
         let scopes = std::iter::once(("tenant", tenant.id.clone(), tenant_scope(&tenant, now)))
             .chain(
                 keys.iter()
@@ -52,18 +60,14 @@ async fn restore_once(
                 continue;
             }
             let since =
-                period_start(&tenant, now).max(last_reset(store, entity, &id, &l.period).await);
-            let (tokens, usd_micros) = ledger
-                .spent(entity, &id, since)
-                .await
-                .map_err(|e| e.to_string())?;
+                period_start(&tenant, now).max(last_reset(store, entity, &id, &l.period).await?);
+            let (tokens, usd_micros) = ledger.spent(entity, &id, since).await?;
             if tokens == 0 && usd_micros == 0 {
                 continue;
             }
             let raised = budgets
                 .raise_committed(&scope, Cost { tokens, usd_micros }, since)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             restored += usize::from(raised);
         }
     }
@@ -71,15 +75,20 @@ async fn restore_once(
 }
 
 /// When the scope's committed spend was last reset in `period` (audited),
-/// as Unix milliseconds; 0 when never.
-async fn last_reset(store: &Store, entity: &str, id: &str, period: &str) -> u64 {
+/// as Unix milliseconds; 0 when never. A failed lookup is an error, not
+/// "never": taking it for never would raise spend an operator had reset.
+async fn last_reset(
+    store: &Store,
+    entity: &str,
+    id: &str,
+    period: &str,
+) -> Result<u64, StoreError> {
     let action = format!("{entity}.budget_reset");
-    store
+    Ok(store
         .audit_log(Some(entity), Some(id), None, 100)
-        .await
-        .unwrap_or_default()
+        .await?
         .into_iter()
         .find(|e| e.action == action && e.detail["period"] == period)
         .and_then(|e| e.at)
-        .map_or(0, |at| at.max(0) as u64)
+        .map_or(0, |at| at.max(0) as u64))
 }
