@@ -406,3 +406,61 @@ async fn seeding_postgres_is_idempotent_and_seeded_keys_work_after_restarts() {
     );
     assert_eq!(post(&changed, "east").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_reset_that_cannot_be_looked_up_is_never_taken_for_no_reset() {
+    let ch = ClickHouse::start().await;
+    let db = PgDatabase::create().await;
+    let upstream = mock("vllm").await;
+    let prefix = redis_prefix();
+    let config = format!(
+        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
+         telemetry: {{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}\n{}{ROUTES}",
+        pool("p", &[&upstream], ""),
+        db.url,
+        ch.url(),
+        seed(&[("again", "UTC", ", budget_tokens: 1000000")])
+    );
+    let first = Obleth::start(&config).await;
+    let admin = Admin::of(&first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ch.query("EXISTS TABLE obleth.usage").await.as_deref() != Ok("1") {
+        assert!(Instant::now() < deadline, "no usage table");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = tenant_id(&admin, "again").await;
+    // Spend, then an audited reset: the ledger still holds the spend.
+    ledger_row(&ch, &again, "", now_ms() - 1, (900, 100)).await;
+    admin
+        .ok("POST", "/tenants/again/budget/reset", None, 200)
+        .await;
+    drop(first);
+    // The reset's audit row cannot be read after the restart.
+    let mut pg = db.connect().await;
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_hidden")
+        .execute(&mut pg)
+        .await
+        .expect("hide the audit log");
+
+    let restarted = Obleth::start(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !restarted
+        .stderr()
+        .contains("cannot check budgets against the usage ledger")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failed lookup was not reported:\n{}",
+            restarted.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = Admin::of(&restarted)
+        .ok("GET", "/tenants/again/budget", None, 200)
+        .await;
+    assert_eq!(
+        standing(&view, "committed_tokens"),
+        0,
+        "spend from before the reset was restored: {view}"
+    );
+}
