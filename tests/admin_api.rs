@@ -53,15 +53,10 @@ async fn tenant_model_and_key(admin: &Admin) -> String {
             201,
         )
         .await;
-    let created = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "k" })),
-            201,
-        )
-        .await;
-    created["secret"].as_str().expect("secret").to_string()
+    admin
+        .create_key("acme", json!({ "name": "k" }))
+        .await
+        .secret
 }
 
 /// Every row of every table, as text.
@@ -239,17 +234,8 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
         .ok("POST", "/models", Some(json!({ "name": "nowhere" })), 400)
         .await;
 
-    let created = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "ci" })),
-            201,
-        )
-        .await;
+    let CreatedKey { id: key_id, secret } = admin.create_key("acme", json!({ "name": "ci" })).await;
     mutations += 1;
-    let secret = created["secret"].as_str().unwrap().to_string();
-    let key_id = created["key"]["id"].as_str().unwrap().to_string();
     admin
         .ok(
             "POST",

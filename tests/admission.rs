@@ -293,24 +293,14 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
     ))
     .await;
     let admin = Admin::of(&obleth);
-    let capped = admin
-        .ok(
-            "POST",
-            "/tenants/capped/keys",
-            Some(json!({ "name": "c" })),
-            201,
-        )
-        .await;
-    let capped_key = capped["secret"].as_str().unwrap().to_string();
-    let one_at_a_time = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "single", "max_in_flight": 1 })),
-            201,
-        )
-        .await;
-    let single_key = one_at_a_time["secret"].as_str().unwrap().to_string();
+    let capped_key = admin
+        .create_key("capped", json!({ "name": "c" }))
+        .await
+        .secret;
+    let single_key = admin
+        .create_key("acme", json!({ "name": "single", "max_in_flight": 1 }))
+        .await
+        .secret;
 
     for key in [&capped_key, &single_key] {
         until(&admin, "in_flight", 0).await;

@@ -58,11 +58,8 @@ async fn call(obleth: &Obleth, secret: &str, path: &str, body: &Value) -> reqwes
 
 /// Creates a key of `acme` with `spec`; returns its id and secret.
 async fn new_key(obleth: &Obleth, spec: Value) -> (String, String) {
-    let made = Admin::of(obleth)
-        .ok("POST", "/tenants/acme/keys", Some(spec), 201)
-        .await;
-    let field = |v: &Value| v.as_str().unwrap_or_else(|| panic!("{made}")).to_string();
-    (field(&made["key"]["id"]), field(&made["secret"]))
+    let key = Admin::of(obleth).create_key("acme", spec).await;
+    (key.id, key.secret)
 }
 
 /// Asserts `resp` is a 200, showing the body when it is not.

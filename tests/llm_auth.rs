@@ -258,16 +258,7 @@ async fn disabling_rotating_and_deleting_keys_take_effect_at_once() {
     let c = client();
     let url = obleth.url("/v1/chat/completions");
 
-    let created = admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "ci" })),
-            201,
-        )
-        .await;
-    let secret = created["secret"].as_str().unwrap().to_string();
-    let id = created["key"]["id"].as_str().unwrap().to_string();
+    let CreatedKey { id, secret } = admin.create_key("acme", json!({ "name": "ci" })).await;
     let call = |key: String| c.post(&url).bearer_auth(key).json(&chat("small")).send();
     assert_eq!(call(secret.clone()).await.unwrap().status(), 200);
 

@@ -38,15 +38,10 @@ async fn tenant_model_and_key(admin: &Admin, tenant: &str, model: &str) -> Strin
             201,
         )
         .await;
-    let created = admin
-        .ok(
-            "POST",
-            &format!("/tenants/{tenant}/keys"),
-            Some(json!({ "name": "k" })),
-            201,
-        )
-        .await;
-    created["secret"].as_str().expect("secret").to_string()
+    admin
+        .create_key(tenant, json!({ "name": "k" }))
+        .await
+        .secret
 }
 
 async fn redis_connection() -> redis::aio::MultiplexedConnection {

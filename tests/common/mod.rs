@@ -507,6 +507,33 @@ impl Admin {
         )
     }
 
+    /// Creates a tenant (`spec` as the API takes it; at least a `name`) and
+    /// returns its id.
+    pub async fn create_tenant(&self, spec: serde_json::Value) -> String {
+        let made = self.ok("POST", "/tenants", Some(spec), 201).await;
+        made["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a tenant id in {made}"))
+            .to_string()
+    }
+
+    /// Creates a key of `tenant` (id or name) from `spec` and returns its
+    /// id and its secret, shown only now.
+    pub async fn create_key(&self, tenant: &str, spec: serde_json::Value) -> CreatedKey {
+        let made = self
+            .ok("POST", &format!("/tenants/{tenant}/keys"), Some(spec), 201)
+            .await;
+        let field = |v: &serde_json::Value| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("a key id and secret in {made}"))
+                .to_string()
+        };
+        CreatedKey {
+            id: field(&made["key"]["id"]),
+            secret: field(&made["secret"]),
+        }
+    }
+
     /// Asserts the status and returns the body.
     pub async fn ok(
         &self,
@@ -519,6 +546,13 @@ impl Admin {
         assert_eq!(status, expected, "{method} {path}: {value}");
         value
     }
+}
+
+/// A key as created through the admin API.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    pub id: String,
+    pub secret: String,
 }
 
 /// A ClickHouse server of its own (Debian's `clickhouse-server`) on free
