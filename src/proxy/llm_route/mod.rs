@@ -1,0 +1,318 @@
+//! The `llm` route action in `request_filter`: authenticate the key, read
+//! and check the body, pick the model's pool, and later rewrite the request
+//! (model name, credential, path) on its way upstream.
+
+mod budget;
+mod call;
+mod rejection;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use obleth_filters::access;
+use obleth_filters::admission::{Admission, Permit, Ticket};
+use obleth_filters::auth::{credential, AuthError};
+use obleth_filters::openai::{Endpoint, LlmRequest};
+use obleth_filters::records::Principal;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde_json::json;
+
+use super::{respond, Generation, RequestCtx};
+use crate::config::LlmAction;
+use crate::llm::{CatalogModel, LlmState};
+use crate::metrics::FAMILIES;
+
+use budget::reserve;
+pub use call::LlmCall;
+use rejection::{reject, Rejection};
+
+/// Runs the LLM gates; `Ok(true)` when a response was already sent.
+pub async fn request_filter(
+    llm: &LlmState,
+    generation: &Generation,
+    action: &LlmAction,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    match admit(llm, generation, action, session, ctx).await {
+        Ok(responded) => Ok(responded),
+        Err(r) if r.status == CLIENT_GONE => {
+            Err(Error::explain(ErrorType::ConnectionClosed, r.message).into_down())
+        }
+        Err(r) => {
+            if r.status == 413 {
+                session.set_keepalive(None);
+            }
+            reject(session, ctx, r).await
+        }
+    }
+}
+
+async fn admit(
+    llm: &LlmState,
+    generation: &Generation,
+    action: &LlmAction,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool, Rejection> {
+    let req = session.req_header();
+    let endpoint =
+        Endpoint::from_request(req.method.as_str(), req.uri.path()).ok_or_else(|| {
+            Rejection::new(
+                404,
+                "unknown_url",
+                format!("unknown endpoint: {} {}", req.method, req.uri.path()),
+            )
+        })?;
+
+    for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
+        if req.headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("more than one {name} header; send one credential"),
+            ));
+        }
+    }
+    let secret = credential(
+        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        req.headers.get("x-api-key").map(|v| v.as_bytes()),
+    )
+    .ok_or(AuthError::Missing)?
+    .to_owned();
+    let principal = llm.resolver.resolve(&secret).await?;
+    ctx.caller = Some(principal.clone());
+    access::check(&principal, jiff::Timestamp::now())?;
+
+    if endpoint != Endpoint::Models && llm.telemetry.refusing() {
+        return Err(Rejection::new(
+            503,
+            "usage_log_full",
+            "usage cannot be recorded right now; retry later",
+        ));
+    }
+    if endpoint == Endpoint::Models {
+        list_models(llm, &principal, session, ctx)
+            .await
+            .map_err(|_| Rejection::new(500, "internal", "cannot write response"))?;
+        return Ok(true);
+    }
+
+    let body = read_body(session, ctx, action.max_body).await?;
+    let mut request = LlmRequest::parse(&body)?;
+    let model = llm.catalog.lookup(&request.model).ok_or_else(|| {
+        Rejection::new(
+            404,
+            "model_not_found",
+            format!("The model `{}` does not exist", request.model),
+        )
+    })?;
+    ctx.model = Some(model.model.name.clone());
+    let tenant = &principal.tenant;
+    // The allowlist names canonical models: an alias reaches what its model
+    // allows, never more.
+    if !tenant.allows_model(&model.model.name) {
+        return Err(Rejection::new(
+            403,
+            "model_not_allowed",
+            format!("this key may not use the model `{}`", request.model),
+        ));
+    }
+    let pool = match &model.direct {
+        Some(direct) => Some(direct.pool.clone()),
+        None => model
+            .model
+            .pool
+            .as_deref()
+            .and_then(|name| generation.pool(name))
+            .cloned(),
+    };
+    let Some(pool) = pool else {
+        return Err(Rejection::new(
+            503,
+            "model_unavailable",
+            format!("no pool serves the model `{}`", model.model.name),
+        ));
+    };
+    let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
+    let brownout_cap = (permit.admission() == Admission::Brownout
+        && endpoint != Endpoint::Embeddings)
+        .then_some(llm.admission.brownout_max_tokens);
+    if let Some(cap) = brownout_cap {
+        request.cap_max_tokens(cap);
+    }
+    let hold = match reserve(llm, &principal, &model, &request).await {
+        Ok(hold) => hold,
+        Err(refused) => {
+            // Nothing will be served: take the estimate back out of the
+            // fair-share accounts.
+            permit.correct(0);
+            return Err(refused);
+        }
+    };
+    // A stream that did not ask for usage gets it anyway (for settlement);
+    // the extra event is removed again on the way back.
+    let strip_usage =
+        request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
+    ctx.pool = Some(pool);
+    ctx.llm = Some(Box::new(LlmCall {
+        body: Bytes::from(request.into_upstream(&model.model.upstream_model, strip_usage)),
+        principal,
+        model,
+        endpoint,
+        body_sent: false,
+        hold,
+        strip_usage,
+        meter: None,
+        response_bytes: 0,
+        upstream_status: None,
+        permit,
+        brownout_cap,
+        charged: None,
+    }));
+    Ok(false)
+}
+
+/// Not a response: the client left, so nothing can be sent (logged as 499).
+const CLIENT_GONE: u16 = 499;
+
+/// The most tokens one request counts for at admission (before settlement
+/// puts in the actual tokens).
+const MAX_ESTIMATE: u64 = 1 << 24;
+
+/// Waits for the model pool's admission slot in fair order, leaving the
+/// queue as soon as the client goes away.
+async fn wait_for_slot(
+    llm: &LlmState,
+    session: &mut Session,
+    principal: &Principal,
+    model: &CatalogModel,
+    request: &LlmRequest,
+) -> Result<Permit, Rejection> {
+    let (tenant, key) = (&principal.tenant, &principal.key);
+    let completion_bound = request.completion_bound(llm.budget_settings.default_max_tokens);
+    let ticket = Ticket {
+        pool: model.model.name.clone(),
+        group: tenant.group.clone(),
+        group_weight: tenant.group_weight,
+        tenant: tenant.id.clone(),
+        tenant_weight: tenant.weight.saturating_mul(model.model.admission_weight),
+        tenant_max_in_flight: tenant.max_in_flight,
+        key: key.id.clone(),
+        key_weight: key.weight,
+        key_max_in_flight: key.max_in_flight,
+        // Bytes over-count tokens about fourfold; settlement corrects it.
+        // Bounded, so one absurd max_tokens cannot swamp the accounts.
+        estimated_tokens: (request.prompt_bound().div_ceil(4))
+            .saturating_add(completion_bound)
+            .min(MAX_ESTIMATE),
+    };
+    let started = std::time::Instant::now();
+    let admit = llm.scheduler.admit(ticket);
+    tokio::pin!(admit);
+    let admitted = tokio::select! {
+        biased;
+        admitted = &mut admit => admitted,
+        idle = session.downstream_session.read_body_or_idle(true) => match idle {
+            Err(e) if matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError) => {
+                return Err(Rejection::new(CLIENT_GONE, "client_gone", "the client left while queued"));
+            }
+            // Stray bytes after the body: keep waiting, unwatched.
+            _ => admit.await,
+        },
+    };
+    match admitted {
+        Ok(permit) => {
+            FAMILIES
+                .queue_wait
+                .with_label_values(&[permit.admission().label()])
+                .observe(permit.waited().as_secs_f64());
+            Ok(permit)
+        }
+        Err(refusal) => {
+            FAMILIES
+                .queue_wait
+                .with_label_values(&["rejected"])
+                .observe(started.elapsed().as_secs_f64());
+            Err(refusal.into())
+        }
+    }
+}
+
+/// Reads the whole body (bounded); Pingora keeps it for the upstream and
+/// `LlmCall::replace_body` swaps in the rewritten one.
+async fn read_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max: usize,
+) -> Result<Bytes, Rejection> {
+    let too_large = || {
+        Rejection::new(
+            413,
+            "request_too_large",
+            format!("request body larger than {max} bytes"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    session.enable_retry_buffering();
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return Err(too_large());
+                }
+                if ctx.check_body_rate(chunk.len()).is_err() {
+                    return Err(Rejection::new(
+                        408,
+                        "request_timeout",
+                        "the request body arrived too slowly",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => {
+                return Err(Rejection::new(
+                    400,
+                    "body_read_error",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn list_models(
+    llm: &LlmState,
+    principal: &Principal,
+    session: &mut Session,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let data: Vec<_> = llm
+        .catalog
+        .list()
+        .iter()
+        .filter(|m| principal.tenant.allows_model(&m.model.name))
+        .map(|m| json!({ "id": m.model.name, "object": "model", "created": 0, "owned_by": "obleth" }))
+        .collect();
+    let body = serde_json::to_vec(&json!({ "object": "list", "data": data })).unwrap_or_default();
+    let content_type = HeaderValue::from_static("application/json");
+    respond(
+        session,
+        200,
+        &content_type,
+        Bytes::from(body),
+        &ctx.request_id,
+        None,
+    )
+    .await
+}
