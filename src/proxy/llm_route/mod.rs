@@ -24,7 +24,7 @@ use crate::metrics::FAMILIES;
 
 use budget::reserve;
 pub use call::LlmCall;
-use rejection::{reject, Rejection};
+use rejection::{reject, Rejection, Stop};
 
 /// Runs the LLM gates; `Ok(true)` when a response was already sent.
 pub async fn request_filter(
@@ -36,10 +36,12 @@ pub async fn request_filter(
 ) -> Result<bool> {
     match admit(llm, generation, action, session, ctx).await {
         Ok(responded) => Ok(responded),
-        Err(r) if r.status == CLIENT_GONE => {
-            Err(Error::explain(ErrorType::ConnectionClosed, r.message).into_down())
-        }
-        Err(r) => {
+        Err(Stop::ClientGone) => Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "the client left while queued",
+        )
+        .into_down()),
+        Err(Stop::Refused(r)) => {
             if r.status == 413 {
                 session.set_keepalive(None);
             }
@@ -54,7 +56,7 @@ async fn admit(
     action: &LlmAction,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<bool, Rejection> {
+) -> Result<bool, Stop> {
     let req = session.req_header();
     let endpoint =
         Endpoint::from_request(req.method.as_str(), req.uri.path()).ok_or_else(|| {
@@ -71,7 +73,8 @@ async fn admit(
                 400,
                 "invalid_request",
                 format!("more than one {name} header; send one credential"),
-            ));
+            )
+            .into());
         }
     }
     let secret = credential(
@@ -89,7 +92,8 @@ async fn admit(
             503,
             "usage_log_full",
             "usage cannot be recorded right now; retry later",
-        ));
+        )
+        .into());
     }
     if endpoint == Endpoint::Models {
         list_models(llm, &principal, session, ctx)
@@ -116,7 +120,8 @@ async fn admit(
             403,
             "model_not_allowed",
             format!("this key may not use the model `{}`", request.model),
-        ));
+        )
+        .into());
     }
     let pool = match &model.direct {
         Some(direct) => Some(direct.pool.clone()),
@@ -132,7 +137,8 @@ async fn admit(
             503,
             "model_unavailable",
             format!("no pool serves the model `{}`", model.model.name),
-        ));
+        )
+        .into());
     };
     let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
     let brownout_cap = (permit.admission() == Admission::Brownout
@@ -147,7 +153,7 @@ async fn admit(
             // Nothing will be served: take the estimate back out of the
             // fair-share accounts.
             permit.correct(0);
-            return Err(refused);
+            return Err(refused.into());
         }
     };
     // A stream that did not ask for usage gets it anyway (for settlement);
@@ -173,9 +179,6 @@ async fn admit(
     Ok(false)
 }
 
-/// Not a response: the client left, so nothing can be sent (logged as 499).
-const CLIENT_GONE: u16 = 499;
-
 /// The most tokens one request counts for at admission (before settlement
 /// puts in the actual tokens).
 const MAX_ESTIMATE: u64 = 1 << 24;
@@ -188,7 +191,7 @@ async fn wait_for_slot(
     principal: &Principal,
     model: &CatalogModel,
     request: &LlmRequest,
-) -> Result<Permit, Rejection> {
+) -> Result<Permit, Stop> {
     let (tenant, key) = (&principal.tenant, &principal.key);
     let completion_bound = request.completion_bound(llm.budget_settings.default_max_tokens);
     let ticket = Ticket {
@@ -215,7 +218,7 @@ async fn wait_for_slot(
         admitted = &mut admit => admitted,
         idle = session.downstream_session.read_body_or_idle(true) => match idle {
             Err(e) if matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError) => {
-                return Err(Rejection::new(CLIENT_GONE, "client_gone", "the client left while queued"));
+                return Err(Stop::ClientGone);
             }
             // Stray bytes after the body: keep waiting, unwatched.
             _ => admit.await,

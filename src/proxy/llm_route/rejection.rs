@@ -101,3 +101,16 @@ pub(super) async fn reject(session: &mut Session, ctx: &RequestCtx, r: Rejection
     .await?;
     Ok(true)
 }
+
+/// Why an LLM request goes no further: refused with an answer, or the
+/// client is gone and nothing can be answered (counted as 499).
+pub(super) enum Stop {
+    Refused(Rejection),
+    ClientGone,
+}
+
+impl<E: Into<Rejection>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Refused(e.into())
+    }
+}
