@@ -1,7 +1,9 @@
 //! The operator commands that call the admin API (`obleth tenant …`,
 //! `obleth key …`), so common actions need no hand-written HTTP.
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +14,37 @@ pub enum CliError {
     Unreachable { url: String, source: reqwest::Error },
     #[error("{status}: {message}")]
     Api { status: u16, message: String },
+    #[error("the admin API answered {path} with an unexpected body: {reason}")]
+    Unexpected { path: String, reason: String },
+}
+
+/// A tenant as the admin API shows it; the fields the commands print are
+/// named, the rest kept for `tenant create`'s full output.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// An API key as the admin API shows it (never its secret).
+#[derive(Debug, Deserialize)]
+pub struct Key {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    #[serde(default)]
+    pub disabled: bool,
+    pub expires_at: Option<String>,
+}
+
+/// A key just created, with its secret shown this once.
+#[derive(Debug, Deserialize)]
+pub struct CreatedKey {
+    pub key: Key,
+    pub secret: String,
 }
 
 /// A client of one obleth admin API.
@@ -31,12 +64,12 @@ impl AdminClient {
         })
     }
 
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
@@ -54,7 +87,10 @@ impl AdminClient {
         let text = resp.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if (200..300).contains(&status) {
-            Ok(value)
+            serde_json::from_value(value).map_err(|e| CliError::Unexpected {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
         } else {
             let message = value["error"]["message"]
                 .as_str()
@@ -70,13 +106,13 @@ impl AdminClient {
         group: &str,
         weight: u32,
         tokens_per_minute: u64,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Tenant, CliError> {
         let body = json!({ "name": name, "group": group, "weight": weight, "tokens_per_minute": tokens_per_minute });
         self.call(reqwest::Method::POST, "/tenants", Some(body))
             .await
     }
 
-    pub async fn list_tenants(&self) -> Result<Value, CliError> {
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, CliError> {
         self.call(reqwest::Method::GET, "/tenants", None).await
     }
 
@@ -85,7 +121,7 @@ impl AdminClient {
         tenant: &str,
         name: &str,
         expires_at: Option<&str>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<CreatedKey, CliError> {
         let body = json!({ "name": name, "expires_at": expires_at });
         self.call(
             reqwest::Method::POST,
@@ -95,7 +131,7 @@ impl AdminClient {
         .await
     }
 
-    pub async fn list_keys(&self, tenant: &str) -> Result<Value, CliError> {
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<Key>, CliError> {
         self.call(
             reqwest::Method::GET,
             &format!("/tenants/{tenant}/keys"),
@@ -106,24 +142,20 @@ impl AdminClient {
 }
 
 /// `id  name  prefix  state  expires` lines for people.
-pub fn key_table(keys: &Value) -> String {
+pub fn key_table(keys: &[Key]) -> String {
     let mut out = format!(
         "{:<30} {:<20} {:<10} {:<9} {}\n",
         "ID", "NAME", "PREFIX", "STATE", "EXPIRES"
     );
-    for k in keys.as_array().into_iter().flatten() {
-        let state = if k["disabled"].as_bool() == Some(true) {
-            "disabled"
-        } else {
-            "active"
-        };
+    for k in keys {
+        let state = if k.disabled { "disabled" } else { "active" };
         out.push_str(&format!(
             "{:<30} {:<20} {:<10} {:<9} {}\n",
-            k["id"].as_str().unwrap_or("-"),
-            k["name"].as_str().unwrap_or("-"),
-            k["prefix"].as_str().unwrap_or("-"),
+            k.id,
+            k.name,
+            k.prefix,
             state,
-            k["expires_at"].as_str().unwrap_or("never"),
+            k.expires_at.as_deref().unwrap_or("never"),
         ));
     }
     out

@@ -179,17 +179,8 @@ fn main() -> ExitCode {
                 TenantCommand::List => {
                     let list = client.list_tenants().await?;
                     Ok(list
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|t| {
-                            format!(
-                                "{}  {}  {}\n",
-                                t["id"].as_str().unwrap_or("-"),
-                                t["name"].as_str().unwrap_or("-"),
-                                t["status"].as_str().unwrap_or("-")
-                            )
-                        })
+                        .iter()
+                        .map(|t| format!("{}  {}  {}\n", t.id, t.name, t.status))
                         .collect())
                 }
             }
@@ -206,9 +197,7 @@ fn main() -> ExitCode {
                         .await?;
                     Ok(format!(
                         "key {} created for tenant {}\nsecret (shown once, store it now): {}",
-                        created["key"]["id"].as_str().unwrap_or("-"),
-                        tenant,
-                        created["secret"].as_str().unwrap_or("-")
+                        created.key.id, tenant, created.secret
                     ))
                 }
                 KeyCommand::List { tenant } => {
