@@ -72,7 +72,7 @@ impl KeyHasher {
         let mut h = openssl::sha::Sha256::new();
         h.update(&self.pepper);
         h.update(secret.as_bytes());
-        hex(&h.finish())
+        hex::encode(h.finish())
     }
 }
 
@@ -80,22 +80,12 @@ impl KeyHasher {
 pub fn new_secret() -> Result<String, openssl::error::ErrorStack> {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes)?;
-    Ok(format!("{SECRET_PREFIX}{}", hex(&bytes)))
+    Ok(format!("{SECRET_PREFIX}{}", hex::encode(bytes)))
 }
 
 /// The part of a secret that may be shown again (prefix and 4 characters).
 pub fn display_prefix(secret: &str) -> String {
     secret.chars().take(SECRET_PREFIX.len() + 4).collect()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
 }
 
 /// Why the store could not be asked.

@@ -60,12 +60,9 @@ impl RequestId {
     }
 
     fn random() -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bits = rand::random::<u128>();
         let mut text = [0u8; 32];
-        for (i, digit) in text.iter_mut().enumerate() {
-            *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
-        }
+        // Cannot fail: 16 bytes always fill 32 hex digits.
+        let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut text);
         Self {
             value: HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("")),
             from_client: false,

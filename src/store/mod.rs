@@ -137,7 +137,7 @@ pub fn now_ms() -> i64 {
 pub fn new_id(prefix: &str) -> Result<String, StoreError> {
     let mut bytes = [0u8; 12];
     openssl::rand::rand_bytes(&mut bytes).map_err(|e| StoreError::Crypto(e.to_string()))?;
-    Ok(format!("{prefix}_{}", obleth_filters::auth::hex(&bytes)))
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
 }
 
 /// The store handle; cheap to clone.

@@ -42,10 +42,7 @@ impl UpstreamKeyCipher {
         let mut all = nonce.to_vec();
         all.extend_from_slice(&sealed);
         all.extend_from_slice(&tag);
-        Ok(format!(
-            "{SEALED_PREFIX}{}",
-            obleth_filters::auth::hex(&all)
-        ))
+        Ok(format!("{SEALED_PREFIX}{}", hex::encode(&all)))
     }
 
     pub fn open(&self, stored: &str) -> Result<String, String> {
@@ -56,7 +53,7 @@ impl UpstreamKeyCipher {
             .key
             .as_ref()
             .ok_or("an upstream key is encrypted but OBLETH_ENCRYPTION_KEY is not set")?;
-        let bytes = unhex(hex).ok_or("sealed upstream key is not hex")?;
+        let bytes = hex::decode(hex).map_err(|_| "sealed upstream key is not hex")?;
         if bytes.len() < NONCE_LEN + TAG_LEN {
             return Err("sealed upstream key is truncated".into());
         }
@@ -75,16 +72,6 @@ impl UpstreamKeyCipher {
         })?;
         String::from_utf8(plain).map_err(|e| e.to_string())
     }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
