@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Transaction};
 use utoipa::ToSchema;
 
-use super::{get, now_ms, opt_time, Store, StoreError};
+use super::{get, opt_time, unix_ms, Store, StoreError};
 
 /// One row of the audit log.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -51,7 +51,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO audit_log (at, actor, action, entity_type, entity_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(now_ms())
+        .bind(unix_ms())
         .bind(actor)
         .bind(action)
         .bind(entity_type)

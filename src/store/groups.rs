@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
 use super::validate::{check_plain_name, check_range, default_weight, WEIGHT_MAX};
-use super::{classify, get, now_ms, Store, StoreError, DEFAULT_GROUP};
+use super::{classify, get, unix_ms, Store, StoreError, DEFAULT_GROUP};
 
 /// A fair-share group: tenants in it split the group's share by weight.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -64,7 +64,7 @@ impl Store {
     ) -> Result<Group, StoreError> {
         group.validate()?;
         let (mut tx, _writer) = self.begin().await?;
-        let now = now_ms();
+        let now = unix_ms();
         let exists = sqlx::query("SELECT name FROM fairshare_groups WHERE name = $1")
             .bind(&group.name)
             .fetch_optional(&mut *tx)

@@ -13,7 +13,7 @@ use super::validate::{
     check_money, check_plain_name, check_range, default_weight, COUNT_MAX, IN_FLIGHT_MAX,
     WEIGHT_MAX,
 };
-use super::{classify, get, get_bool, new_id, now_ms, opt_time, Store, StoreError};
+use super::{classify, get, get_bool, new_id, opt_time, unix_ms, Store, StoreError};
 
 const KEY_SELECT: &str =
     "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at, max_in_flight,
@@ -146,7 +146,7 @@ impl Store {
         spec.validate()?;
         let id = new_id("key")?;
         let (mut tx, _writer) = self.begin().await?;
-        let now = now_ms();
+        let now = unix_ms();
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, disabled, weight, expires_at, tokens_per_minute,
                budget_tokens, budget_usd, created_at, updated_at, max_in_flight)
@@ -200,7 +200,7 @@ impl Store {
         .bind(spec.tokens_per_minute.map(|v| v as i64))
         .bind(spec.budget_tokens.map(|v| v as i64))
         .bind(spec.budget_usd)
-        .bind(now_ms())
+        .bind(unix_ms())
         .bind(id)
         .bind(spec.max_in_flight.map(i64::from))
         .execute(&mut *tx)
@@ -228,7 +228,7 @@ impl Store {
         )
         .bind(prefix)
         .bind(secret_hash)
-        .bind(now_ms())
+        .bind(unix_ms())
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -129,7 +129,7 @@ fn classify(e: sqlx::Error, what: &str) -> StoreError {
 pub const DEFAULT_GROUP: &str = "default";
 
 /// Now, in Unix milliseconds (how the store keeps times).
-pub fn now_ms() -> i64 {
+pub fn unix_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 

@@ -13,7 +13,7 @@ use super::validate::{
     base_url_regex, check_model_name, check_money, check_range, ALIASES_MAX, BASE_URL_MAX,
     CONTEXT_WINDOW_MAX, IN_FLIGHT_MAX, UPSTREAM_KEY_MAX, UPSTREAM_MODEL_MAX, WEIGHT_MAX,
 };
-use super::{classify, get, get_bool, json_list, now_ms, Store, StoreError};
+use super::{classify, get, get_bool, json_list, unix_ms, Store, StoreError};
 
 const MODEL_SELECT: &str = "SELECT name, aliases, pool, base_url, upstream_model, upstream_key,
     input_cost_per_token, output_cost_per_token, max_in_flight, admission_weight, context_window, enabled FROM models";
@@ -306,7 +306,7 @@ impl Store {
             .bind(i64::from(spec.admission_weight))
             .bind(spec.context_window.map(i64::from))
             .bind(spec.enabled)
-            .bind(now_ms())
+            .bind(unix_ms())
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, &format!("model {:?}", spec.name)))?;

@@ -14,7 +14,7 @@ use super::validate::{
     default_weight, is_time, timezones, ALLOWED_MODELS_MAX, COUNT_MAX, DAYS, IN_FLIGHT_MAX,
     TENANT_ID_PREFIX, WEIGHT_MAX, WINDOWS_MAX,
 };
-use super::{classify, get, json_list, new_id, now_ms, opt_time, Store, StoreError};
+use super::{classify, get, json_list, new_id, opt_time, unix_ms, Store, StoreError};
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.group_name, g.weight AS group_weight, t.weight,
     t.tokens_per_minute, t.max_in_flight, t.status, t.timezone, t.active_from, t.active_until, t.weekly_windows,
@@ -377,7 +377,7 @@ impl Store {
         let id = new_id("ten")?;
         let (mut tx, _writer) = self.begin().await?;
         Self::require_group(&mut tx, &spec.group).await?;
-        let now = now_ms();
+        let now = unix_ms();
         bind_tenant(
             sqlx::query(
                 "INSERT INTO tenants (name, group_name, weight, tokens_per_minute, max_in_flight, status, timezone,
@@ -416,7 +416,7 @@ impl Store {
             ),
             spec,
         )
-        .bind(now_ms())
+        .bind(unix_ms())
         .bind(id)
         .execute(&mut *tx)
         .await
