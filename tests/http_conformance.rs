@@ -279,3 +279,39 @@ async fn requests_pingora_refuses_get_obleths_answer_without_a_banner() {
     }
     assert_eq!(upstream.requests(), 0);
 }
+
+#[tokio::test]
+async fn an_h2c_connection_is_not_held_to_http1_head_rules() {
+    let upstream = mock("web").await;
+    let obleth = Obleth::start(&format!(
+        "listeners:
+  - name: h2c
+    address: {LISTEN}
+    h2c: true
+    timeouts: {{ http_request: 1s }}
+    max_head_bytes: 1024
+pools:\n{}{}",
+        pool("p", &[&upstream], ""),
+        catch_all("p")
+    ))
+    .await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    // One connection, idle longer than the head deadline between requests
+    // and carrying more than `max_head_bytes` of frames.
+    let big = "v".repeat(2000);
+    for round in 0..3 {
+        let resp = c
+            .get(obleth.url("/echo"))
+            .header("x-big", &big)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200, "round {round}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(upstream.connections(), 1, "one upstream connection reused");
+}

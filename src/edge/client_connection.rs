@@ -87,6 +87,8 @@ struct Head {
     /// Whether anything but blank lines has arrived (RFC 9112 §2.2 lets a
     /// server skip empty lines before the request line).
     started: bool,
+    /// Leading bytes that match the h2c preface's first line.
+    preface: usize,
 }
 
 impl Head {
@@ -96,6 +98,7 @@ impl Head {
             bytes: 0,
             line: 0,
             started: false,
+            preface: 0,
         }
     }
 
@@ -150,7 +153,14 @@ pub struct GuardedStream {
     /// A response of obleth's own that stands in for one Pingora wrote:
     /// its bytes, how many are written, and the length of Pingora's.
     replacement: Option<(Vec<u8>, usize, usize)>,
+    /// Set once the client opened cleartext HTTP/2 (h2c prior knowledge):
+    /// from then on its bytes are frames, not heads, and pass unguarded.
+    http2: bool,
 }
+
+/// The first line of the client preface of HTTP/2 with prior knowledge
+/// (RFC 9113 §3.4); no HTTP/1 request starts with it.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl GuardedStream {
     pub fn new(inner: Stream, limits: ClientLimits) -> Self {
@@ -163,6 +173,7 @@ impl GuardedStream {
             limits,
             head: Some(Head::new(Some(first_deadline))),
             replacement: None,
+            http2: false,
         }
     }
 
@@ -210,6 +221,9 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.http2 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.head.is_none() && this.guard.awaiting_head() {
             this.head = Some(Head::new(None));
         }
@@ -238,6 +252,19 @@ impl AsyncRead for GuardedStream {
                 let fresh = &buf.filled()[before..];
                 if fresh.is_empty() {
                     return Poll::Ready(Ok(()));
+                }
+                if head.preface == head.bytes {
+                    head.preface += fresh
+                        .iter()
+                        .zip(&H2_PREFACE_LINE[head.preface.min(H2_PREFACE_LINE.len())..])
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    if head.preface == H2_PREFACE_LINE.len() {
+                        // An h2c client: what follows is frames.
+                        this.http2 = true;
+                        this.head = None;
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 if head.deadline.is_none() {
                     let deadline = Instant::now() + this.limits.http_request;
