@@ -279,18 +279,9 @@ async fn on_postgres_the_ledger_restores_spend_since_the_tenants_month_began_and
     }
 
     let restarted = Obleth::start(&config).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !restarted
-        .stderr()
-        .contains("restored the committed spend of")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing restored:\n{}",
-            restarted.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    restarted
+        .wait_stderr("restored the committed spend of", Duration::from_secs(30))
+        .await;
     let admin = Admin::of(&restarted);
     for path in [
         "/tenants/east/budget".to_string(),
@@ -443,18 +434,13 @@ async fn a_reset_that_cannot_be_looked_up_is_never_taken_for_no_reset() {
         .expect("hide the audit log");
 
     let restarted = Obleth::start(&config).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !restarted
-        .stderr()
-        .contains("cannot check budgets against the usage ledger")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the failed lookup was not reported:\n{}",
-            restarted.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The failed lookup is reported, not taken for "never reset".
+    restarted
+        .wait_stderr(
+            "cannot check budgets against the usage ledger",
+            Duration::from_secs(30),
+        )
+        .await;
     let view = Admin::of(&restarted)
         .ok("GET", "/tenants/again/budget", None, 200)
         .await;

@@ -28,13 +28,7 @@ fn config(upstream: &MockUpstream, tenant: &str, redis: bool) -> String {
     } else {
         String::new()
     };
-    format!(
-        "pools:\n{}{redis}\
-         seed:\n  tenants: [{tenant}]\n  models: [{{ name: m, pool: p, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }}]\n\
-         \x20 keys: [{{ tenant: acme, name: k, secret: {KEY} }}]\n\
-         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
-        pool("p", &[upstream], "")
-    )
+    budget_config(upstream, tenant, KEY, &redis)
 }
 
 fn chat(max_tokens: u64) -> Value {
@@ -407,20 +401,22 @@ async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usag
         views[0]
     );
     assert_eq!(
-        sample(
-            &obleth,
-            "obleth_budget_settlements_total{outcome=\"charged\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_budget_settlements_total{outcome=\"charged\"}")
+            .await,
         3.0,
         "every one charged at reported usage, none estimated"
     );
     assert_eq!(
-        sample(&obleth, "obleth_tokens_total{direction=\"input\"}").await,
+        obleth
+            .metric("obleth_tokens_total{direction=\"input\"}")
+            .await,
         11.0
     );
     assert_eq!(
-        sample(&obleth, "obleth_tokens_total{direction=\"output\"}").await,
+        obleth
+            .metric("obleth_tokens_total{direction=\"output\"}")
+            .await,
         14.0
     );
 }

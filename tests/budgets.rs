@@ -29,12 +29,11 @@ fn config(
     let redis = redis.map_or(String::new(), |(url, prefix)| {
         format!("redis:\n  url: {url}\n  prefix: '{prefix}'\n")
     });
-    format!(
-        "pools:\n{}{redis}budgets:\n  fail_open: {fail_open}\n\
-         seed:\n  tenants: [{tenant}]\n  models: [{{ name: m, pool: p, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }}]\n\
-         \x20 keys: [{{ tenant: acme, name: k, secret: {KEY} }}]\n\
-         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
-        pool("p", &[upstream], "")
+    budget_config(
+        upstream,
+        tenant,
+        KEY,
+        &format!("{redis}budgets:\n  fail_open: {fail_open}\n"),
     )
 }
 
@@ -284,11 +283,9 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     until_settled(&obleth, 3, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
     assert_eq!(
-        sample(
-            &obleth,
-            "obleth_budget_settlements_total{outcome=\"refunded\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
+            .await,
         1.0
     );
 }
@@ -365,7 +362,7 @@ async fn a_dead_redis_is_survived_as_fail_open_says() {
         );
         if fail_open {
             assert_eq!(resp.status(), 200);
-            assert_eq!(sample(&obleth, "obleth_budget_fail_open_total").await, 1.0);
+            assert_eq!(obleth.metric("obleth_budget_fail_open_total").await, 1.0);
         } else {
             assert_eq!(resp.status(), 503);
             assert_eq!(resp.headers()["retry-after"], "1");
@@ -479,11 +476,9 @@ async fn a_timed_out_request_is_refunded() {
         "a timeout is refunded: {budget}"
     );
     assert_eq!(
-        sample(
-            &obleth,
-            "obleth_budget_settlements_total{outcome=\"refunded\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
+            .await,
         1.0
     );
 }
@@ -543,21 +538,23 @@ async fn a_client_leaving_mid_stream_pays_exactly_the_tokens_generated_before_it
     let generated_at_most = sent.elapsed().as_millis() as u64 / pace_ms;
     let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
     assert_eq!(
-        sample(
-            &obleth,
-            "obleth_budget_settlements_total{outcome=\"estimated\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_budget_settlements_total{outcome=\"estimated\"}")
+            .await,
         1.0,
         "no usage arrived, so the streamed tokens were counted"
     );
-    let output = sample(&obleth, "obleth_tokens_total{direction=\"output\"}").await as u64;
+    let output = obleth
+        .metric("obleth_tokens_total{direction=\"output\"}")
+        .await as u64;
     assert!(
         (seen..=generated_at_most.max(seen)).contains(&output),
         "charged {output} output tokens; the client saw {seen} and the mock generated at most {generated_at_most}"
     );
 
-    let input = sample(&obleth, "obleth_tokens_total{direction=\"input\"}").await as u64;
+    let input = obleth
+        .metric("obleth_tokens_total{direction=\"input\"}")
+        .await as u64;
     assert_eq!(
         input,
         body_len(&body).div_ceil(4),
@@ -594,11 +591,9 @@ async fn a_client_leaving_before_the_first_byte_is_refunded() {
     assert!(gave_up.is_err(), "the client timed out");
     let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
     assert_eq!(
-        sample(
-            &obleth,
-            "obleth_budget_settlements_total{outcome=\"refunded\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
+            .await,
         1.0
     );
     assert_eq!(standing(&budget, "committed_tokens"), 0, "{budget}");

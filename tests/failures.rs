@@ -42,7 +42,7 @@ async fn a_server_that_closes_before_answering_is_retried_on_another() {
     assert_eq!(r.status(), 200, "the retry's answer reaches the client");
     assert_eq!(served_by(&r), "b", "the retry went to the other server");
     assert_eq!((closer.requests(), b.requests()), (1, 1));
-    assert_eq!(present(&obleth, RETRIES).await, 1.0);
+    assert_eq!(obleth.metric(RETRIES).await, 1.0);
 
     // When the other server closes too, each is tried once (never one
     // twice) and the client gets a 502 after exactly one retry.
@@ -54,7 +54,7 @@ async fn a_server_that_closes_before_answering_is_retried_on_another() {
         .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!((closer.requests(), b.requests()), (2, 2));
-    assert_eq!(present(&obleth, RETRIES).await, 2.0);
+    assert_eq!(obleth.metric(RETRIES).await, 2.0);
     let lines = obleth.access_lines(2).await;
     assert!(
         lines[0].contains(&format!(" p/{} ", b.addr))
@@ -119,7 +119,7 @@ async fn upstream_5xx_answers_are_passed_through_and_never_retried() {
             "{status} retried"
         );
     }
-    assert_eq!(present(&obleth, RETRIES).await, 0.0);
+    assert_eq!(obleth.metric(RETRIES).await, 0.0);
 }
 
 #[tokio::test]
@@ -150,11 +150,9 @@ async fn one_server_refusing_is_502_without_retries_503_with_them_and_503_while_
     assert_eq!(r.headers()["connection"], "close");
     assert_eq!(r.text().await.unwrap(), "503 Service Unavailable\n");
     assert_eq!(
-        present(
-            &obleth,
-            "obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"final\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"final\"}")
+            .await,
         1.0,
         "the ejected server was not tried again"
     );
@@ -199,7 +197,7 @@ async fn nothing_is_retried_once_the_response_has_started() {
         1,
         "no second attempt after the first byte"
     );
-    assert_eq!(present(&obleth, RETRIES).await, 0.0);
+    assert_eq!(obleth.metric(RETRIES).await, 0.0);
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ async fn health_checks_eject_a_failing_server_and_bring_it_back() {
     let obleth = Obleth::start(&config).await;
     let c = client();
     let healthy_b = healthy("p", b.addr);
-    assert_eq!(present(&obleth, &healthy_b).await, 1.0);
+    assert_eq!(obleth.metric(&healthy_b).await, 1.0);
 
     b.set_healthy(false);
     wait_sample(&obleth, &healthy_b, 0.0).await;
@@ -181,7 +181,7 @@ async fn a_tcp_check_only_connects_while_an_http_check_asks_for_the_status() {
     })
     .await;
     assert_eq!(tcp_b.requests(), 0, "a TCP check sends no HTTP request");
-    assert_eq!(present(&obleth, &healthy("tcp", tcp_b.addr)).await, 1.0);
+    assert_eq!(obleth.metric(&healthy("tcp", tcp_b.addr)).await, 1.0);
     let c = client();
     let counts = tally(&obleth, 20, |_| c.get(obleth.url("/tcp/bench"))).await;
     assert_eq!(counts.get("tcp-b"), Some(&10), "{counts:?}");
@@ -212,11 +212,9 @@ async fn refused_connections_eject_the_server_passively() {
     let counts = tally(&obleth, 10, |_| c.get(obleth.url("/bench"))).await;
     assert_eq!(counts["a"], 10, "{counts:?}");
     assert_eq!(
-        present(
-            &obleth,
-            "obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"p\"}"
-        )
-        .await,
+        obleth
+            .metric("obleth_upstream_attempts_total{outcome=\"connect_error\",pool=\"p\"}")
+            .await,
         1.0
     );
 }
@@ -315,7 +313,7 @@ async fn sighup_keeps_health_and_ejection_state_of_unchanged_servers() {
     wait_sample(&obleth, &healthy("checked", b.addr), 0.0).await;
     let counts = tally(&obleth, 2, |_| client.get(obleth.url("/passive/bench"))).await;
     assert_eq!(counts.get("d"), Some(&2), "{counts:?}");
-    assert_eq!(present(&obleth, connect_errors).await, 1.0);
+    assert_eq!(obleth.metric(connect_errors).await, 1.0);
 
     obleth.reload(&config(true));
     wait_reloaded(&obleth, 1.0).await;
@@ -325,11 +323,11 @@ async fn sighup_keeps_health_and_ejection_state_of_unchanged_servers() {
         !counts.contains_key("b") && counts.get("c").is_some_and(|&n| n >= 6),
         "the new server serves, the failing one stays out: {counts:?}"
     );
-    assert_eq!(present(&obleth, &healthy("checked", b.addr)).await, 0.0);
+    assert_eq!(obleth.metric(&healthy("checked", b.addr)).await, 0.0);
     let counts = tally(&obleth, 20, |_| client.get(obleth.url("/passive/bench"))).await;
     assert!(counts.get("e").is_some_and(|&n| n >= 6), "{counts:?}");
     assert_eq!(
-        present(&obleth, connect_errors).await,
+        obleth.metric(connect_errors).await,
         1.0,
         "the ejected server was not tried again after the reload"
     );

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use budget_common::{sample, standing, until_settled};
+use budget_common::{standing, until_settled};
 use common::*;
 use serde_json::{json, Value};
 
@@ -56,23 +56,6 @@ async fn until_answer(ch: &ClickHouse, sql: &str, expected: &str) {
             "{sql}: {got:?}, expected {expected}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the sample `name` satisfies `done`.
-async fn until_sample(obleth: &Obleth, name: &str, what: &str, done: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = sample(obleth, name).await;
-        if done(value) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {name} is {value}\n{}",
-            obleth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -221,10 +204,13 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
     }
     // The shipper counts a batch only after its inserts returned, so once
     // it counts 20 nothing of theirs is still on the way.
-    until_sample(&obleth, "obleth_telemetry_shipped_total", "shipped", |n| {
-        n >= 20.0
-    })
-    .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_shipped_total",
+            |n| n >= 20.0,
+            Duration::from_secs(30),
+        )
+        .await;
     assert_exactly_once(&ch, 20, "before the outage").await;
     ch.stop();
     for _ in 0..30 {
@@ -234,39 +220,36 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
             "served while ClickHouse is down"
         );
     }
-    until_sample(
-        &obleth,
-        "obleth_telemetry_backlog_bytes",
-        "the backlog shows",
-        |b| b > 0.0,
-    )
-    .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_backlog_bytes",
+            |b| b > 0.0,
+            Duration::from_secs(30),
+        )
+        .await;
     // The shipper has tried and failed against the dead server.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !obleth.stderr().contains("cannot ship usage records") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed shipment logged:\n{}",
-            obleth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    obleth
+        .wait_stderr("cannot ship usage records", Duration::from_secs(30))
+        .await;
     ch.resume().await;
     stop_merges(&ch).await;
-    until_sample(&obleth, "obleth_telemetry_shipped_total", "shipped", |n| {
-        n >= 50.0
-    })
-    .await;
-    until_sample(
-        &obleth,
-        "obleth_telemetry_backlog_bytes",
-        "the backlog drains",
-        |b| b == 0.0,
-    )
-    .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_shipped_total",
+            |n| n >= 50.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_backlog_bytes",
+            |b| b == 0.0,
+            Duration::from_secs(30),
+        )
+        .await;
     assert_exactly_once(&ch, 50, "after the outage").await;
     assert_eq!(
-        sample(&obleth, "obleth_telemetry_shipped_total").await,
+        obleth.metric("obleth_telemetry_shipped_total").await,
         50.0,
         "each record shipped once"
     );
@@ -308,20 +291,20 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     }
     // Kill it while records are being written and shipped: some batches
     // are in ClickHouse, more are only in the log.
-    until_sample(
-        &obleth,
-        "obleth_telemetry_shipped_total",
-        "shipping ran",
-        |n| n >= 20.0,
-    )
-    .await;
-    until_sample(
-        &obleth,
-        "obleth_telemetry_durable_total",
-        "the load ran",
-        |n| n >= 60.0,
-    )
-    .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_shipped_total",
+            |n| n >= 20.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    obleth
+        .wait_metric(
+            "obleth_telemetry_durable_total",
+            |n| n >= 60.0,
+            Duration::from_secs(30),
+        )
+        .await;
     obleth.signal("KILL");
     let mut answered = 0;
     while let Some(done) = load.join_next().await {
@@ -345,13 +328,13 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
         "1",
     )
     .await;
-    until_sample(
-        &restarted,
-        "obleth_telemetry_backlog_bytes",
-        "the log is shipped",
-        |b| b == 0.0,
-    )
-    .await;
+    restarted
+        .wait_metric(
+            "obleth_telemetry_backlog_bytes",
+            |b| b == 0.0,
+            Duration::from_secs(30),
+        )
+        .await;
     // Records of answered requests were durable at most a group commit
     // after their response; requests cut by the kill may have been logged
     // too, so there may be more rows than answers, but no duplicates.
@@ -406,7 +389,7 @@ async fn a_torn_final_record_is_skipped_and_logged() {
         assert_eq!(chat(&offline, 2).await.status(), 200);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sample(&offline, "obleth_telemetry_durable_total").await < 5.0 {
+    while offline.metric("obleth_telemetry_durable_total").await < 5.0 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -432,11 +415,9 @@ async fn a_torn_final_record_is_skipped_and_logged() {
     .await;
     assert_eq!(chat(&online, 2).await.status(), 200);
     until_answer(&ch, "SELECT count() FROM obleth.usage", "6").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !online.stderr().contains("skipping a torn record") {
-        assert!(Instant::now() < deadline, "{}", online.stderr());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    online
+        .wait_stderr("skipping a torn record", Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test]
@@ -463,7 +444,7 @@ async fn the_disk_cap_drops_and_counts_and_refusing_is_a_choice() {
         assert!(Instant::now() < deadline, "drops are counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(sample(&obleth, "obleth_telemetry_disk_bytes").await <= 4096.0);
+    assert!(obleth.metric("obleth_telemetry_disk_bytes").await <= 4096.0);
     let admin = Admin::of(&obleth);
     admin.ok("GET", "/capacity", None, 200).await;
     let (status, body) = admin.call("GET", "/usage", None).await;

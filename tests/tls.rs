@@ -257,12 +257,9 @@ async fn upstream_certificates_that_do_not_verify_are_refused_unless_verify_is_f
             "{n}: one handshake, refused"
         );
         assert_eq!(
-            present(
-                &edge,
-                &format!(
-                    "obleth_upstream_attempts_total{{outcome=\"connect_error\",pool=\"{n}\"}}"
-                )
-            )
+            edge.metric(&format!(
+                "obleth_upstream_attempts_total{{outcome=\"connect_error\",pool=\"{n}\"}}"
+            ))
             .await,
             1.0,
             "{n}: counted as a failed connection"

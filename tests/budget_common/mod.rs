@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Admin, Obleth};
+use crate::common::{pool, Admin, MockUpstream, Obleth};
 
 /// How long settlement may take after the response before a test fails.
 pub const SETTLEMENT_DEADLINE: Duration = Duration::from_secs(15);
@@ -37,20 +37,6 @@ pub async fn samples(obleth: &Obleth, family: &str) -> Vec<(String, f64)> {
             Some((labels.to_string(), value.trim().parse().ok()?))
         })
         .collect()
-}
-
-/// The value of one sample obleth must export, e.g.
-/// `obleth_tokens_total{direction="output"}`; panics when it is absent.
-pub async fn sample(obleth: &Obleth, sample: &str) -> f64 {
-    let (family, labels) = match sample.find('{') {
-        Some(at) => (&sample[..at], &sample[at..]),
-        None => (sample, ""),
-    };
-    let all = samples(obleth, family).await;
-    all.iter()
-        .find(|(l, _)| l == labels)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("obleth exports no sample {sample}; {family} has {all:?}"))
 }
 
 /// Settlements so far, whatever their outcome (one per scope of each
@@ -101,4 +87,18 @@ pub fn standing(view: &Value, field: &str) -> u64 {
     view["standing"][field]
         .as_u64()
         .unwrap_or_else(|| panic!("no standing.{field} in {view}"))
+}
+
+/// The budget tests' configuration: one pool `p` on `upstream`, the tenant
+/// `tenant` (a YAML flow map named `acme`), model `m` at $1 per million
+/// input and $2 per million output tokens, the key `key` of `acme`, one
+/// `llm` route, and `sections` (Redis, `budgets`, …) as given.
+pub fn budget_config(upstream: &MockUpstream, tenant: &str, key: &str, sections: &str) -> String {
+    format!(
+        "pools:\n{}{sections}\
+         seed:\n  tenants: [{tenant}]\n  models: [{{ name: m, pool: p, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }}]\n\
+         \x20 keys: [{{ tenant: acme, name: k, secret: {key} }}]\n\
+         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
+        pool("p", &[upstream], "")
+    )
 }

@@ -227,6 +227,20 @@ impl Obleth {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// Waits until obleth's log contains `text`, failing the test with the
+    /// log after `limit`.
+    pub async fn wait_stderr(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log after {limit:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }

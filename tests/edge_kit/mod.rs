@@ -51,43 +51,10 @@ where
     }
 }
 
-/// The value of one sample (`name{labels}` exactly as exposed, labels in
-/// alphabetical order), or `None` when obleth does not expose it.
-pub async fn sample(obleth: &Obleth, sample: &str) -> Option<f64> {
-    let text = obleth.metrics_text().await;
-    text.lines().find_map(|line| {
-        line.strip_prefix(sample)
-            .filter(|rest| rest.starts_with(' '))
-            .and_then(|rest| rest.trim().parse().ok())
-    })
-}
-
-/// The value of a sample that must be exposed.
-pub async fn present(obleth: &Obleth, name: &str) -> f64 {
-    match sample(obleth, name).await {
-        Some(v) => v,
-        None => panic!(
-            "sample {name} is not exposed:\n{}",
-            obleth.metrics_text().await
-        ),
-    }
-}
-
 /// Waits until the sample exists and equals `want`; an absent sample never
 /// satisfies the wait.
 pub async fn wait_sample(obleth: &Obleth, name: &str, want: f64) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let got = sample(obleth, name).await;
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: wanted {want}, last saw {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    obleth.wait_metric(name, |got| got == want, DEADLINE).await;
 }
 
 /// `obleth_upstream_server_healthy` of one server of pool `pool`.
