@@ -70,7 +70,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .thread_name("obleth-control")
         .enable_all()
         .build()?;
-    let llm = control.block_on(crate::llm::LlmState::start(&config))?;
+    let llm = if config.declares_llm() {
+        Some(control.block_on(crate::llm::LlmState::start(&config))?)
+    } else {
+        None
+    };
     let Config {
         source,
         server,
@@ -220,6 +224,15 @@ impl BackgroundService for Lifecycle {
 impl Lifecycle {
     fn reload(&self) {
         match Config::load(&self.config_path) {
+            Ok(config) if config.declares_llm() && self.shared.llm.is_none() => {
+                FAMILIES
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(
+                    "configuration reload rejected, keeping the running one: it adds the first llm: route, and the LLM plane (store, budgets, usage log) starts only at start-up; restart to add it"
+                );
+            }
             Ok(config) => {
                 let previous = self.shared.current();
                 self.shared.install(Generation::build(
@@ -297,8 +310,10 @@ fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
                 tracing::info!("drained; exiting");
             }
             shared.access_log.sync(Duration::from_secs(1));
-            if !shared.llm.telemetry.wal.sync(Duration::from_secs(2)) {
-                tracing::warn!("exiting with usage records not yet written");
+            if let Some(llm) = &shared.llm {
+                if !llm.telemetry.wal.sync(Duration::from_secs(2)) {
+                    tracing::warn!("exiting with usage records not yet written");
+                }
             }
             std::process::exit(0);
         });

@@ -113,7 +113,8 @@ fn obleth_env(args: &[&str], admin: &Obleth) -> (bool, String, String) {
 
 #[tokio::test]
 async fn tenant_and_key_commands_call_the_admin_api() {
-    let obleth = Obleth::start("routes:\n  - name: r\n    respond: { status: 200 }\n").await;
+    // The admin API has tenants and keys only where an LLM route runs.
+    let obleth = Obleth::start("routes:\n  - name: llm\n    match: { path: { prefix: /v1 } }\n    llm: {}\n  - name: r\n    respond: { status: 200 }\n").await;
     let (ok, out, err) = obleth_env(
         &["tenant", "create", "acme", "--tokens-per-minute", "5000"],
         &obleth,

@@ -85,13 +85,21 @@ impl BackgroundService for HttpEndpoint {
 /// `/healthz` answers while the process runs; `/readyz` only while it
 /// accepts traffic (not before the listeners start, not while draining,
 /// not once a background task died); everything under `/api/v1` is the
-/// token-protected admin API.
-pub fn admin_router(llm: Arc<LlmState>, pools: LivePools, admin_token: &str) -> Router {
-    let api = api::router(llm, Arc::new(pools), admin_token);
-    Router::new()
+/// token-protected admin API, whose resources (tenants, keys, models,
+/// budgets, usage) exist only when the LLM plane runs.
+pub fn admin_router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -> Router {
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .merge(api)
+        .route("/readyz", get(readyz));
+    match llm {
+        Some(llm) => probes.merge(api::router(llm, Arc::new(pools), admin_token)),
+        None => probes.fallback(|| async {
+            error::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no route declares llm:, so this obleth runs no LLM plane and its admin API has no resources",
+            )
+        }),
+    }
 }
 
 async fn readyz() -> (StatusCode, String) {
@@ -106,12 +114,14 @@ async fn readyz() -> (StatusCode, String) {
 
 /// `/metrics`, with the admission and telemetry figures brought up to
 /// date first.
-pub fn metrics_router(llm: Arc<crate::llm::LlmState>) -> Router {
+pub fn metrics_router(llm: Option<Arc<crate::llm::LlmState>>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || async move {
-            crate::metrics::observe_admission(&llm.scheduler.snapshot());
-            crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
+            if let Some(llm) = &llm {
+                crate::metrics::observe_admission(&llm.scheduler.snapshot());
+                crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
+            }
             (
                 [(
                     axum::http::header::CONTENT_TYPE,

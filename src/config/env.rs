@@ -1,106 +1,186 @@
-//! `OBLETH_*` environment variables that override keys of the file.
+//! `OBLETH_*` environment variables that override keys of the file: one
+//! table, so the variables an operator may set, the keys they replace and how
+//! their text is read are written down once.
+
+use serde::de::{value::StrDeserializer, DeserializeOwned, IntoDeserializer};
 
 use super::raw::*;
 use super::validate::Validator;
 use super::Problem;
 
-/// Environment variables that override keys of the file.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("OBLETH_LISTEN", "listeners[0].address"),
-    ("OBLETH_ADMIN_LISTEN", "admin.address"),
-    ("OBLETH_METRICS_LISTEN", "metrics.address"),
-    ("OBLETH_THREADS", "server.threads"),
-    ("OBLETH_GRACE", "server.grace"),
-    ("OBLETH_ACCESS_LOG", "access_log.format"),
-    ("OBLETH_ACCESS_LOG_PATH", "access_log.path"),
-    ("OBLETH_DATABASE_URL", "store.database_url"),
-    ("OBLETH_REDIS_URL", "redis.url"),
-    ("OBLETH_FAIL_OPEN", "budgets.fail_open"),
-    (
-        "OBLETH_GLOBAL_MAX_IN_FLIGHT",
-        "admission.global_max_in_flight",
-    ),
-    ("OBLETH_BROWNOUT_WAIT_MS", "admission.brownout_wait"),
-    ("OBLETH_WAL_PATH", "telemetry.wal_path"),
-    ("OBLETH_CLICKHOUSE_URL", "telemetry.clickhouse.url"),
+/// One variable, the file key it overrides, and how its text lands there.
+pub struct EnvOverride {
+    pub name: &'static str,
+    pub key: &'static str,
+    apply: fn(&mut RawConfig, &str) -> Result<(), String>,
+}
+
+/// Environment variables that override keys of the file, applied in this
+/// order before validation (so an override is checked like the file's value).
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        name: "OBLETH_LISTEN",
+        key: "listeners[0].address",
+        apply: |raw, text| {
+            match raw.listeners.first_mut() {
+                Some(l) => l.address = text.into(),
+                None => raw.listeners.push(RawListener {
+                    address: text.into(),
+                    ..RawListener::default()
+                }),
+            }
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "OBLETH_ADMIN_LISTEN",
+        key: "admin.address",
+        apply: |raw, text| set(&mut raw.admin.address, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_METRICS_LISTEN",
+        key: "metrics.address",
+        apply: |raw, text| set(&mut raw.metrics.address, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_THREADS",
+        key: "server.threads",
+        apply: |raw, text| set(&mut raw.server.threads, number(text)?),
+    },
+    EnvOverride {
+        name: "OBLETH_GRACE",
+        key: "server.grace",
+        apply: |raw, text| set(&mut raw.server.grace, RawDuration::parse(text)),
+    },
+    EnvOverride {
+        name: "OBLETH_ACCESS_LOG",
+        key: "access_log.format",
+        apply: |raw, text| set(&mut raw.access_log.format, variant(text)?),
+    },
+    EnvOverride {
+        name: "OBLETH_ACCESS_LOG_PATH",
+        key: "access_log.path",
+        apply: |raw, text| set(&mut raw.access_log.path, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_DATABASE_URL",
+        key: "store.database_url",
+        apply: |raw, text| set(&mut raw.store.database_url, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_REDIS_URL",
+        key: "redis.url",
+        apply: |raw, text| set(&mut raw.redis.url, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_FAIL_OPEN",
+        key: "budgets.fail_open",
+        apply: |raw, text| {
+            let flag = match text {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(format!("{text:?} is not true or false")),
+            };
+            set(&mut raw.budgets.fail_open, flag)
+        },
+    },
+    EnvOverride {
+        name: "OBLETH_GLOBAL_MAX_IN_FLIGHT",
+        key: "admission.global_max_in_flight",
+        apply: |raw, text| {
+            let n: u64 = number(text)?;
+            set(
+                &mut raw.admission.global_max_in_flight,
+                n.min(u64::from(u32::MAX)) as u32,
+            )
+        },
+    },
+    EnvOverride {
+        name: "OBLETH_BROWNOUT_WAIT_MS",
+        key: "admission.brownout_wait",
+        apply: |raw, text| {
+            let ms = number(text)?;
+            let wait = RawDuration(Ok(std::time::Duration::from_millis(ms)));
+            set(&mut raw.admission.brownout_wait, wait)
+        },
+    },
+    EnvOverride {
+        name: "OBLETH_WAL_PATH",
+        key: "telemetry.wal_path",
+        apply: |raw, text| set(&mut raw.telemetry.wal_path, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_CLICKHOUSE_URL",
+        key: "telemetry.clickhouse.url",
+        apply: |raw, text| {
+            let clickhouse = raw
+                .telemetry
+                .clickhouse
+                .get_or_insert_with(Default::default);
+            set(&mut clickhouse.url, text.into())
+        },
+    },
 ];
+
+fn set<T>(slot: &mut Option<T>, value: T) -> Result<(), String> {
+    *slot = Some(value);
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// One of a fixed set of names, read the way serde reads the file's value.
+fn variant<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let de: StrDeserializer<serde::de::value::Error> = text.into_deserializer();
+    T::deserialize(de).map_err(|e| format!("{text:?}: {e}"))
+}
 
 pub(super) fn apply_env(
     raw: &mut RawConfig,
     env: &impl Fn(&str) -> Option<String>,
     v: &mut Validator,
 ) {
-    if let Some(addr) = env("OBLETH_LISTEN") {
-        match raw.listeners.first_mut() {
-            Some(l) => l.address = addr,
-            None => raw.listeners.push(RawListener {
-                address: addr,
-                ..RawListener::default()
-            }),
-        }
-    }
-    if let Some(addr) = env("OBLETH_ADMIN_LISTEN") {
-        raw.admin.address = Some(addr);
-    }
-    if let Some(addr) = env("OBLETH_METRICS_LISTEN") {
-        raw.metrics.address = Some(addr);
-    }
-    let mut number = |name: &str| -> Option<u64> {
-        let text = env(name)?;
-        let parsed = text.parse().ok();
-        if parsed.is_none() {
+    for o in ENV_OVERRIDES {
+        let Some(text) = env(o.name) else { continue };
+        if let Err(message) = (o.apply)(raw, &text) {
             v.problems.push(Problem {
                 file: "environment".into(),
                 position: None,
-                key: name.into(),
-                message: format!("{text:?} is not a number"),
+                key: o.name.into(),
+                message,
             });
         }
-        parsed
-    };
-    if let Some(n) = number("OBLETH_THREADS") {
-        raw.server.threads = Some(n as usize);
     }
-    if let Some(n) = number("OBLETH_GLOBAL_MAX_IN_FLIGHT") {
-        raw.admission.global_max_in_flight = Some(n.min(u64::from(u32::MAX)) as u32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_override_names_a_distinct_variable_and_key() {
+        let mut names: Vec<_> = ENV_OVERRIDES.iter().map(|o| o.name).collect();
+        let mut keys: Vec<_> = ENV_OVERRIDES.iter().map(|o| o.key).collect();
+        names.sort_unstable();
+        names.dedup();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(names.len(), ENV_OVERRIDES.len());
+        assert_eq!(keys.len(), ENV_OVERRIDES.len());
     }
-    if let Some(ms) = number("OBLETH_BROWNOUT_WAIT_MS") {
-        raw.admission.brownout_wait = Some(format!("{ms}ms"));
-    }
-    if let Some(grace) = env("OBLETH_GRACE") {
-        raw.server.grace = Some(grace);
-    }
-    if let Some(format) = env("OBLETH_ACCESS_LOG") {
-        raw.access_log.format = Some(format);
-    }
-    if let Some(path) = env("OBLETH_ACCESS_LOG_PATH") {
-        raw.access_log.path = Some(path);
-    }
-    if let Some(url) = env("OBLETH_DATABASE_URL") {
-        raw.store.database_url = Some(url);
-    }
-    if let Some(url) = env("OBLETH_REDIS_URL") {
-        raw.redis.url = Some(url);
-    }
-    if let Some(path) = env("OBLETH_WAL_PATH") {
-        raw.telemetry.wal_path = Some(path);
-    }
-    if let Some(url) = env("OBLETH_CLICKHOUSE_URL") {
-        raw.telemetry
-            .clickhouse
-            .get_or_insert_with(Default::default)
-            .url = Some(url);
-    }
-    if let Some(flag) = env("OBLETH_FAIL_OPEN") {
-        match flag.as_str() {
-            "true" | "1" => raw.budgets.fail_open = Some(true),
-            "false" | "0" => raw.budgets.fail_open = Some(false),
-            _ => v.problems.push(Problem {
-                file: "environment".into(),
-                position: None,
-                key: "OBLETH_FAIL_OPEN".into(),
-                message: format!("{flag:?} is not true or false"),
-            }),
-        }
+
+    #[test]
+    fn an_unknown_name_for_a_fixed_set_is_refused() {
+        let mut raw = RawConfig::default();
+        let o = ENV_OVERRIDES
+            .iter()
+            .find(|o| o.name == "OBLETH_ACCESS_LOG")
+            .expect("listed");
+        assert!((o.apply)(&mut raw, "json").is_ok());
+        let err = (o.apply)(&mut raw, "xml").expect_err("xml is no access log format");
+        assert!(err.contains("httplog"), "{err}");
     }
 }

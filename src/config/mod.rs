@@ -80,6 +80,14 @@ impl Config {
         })
     }
 
+    /// Whether a route is an LLM route: only then does obleth start the
+    /// LLM plane (store, key cache, budgets, admission, usage log).
+    pub fn declares_llm(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| matches!(r.action, Action::Llm(_)))
+    }
+
     /// Parses `text` as if read from `path`, with `env` answering for the
     /// environment (so tests need not touch the process environment).
     pub fn parse(
@@ -91,7 +99,7 @@ impl Config {
         let mut raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text)
+            serde_norway::from_str(text)
                 .map_err(|e| ConfigError::Invalid(vec![serde_problem(&file, &e)]))?
         };
         let mut v = Validator {
@@ -115,7 +123,7 @@ impl Config {
     }
 }
 
-fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
+fn serde_problem(file: &str, e: &serde_norway::Error) -> Problem {
     let text = e.to_string();
     let message = match text.rfind(" at line ") {
         Some(cut) => text[..cut].to_string(),

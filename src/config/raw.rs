@@ -1,10 +1,55 @@
 //! The YAML file as written by an operator. Every struct rejects unknown keys;
-//! values stay close to their text form here and are checked and converted in
-//! `config::validate`.
+//! serde parses names of a fixed set (enums) and durations; what needs the
+//! rest of the file to judge is checked and converted in `config::validate`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use super::settings::{AccessLogFormat, OnFull};
+use obleth_filters::admission::QueueOrder;
+
+/// A duration as written (`500ms`, `5s`, `2m`), parsed while the file is
+/// read. A value that is not a duration keeps its error instead of failing the
+/// parse, so the validator reports it beside every other problem of the file,
+/// at its own line and column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDuration(pub Result<Duration, String>);
+
+impl RawDuration {
+    /// Parses the text of a file value or an environment variable.
+    pub fn parse(text: &str) -> Self {
+        Self(
+            humantime::parse_duration(text)
+                .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 500ms, 5s, 2m")),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(d)?))
+    }
+}
+
+/// `pools[].algorithm`; `consistent_hash` takes its key from `hash_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmName {
+    RoundRobin,
+    LeastInFlight,
+    Random,
+    ConsistentHash,
+}
+
+/// `pools[].health_check.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckName {
+    Http,
+    Tcp,
+}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +89,7 @@ pub struct RawTelemetry {
     pub segment_bytes: Option<u64>,
     pub disk_cap_bytes: Option<u64>,
     pub queue: Option<usize>,
-    pub on_full: Option<String>,
+    pub on_full: Option<OnFull>,
     pub replica: Option<String>,
     pub clickhouse: Option<RawClickHouse>,
 }
@@ -56,8 +101,8 @@ pub struct RawClickHouse {
     pub database: Option<String>,
     pub user: Option<String>,
     pub batch_rows: Option<usize>,
-    pub batch_interval: Option<String>,
-    pub timeout: Option<String>,
+    pub batch_interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
     pub retention_days: Option<u32>,
 }
 
@@ -66,10 +111,10 @@ pub struct RawClickHouse {
 pub struct RawAdmission {
     pub global_max_in_flight: Option<u32>,
     pub queue_per_pool: Option<usize>,
-    pub timeout: Option<String>,
-    pub brownout_wait: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub brownout_wait: Option<RawDuration>,
     pub brownout_max_tokens: Option<u64>,
-    pub order: Option<String>,
+    pub order: Option<QueueOrder>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,7 +165,7 @@ pub struct SeedKey {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub threads: Option<usize>,
-    pub grace: Option<String>,
+    pub grace: Option<RawDuration>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub upstream_keepalive_pool: Option<usize>,
@@ -145,9 +190,9 @@ pub struct RawListener {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawClientTimeouts {
-    pub http_request: Option<String>,
-    pub http_keep_alive: Option<String>,
-    pub client: Option<String>,
+    pub http_request: Option<RawDuration>,
+    pub http_keep_alive: Option<RawDuration>,
+    pub client: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,7 +214,7 @@ pub struct RawEndpoint {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccessLog {
-    pub format: Option<String>,
+    pub format: Option<AccessLogFormat>,
     pub path: Option<String>,
 }
 
@@ -177,7 +222,7 @@ pub struct RawAccessLog {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub name: String,
-    pub algorithm: Option<String>,
+    pub algorithm: Option<AlgorithmName>,
     pub hash_key: Option<String>,
     pub servers: Vec<RawServerEntry>,
     pub tls: Option<RawUpstreamTls>,
@@ -208,11 +253,11 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    pub kind: Option<String>,
+    pub kind: Option<HealthCheckName>,
     pub path: Option<String>,
     pub expect_status: Option<u16>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
     pub rise: Option<usize>,
     pub fall: Option<usize>,
 }
@@ -220,11 +265,11 @@ pub struct RawHealthCheck {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
-    pub connect: Option<String>,
-    pub read: Option<String>,
-    pub write: Option<String>,
-    pub total: Option<String>,
-    pub idle_keepalive: Option<String>,
+    pub connect: Option<RawDuration>,
+    pub read: Option<RawDuration>,
+    pub write: Option<RawDuration>,
+    pub total: Option<RawDuration>,
+    pub idle_keepalive: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]

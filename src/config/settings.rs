@@ -96,7 +96,8 @@ pub struct TelemetrySettings {
 }
 
 /// What LLM requests get while usage records would be dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Serve them; the dropped records are counted.
     Serve,
@@ -198,7 +199,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
     /// One line in the manner of HAProxy's `option httplog`.
     Httplog,

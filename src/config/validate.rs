@@ -34,21 +34,16 @@ impl Validator {
     pub(super) fn duration(
         &mut self,
         key: &str,
-        text: Option<&str>,
+        raw: Option<&RawDuration>,
         default: Duration,
     ) -> Duration {
-        match text {
+        match raw {
             None => default,
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.problem(
-                        key,
-                        format!("{t:?} is not a duration ({e}); write e.g. 500ms, 5s, 2m"),
-                    );
-                    default
-                }
-            },
+            Some(RawDuration(Ok(d))) => *d,
+            Some(RawDuration(Err(message))) => {
+                self.problem(key, message.clone());
+                default
+            }
         }
     }
 
@@ -56,10 +51,10 @@ impl Validator {
     pub(super) fn positive_duration(
         &mut self,
         key: &str,
-        text: Option<&str>,
+        raw: Option<&RawDuration>,
         default: Duration,
     ) -> Duration {
-        let d = self.duration(key, text, default);
+        let d = self.duration(key, raw, default);
         if d.is_zero() {
             self.problem(key, "must be longer than zero");
             return default;
@@ -189,11 +184,7 @@ impl Validator {
         if threads == 0 {
             self.problem("server.threads", "must be at least 1");
         }
-        let grace = self.duration(
-            "server.grace",
-            raw.grace.as_deref(),
-            Duration::from_secs(30),
-        );
+        let grace = self.duration("server.grace", raw.grace.as_ref(), Duration::from_secs(30));
         let mut trusted_proxies = Vec::new();
         for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
             let parsed = cidr
@@ -217,18 +208,7 @@ impl Validator {
     }
 
     pub(super) fn access_log(&mut self, raw: RawAccessLog) -> AccessLogConfig {
-        let format = match raw.format.as_deref().unwrap_or("httplog") {
-            "httplog" => AccessLogFormat::Httplog,
-            "json" => AccessLogFormat::Json,
-            "off" => AccessLogFormat::Off,
-            other => {
-                self.problem(
-                    "access_log.format",
-                    format!("{other:?} is not one of httplog, json, off"),
-                );
-                AccessLogFormat::Off
-            }
-        };
+        let format = raw.format.unwrap_or(AccessLogFormat::Httplog);
         AccessLogConfig {
             format,
             path: raw.path.map(PathBuf::from),

@@ -83,17 +83,17 @@ impl Validator {
         ClientLimits {
             http_request: self.positive_duration(
                 &format!("{key}.timeouts.http_request"),
-                t.http_request.as_deref(),
+                t.http_request.as_ref(),
                 defaults.http_request,
             ),
             http_keep_alive: self.positive_duration(
                 &format!("{key}.timeouts.http_keep_alive"),
-                t.http_keep_alive.as_deref(),
+                t.http_keep_alive.as_ref(),
                 defaults.http_keep_alive,
             ),
             client: self.positive_duration(
                 &format!("{key}.timeouts.client"),
-                t.client.as_deref(),
+                t.client.as_ref(),
                 defaults.client,
             ),
             max_head_bytes: max_head_bytes.clamp(1024, 1 << 20),
@@ -119,14 +119,11 @@ impl Validator {
 
     pub(super) fn pool(&mut self, key: &str, p: RawPool) -> PoolConfig {
         let algorithm = match (
-            p.algorithm.as_deref().unwrap_or("round_robin"),
-            p.hash_key.as_deref(),
+            p.algorithm.unwrap_or(AlgorithmName::RoundRobin),
+            &p.hash_key,
         ) {
-            ("round_robin", None) => Algorithm::RoundRobin,
-            ("least_in_flight", None) => Algorithm::LeastInFlight,
-            ("random", None) => Algorithm::Random,
-            ("consistent_hash", hash_key) => {
-                Algorithm::ConsistentHash(self.hash_key(key, hash_key))
+            (AlgorithmName::ConsistentHash, hash_key) => {
+                Algorithm::ConsistentHash(self.hash_key(key, hash_key.as_deref()))
             }
             (_, Some(_)) => {
                 self.problem(
@@ -135,13 +132,9 @@ impl Validator {
                 );
                 Algorithm::RoundRobin
             }
-            (other, None) => {
-                self.problem(
-                    &format!("{key}.algorithm"),
-                    format!("{other:?} is not one of round_robin, least_in_flight, random, consistent_hash"),
-                );
-                Algorithm::RoundRobin
-            }
+            (AlgorithmName::RoundRobin, None) => Algorithm::RoundRobin,
+            (AlgorithmName::LeastInFlight, None) => Algorithm::LeastInFlight,
+            (AlgorithmName::Random, None) => Algorithm::Random,
         };
         if p.servers.is_empty() {
             self.problem(
@@ -196,26 +189,26 @@ impl Validator {
         let timeouts = Timeouts {
             connect: self.positive_duration(
                 &format!("{tkey}.connect"),
-                t.connect.as_deref(),
+                t.connect.as_ref(),
                 Duration::from_secs(2),
             ),
             read: self.positive_duration(
                 &format!("{tkey}.read"),
-                t.read.as_deref(),
+                t.read.as_ref(),
                 Duration::from_secs(60),
             ),
             write: self.positive_duration(
                 &format!("{tkey}.write"),
-                t.write.as_deref(),
+                t.write.as_ref(),
                 Duration::from_secs(60),
             ),
             total: t
                 .total
-                .as_deref()
-                .map(|s| self.positive_duration(&format!("{tkey}.total"), Some(s), Duration::MAX)),
+                .as_ref()
+                .map(|d| self.positive_duration(&format!("{tkey}.total"), Some(d), Duration::MAX)),
             idle_keepalive: self.positive_duration(
                 &format!("{tkey}.idle_keepalive"),
-                t.idle_keepalive.as_deref(),
+                t.idle_keepalive.as_ref(),
                 Duration::from_secs(60),
             ),
         };
@@ -267,23 +260,17 @@ impl Validator {
     }
 
     pub(super) fn health_check(&mut self, key: &str, h: RawHealthCheck) -> HealthCheckConfig {
-        let kind = match h
-            .kind
-            .as_deref()
-            .unwrap_or(if h.path.is_some() { "http" } else { "tcp" })
-        {
-            "http" => HealthCheckKind::Http {
+        let default_kind = if h.path.is_some() {
+            HealthCheckName::Http
+        } else {
+            HealthCheckName::Tcp
+        };
+        let kind = match h.kind.unwrap_or(default_kind) {
+            HealthCheckName::Http => HealthCheckKind::Http {
                 path: h.path.unwrap_or_else(|| "/".into()),
                 expect_status: h.expect_status.unwrap_or(200),
             },
-            "tcp" => HealthCheckKind::Tcp,
-            other => {
-                self.problem(
-                    &format!("{key}.kind"),
-                    format!("{other:?} is not http or tcp"),
-                );
-                HealthCheckKind::Tcp
-            }
+            HealthCheckName::Tcp => HealthCheckKind::Tcp,
         };
         let rise = h.rise.unwrap_or(2);
         let fall = h.fall.unwrap_or(3);
@@ -297,12 +284,12 @@ impl Validator {
             kind,
             interval: self.positive_duration(
                 &format!("{key}.interval"),
-                h.interval.as_deref(),
+                h.interval.as_ref(),
                 Duration::from_secs(2),
             ),
             timeout: self.positive_duration(
                 &format!("{key}.timeout"),
-                h.timeout.as_deref(),
+                h.timeout.as_ref(),
                 Duration::from_secs(1),
             ),
             rise: rise.max(1),

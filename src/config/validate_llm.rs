@@ -18,26 +18,19 @@ impl Validator {
         let queue_per_pool = raw.queue_per_pool.unwrap_or(1024);
         let timeout = self.positive_duration(
             "admission.timeout",
-            raw.timeout.as_deref(),
+            raw.timeout.as_ref(),
             Duration::from_secs(30),
         );
         let brownout_wait = self.duration(
             "admission.brownout_wait",
-            raw.brownout_wait.as_deref(),
+            raw.brownout_wait.as_ref(),
             Duration::from_millis(750),
         );
         let brownout_max_tokens = raw.brownout_max_tokens.unwrap_or(256);
         if brownout_max_tokens == 0 {
             self.problem("admission.brownout_max_tokens", "must be at least 1");
         }
-        let order = match raw.order.as_deref() {
-            None | Some("fair") => QueueOrder::Fair,
-            Some("fifo") => QueueOrder::Fifo,
-            Some(other) => {
-                self.problem("admission.order", format!("{other:?} is not fair or fifo"));
-                QueueOrder::Fair
-            }
-        };
+        let order = raw.order.unwrap_or(QueueOrder::Fair);
         AdmissionSettings {
             order,
             global_max_in_flight: global_max_in_flight.max(1),
@@ -57,17 +50,7 @@ impl Validator {
         if disk_cap_bytes < segment_bytes {
             self.problem("telemetry.disk_cap_bytes", "must be at least segment_bytes");
         }
-        let on_full = match raw.on_full.as_deref() {
-            None | Some("serve") => OnFull::Serve,
-            Some("refuse") => OnFull::Refuse,
-            Some(other) => {
-                self.problem(
-                    "telemetry.on_full",
-                    format!("{other:?} is not serve or refuse"),
-                );
-                OnFull::Serve
-            }
-        };
+        let on_full = raw.on_full.unwrap_or(OnFull::Serve);
         let replica = raw.replica.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -98,7 +81,7 @@ impl Validator {
                     password: None,
                     timeout: self.positive_duration(
                         "telemetry.clickhouse.timeout",
-                        ch.timeout.as_deref(),
+                        ch.timeout.as_ref(),
                         Duration::from_secs(10),
                     ),
                 },
@@ -106,7 +89,7 @@ impl Validator {
                     batch_rows: batch_rows.max(1),
                     batch_interval: self.positive_duration(
                         "telemetry.clickhouse.batch_interval",
-                        ch.batch_interval.as_deref(),
+                        ch.batch_interval.as_ref(),
                         Duration::from_secs(1),
                     ),
                     replica: replica.clone(),

@@ -283,6 +283,17 @@ fn rfc3339(time: SystemTime) -> String {
     utc(time).strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// The protocol as HAProxy's log writes it.
+pub fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,18 @@
 //! Pools of upstream servers: which servers are in rotation, how many requests
 //! each is serving, and which one the next request goes to.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use http::header;
+use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_ketama::{Bucket, Continuum};
 use prometheus::IntGauge;
 
-use crate::config::{Algorithm, PoolConfig, ServerConfig};
+use crate::config::{Algorithm, HashKey, PoolConfig, ServerConfig};
 use crate::metrics::{PoolMetrics, FAMILIES};
 
 /// How long a server that refused a connection stays out of rotation when
@@ -62,6 +65,30 @@ impl Server {
 
     pub fn peer(&self) -> &HttpPeer {
         &self.peer
+    }
+}
+
+/// The bytes consistent hashing places this request by.
+pub fn balance_key(req: &RequestHeader, client: Option<IpAddr>, key: &HashKey) -> Vec<u8> {
+    match key {
+        HashKey::ClientIp => client
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+        HashKey::Header(name) => req
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_default(),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct Shared {
     pub(super) trusted_proxies: Vec<IpNet>,
     pub access_log: AccessLog,
     pub(super) in_flight: AtomicUsize,
-    pub llm: Arc<LlmState>,
+    /// Started only when the configuration declares an `llm:` route.
+    pub llm: Option<Arc<LlmState>>,
 }
 
 impl Shared {
@@ -80,7 +81,7 @@ impl Shared {
         generation: Generation,
         trusted_proxies: Vec<IpNet>,
         access_log: AccessLog,
-        llm: Arc<LlmState>,
+        llm: Option<Arc<LlmState>>,
     ) -> Self {
         let (pools, _) = watch::channel(generation.pools.clone().into());
         Self {

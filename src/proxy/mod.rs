@@ -29,18 +29,16 @@ mod llm_route;
 
 use context::Active;
 pub use context::RequestCtx;
-use errors::{reason, status_for, status_label, termination};
+use errors::{reason, status_for, termination};
 pub use generation::{Generation, Shared};
 
 use crate::config::Action;
-use crate::config::{Algorithm, ClientLimits, HashKey};
-use crate::edge::access_log::AccessRecord;
+use crate::config::{Algorithm, ClientLimits};
+use crate::edge::access_log::{version_text, AccessRecord};
 use crate::edge::client_connection::HeadGuard;
 use crate::edge::forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
+use crate::edge::pool::balance_key;
 use crate::edge::routing::RequestView;
-
-use crate::metrics::FAMILIES;
-use obleth_filters::telemetry::UsageRecord;
 
 /// The proxy of one listener.
 pub struct Gateway {
@@ -107,32 +105,6 @@ fn host_problem(req: &RequestHeader) -> Option<&'static str> {
             Some("HTTP/1.1 request has no Host header")
         }
         _ => None,
-    }
-}
-
-/// The key consistent hashing uses for this request.
-fn hash_key(session: &Session, key: &HashKey) -> Vec<u8> {
-    match key {
-        HashKey::ClientIp => client_ip(session)
-            .map(|ip| ip.to_string().into_bytes())
-            .unwrap_or_default(),
-        HashKey::Header(name) => session
-            .req_header()
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-        HashKey::Cookie(name) => session
-            .req_header()
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_bytes().to_vec())
-            .unwrap_or_default(),
     }
 }
 
@@ -226,8 +198,15 @@ impl ProxyHttp for Gateway {
             }
             Action::Llm(action) => {
                 drop(view);
+                let Some(llm) = &self.shared.llm else {
+                    // A reload cannot add the first `llm:` route (server.rs).
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "the LLM plane is not running",
+                    ));
+                };
                 let generation = self.shared.current();
-                llm_route::request_filter(&self.shared.llm, &generation, action, session, ctx).await
+                llm_route::request_filter(llm, &generation, action, session, ctx).await
             }
             Action::Redirect { status, location } => {
                 let location = location.render(&view, self.scheme);
@@ -276,7 +255,9 @@ impl ProxyHttp for Gateway {
         }
         ctx.attempts += 1;
         let key = match &pool.config.algorithm {
-            Algorithm::ConsistentHash(key) => hash_key(session, key),
+            Algorithm::ConsistentHash(key) => {
+                balance_key(session.req_header(), client_ip(session), key)
+            }
             _ => Vec::new(),
         };
         // Release the previous attempt's server before choosing the next.
@@ -536,9 +517,6 @@ impl ProxyHttp for Gateway {
         if let Some(guard) = HeadGuard::of(session.stream()) {
             guard.request_done();
         }
-        if let Some(call) = ctx.llm.as_mut() {
-            call.settle(&self.shared.llm).await;
-        }
         let written = session.response_written().map(|r| r.status.as_u16());
         let status = written.unwrap_or(if ctx.error_status > 0 {
             ctx.error_status
@@ -556,13 +534,9 @@ impl ProxyHttp for Gateway {
         };
         metrics.count(status);
         metrics.duration.observe(elapsed.as_secs_f64());
-        if let Some(Action::Llm(_)) = ctx.route.as_ref().map(|r| &r.config.action) {
-            let admission = ctx.llm.as_ref().map_or("rejected", |c| c.admission());
-            FAMILIES
-                .llm_requests
-                .with_label_values(&[status_label(status), admission])
-                .inc();
-            self.record_usage(ctx, status, admission, elapsed);
+        let llm_route = ctx.route.as_ref().map(|r| &r.config.action);
+        if let (Some(Action::Llm(_)), Some(llm)) = (llm_route, &self.shared.llm) {
+            llm_route::logging(llm, ctx, status, elapsed).await;
         }
 
         if !self.shared.access_log.enabled() {
@@ -599,46 +573,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-impl Gateway {
-    /// Appends the usage record of an LLM request whose key was resolved.
-    fn record_usage(&self, ctx: &RequestCtx, status: u16, admission: &str, elapsed: Duration) {
-        let Some(caller) = &ctx.caller else {
-            return;
-        };
-        let telemetry = &self.shared.llm.telemetry;
-        let charged = ctx.llm.as_ref().and_then(|c| c.charged).unwrap_or_default();
-        let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
-        let arrived = SystemTime::now()
-            .checked_sub(elapsed)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        telemetry.record(UsageRecord {
-            request_id: ctx.request_id.as_str().to_owned(),
-            record_id: format!("{:032x}", rand::random::<u128>()),
-            time_ms: arrived
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            tenant: caller.tenant.id.clone(),
-            key: caller.key.id.clone(),
-            model: ctx.model.clone().unwrap_or_default(),
-            route: ctx.route.as_ref().map_or("", |r| r.name()).to_string(),
-            admission: admission.to_string(),
-            queue_wait_ms: ctx.llm.as_ref().map_or(0, |c| ms(c.queue_wait())),
-            ttfb_ms: ctx.first_byte.map_or(0, ms),
-            total_ms: ms(elapsed),
-            status,
-            input_tokens: charged.input_tokens,
-            output_tokens: charged.output_tokens,
-            estimated: charged.estimated,
-            cost_usd: charged.cost_usd,
-            upstream: ctx
-                .server
-                .as_ref()
-                .map_or(String::new(), |s| s.server().config.name.clone()),
-            replica: telemetry.replica.clone(),
-        });
-    }
-}
-
 /// Fails the request once the pool's `total` timeout has passed.
 fn check_total(ctx: &mut RequestCtx) -> Result<()> {
     let total = ctx.pool.as_ref().and_then(|p| p.config.timeouts.total);
@@ -654,14 +588,4 @@ fn check_total(ctx: &mut RequestCtx) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn version_text(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    }
 }

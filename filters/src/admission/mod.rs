@@ -95,7 +95,8 @@ pub struct Capacity {
 }
 
 /// Which waiter a freed slot goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QueueOrder {
     /// Hierarchical weighted fair queuing (the default).
     Fair,

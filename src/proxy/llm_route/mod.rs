@@ -4,6 +4,7 @@
 
 mod budget;
 mod call;
+mod record;
 mod rejection;
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +25,7 @@ use crate::metrics::FAMILIES;
 
 use budget::reserve;
 pub use call::LlmCall;
+pub use record::logging;
 use rejection::{reject, Rejection, Stop};
 
 /// Runs the LLM gates; `Ok(true)` when a response was already sent.
