@@ -210,7 +210,7 @@ impl BackgroundService for Lifecycle {
         for addr in &self.probe_addresses {
             wait_until_accepting(*addr).await;
         }
-        crate::supervision::set_accepting(true);
+        crate::supervision::set_phase(crate::supervision::Phase::Serving);
         tracing::info!("ready");
         loop {
             tokio::select! {
@@ -294,7 +294,7 @@ fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
                     Err(RecvError::Closed) => return,
                 }
             }
-            crate::supervision::set_accepting(false);
+            crate::supervision::set_phase(crate::supervision::Phase::Draining);
             tracing::info!(
                 "draining: {} requests in flight, grace {grace:?}",
                 shared.in_flight()

@@ -4,7 +4,7 @@
 //! or usage shipper shows up on every dashboard instead of failing silently.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use crate::metrics::FAMILIES;
@@ -12,13 +12,37 @@ use crate::metrics::FAMILIES;
 /// Services whose task died, in the order they failed.
 static FAILED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
-/// False before the listeners accept connections and once draining begins.
-static ACCEPTING: AtomicBool = AtomicBool::new(false);
+/// Where the process is in its life, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// The listeners do not accept connections yet.
+    Starting = 0,
+    /// The listeners take traffic.
+    Serving = 1,
+    /// SIGTERM arrived: no new connections; requests in flight finish.
+    Draining = 2,
+}
 
-/// Says whether the listeners take traffic (set once they accept, cleared
-/// when draining starts).
-pub fn set_accepting(accepting: bool) {
-    ACCEPTING.store(accepting, Ordering::Relaxed);
+static PHASE: AtomicU8 = AtomicU8::new(Phase::Starting as u8);
+
+/// Dependencies the configuration requires that are not reachable yet.
+static WAITING: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// Moves the process to `phase` (serving once the listeners accept,
+/// draining when SIGTERM arrives).
+pub fn set_phase(phase: Phase) {
+    PHASE.store(phase as u8, Ordering::Relaxed);
+}
+
+/// Says whether a required dependency (the store, say) is reachable; while
+/// one is not, `/readyz` answers 503 naming it.
+pub fn set_reachable(dependency: &'static str, reachable: bool) {
+    let mut waiting = WAITING.lock().unwrap_or_else(|p| p.into_inner());
+    waiting.retain(|d| *d != dependency);
+    if !reachable {
+        waiting.push(dependency);
+    }
 }
 
 /// What `/readyz` answers: ready, or why not.
@@ -27,8 +51,14 @@ pub fn readiness() -> Result<(), String> {
     if !failed.is_empty() {
         return Err(format!("background task died: {}", failed.join(", ")));
     }
-    if !ACCEPTING.load(Ordering::Relaxed) {
-        return Err("not accepting traffic (starting or draining)".into());
+    match PHASE.load(Ordering::Relaxed) {
+        p if p == Phase::Draining as u8 => return Err("draining".into()),
+        p if p == Phase::Starting as u8 => return Err("starting".into()),
+        _ => {}
+    }
+    let waiting = WAITING.lock().unwrap_or_else(|p| p.into_inner());
+    if !waiting.is_empty() {
+        return Err(format!("waiting for {}", waiting.join(", ")));
     }
     Ok(())
 }

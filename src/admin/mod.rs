@@ -59,7 +59,9 @@ impl HttpEndpoint {
 
 #[async_trait]
 impl BackgroundService for HttpEndpoint {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    /// Serves until the process exits, through the drain: `/readyz` must
+    /// say `draining` to the load balancer while requests in flight finish.
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -70,13 +72,7 @@ impl BackgroundService for HttpEndpoint {
                 return;
             }
         };
-        let stop = async move {
-            let _ = shutdown.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, self.router.clone()).await {
             tracing::error!("{} listener: {e}", self.name);
         }
     }
