@@ -110,8 +110,8 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     .expect("metric registers once"),
     llm_requests: register_int_counter_vec!(
         "obleth_requests_total",
-        "LLM requests answered, by status and admission (fast, queued, brownout, or rejected: refused before or at admission)",
-        &["status", "admission"]
+        "LLM requests answered, by status class (2xx, 4xx, 5xx, ... as alerts match it), the code of the error contract, and admission (fast, queued, brownout, or rejected: refused before or at admission)",
+        &["status", "code", "admission"]
     )
     .expect("metric registers once"),
     queue_wait: register_histogram_vec!(
@@ -242,11 +242,19 @@ impl RouteMetrics {
     }
 
     pub fn count(&self, status: u16) {
-        let idx = match status {
-            100..=599 => (status / 100 - 1) as usize,
-            _ => 5,
-        };
-        self.by_class[idx].inc();
+        self.by_class[class_index(status)].inc();
+    }
+}
+
+/// A status as its class label (`2xx`, `4xx`, `5xx`, ...).
+pub fn status_class(status: u16) -> &'static str {
+    CLASSES[class_index(status)]
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => (status / 100 - 1) as usize,
+        _ => 5,
     }
 }
 

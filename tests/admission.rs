@@ -26,11 +26,21 @@ fn config(upstream: &MockUpstream, pool_size: u32, admission: &str, tenant: &str
     )
 }
 
+/// A mock upstream and obleth on [`config`] in front of it, with the admin
+/// API to watch its capacity through.
+async fn start(pool_size: u32, admission: &str, tenant: &str) -> (MockUpstream, Obleth, Admin) {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&config(&upstream, pool_size, admission, tenant)).await;
+    let admin = Admin::of(&obleth);
+    (upstream, obleth, admin)
+}
+
+/// The tenant most tests here need: `acme` without limits of its own.
+const ACME: &str = "{ name: acme }";
+
 /// A chat request that the mock answers after `latency_ms`.
 async fn chat(obleth: &Obleth, key: &str, latency_ms: u64, max_tokens: u64) -> reqwest::Response {
-    client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(key)
+    chat_request(obleth, key)
         .header("x-mock-latency-ms", latency_ms.to_string())
         .json(&json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": max_tokens }))
         .send()
@@ -61,6 +71,20 @@ fn spawn_chat(
     })
 }
 
+/// Waits until nothing is in flight, then starts a request of `key` that
+/// holds a slot for `latency_ms`; returns once it is in flight.
+async fn hold_a_slot(
+    obleth: &Obleth,
+    admin: &Admin,
+    key: &str,
+    latency_ms: u64,
+) -> tokio::task::JoinHandle<(u16, reqwest::header::HeaderMap, Value, Duration)> {
+    until(admin, "in_flight", 0).await;
+    let holder = spawn_chat(obleth, key, latency_ms);
+    until(admin, "in_flight", 1).await;
+    holder
+}
+
 /// Waits until the capacity view shows `n` requests `queued` or `in_flight`.
 async fn until(admin: &Admin, field: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -74,30 +98,22 @@ async fn until(admin: &Admin, field: &str, n: u64) {
     }
 }
 
-async fn label(obleth: &Obleth, status: &str, admission: &str) -> f64 {
+async fn label(obleth: &Obleth, code: &str, admission: &str) -> f64 {
+    let class = &code[..1];
     obleth
         .metric(&format!(
-            "obleth_requests_total{{admission=\"{admission}\",status=\"{status}\"}}"
+            "obleth_requests_total{{admission=\"{admission}\",code=\"{code}\",status=\"{class}xx\"}}"
         ))
         .await
 }
 
 #[tokio::test]
 async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        1,
-        "{ brownout_wait: 1s, brownout_max_tokens: 5 }",
-        "{ name: acme }",
-    ))
-    .await;
-    let admin = Admin::of(&obleth);
+    let admission = "{ brownout_wait: 1s, brownout_max_tokens: 5 }";
+    let (_upstream, obleth, admin) = start(1, admission, ACME).await;
 
     // A short wait is served as asked.
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 200);
-    until(&admin, "in_flight", 1).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 200).await;
     let queued = chat(&obleth, KEY, 0, 50).await;
     assert_eq!(queued.status(), 200);
     assert!(queued.headers().get("x-obleth-degraded").is_none());
@@ -106,9 +122,7 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
     assert_eq!(holder.await.unwrap().0, 200);
 
     // A wait past brownout_wait is served with its output capped.
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 2000);
-    until(&admin, "in_flight", 1).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 2000).await;
     let degraded = chat(&obleth, KEY, 0, 50).await;
     assert_eq!(degraded.status(), 200);
     assert_eq!(
@@ -141,18 +155,9 @@ async fn requests_are_admitted_fast_queued_or_in_brownout_with_the_output_capped
 
 #[tokio::test]
 async fn a_full_queue_answers_429_and_a_long_wait_503_both_with_retry_after() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        1,
-        "{ queue_per_pool: 2, timeout: 700ms, brownout_wait: 0 }",
-        "{ name: acme }",
-    ))
-    .await;
-    let admin = Admin::of(&obleth);
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 2500);
-    until(&admin, "in_flight", 1).await;
+    let admission = "{ queue_per_pool: 2, timeout: 700ms, brownout_wait: 0 }";
+    let (upstream, obleth, admin) = start(1, admission, ACME).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 2500).await;
     let waiters = [spawn_chat(&obleth, KEY, 0), spawn_chat(&obleth, KEY, 0)];
     until(&admin, "queued", 2).await;
 
@@ -187,23 +192,14 @@ async fn a_full_queue_answers_429_and_a_long_wait_503_both_with_retry_after() {
 
 #[tokio::test]
 async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        4,
-        "{ global_max_in_flight: 1, brownout_wait: 0 }",
-        "{ name: acme }",
-    ))
-    .await;
-    let admin = Admin::of(&obleth);
+    let admission = "{ global_max_in_flight: 1, brownout_wait: 0 }";
+    let (_upstream, obleth, admin) = start(4, admission, ACME).await;
     let view = admin.ok("GET", "/capacity", None, 200).await;
     assert_eq!(view["global_max_in_flight"], 1);
     assert_eq!(view["pools"][0]["max_in_flight"], 4, "{view}");
 
     // The global ceiling of 1 holds the second request back ...
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 3000);
-    until(&admin, "in_flight", 1).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 3000).await;
     let waiter = spawn_chat(&obleth, KEY, 0);
     until(&admin, "queued", 1).await;
     let share = admin.ok("GET", "/fairshare", None, 200).await;
@@ -216,12 +212,7 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
     assert_eq!(pool["tenants"][0]["share"], 1.0, "{share}");
     // ... until it is raised.
     let raised = admin
-        .ok(
-            "PUT",
-            "/capacity",
-            Some(json!({ "global_max_in_flight": 2 })),
-            200,
-        )
+        .put("/capacity", json!({ "global_max_in_flight": 2 }), 200)
         .await;
     assert_eq!(raised["global_max_in_flight"], 2);
     let (status, _, _, waited) = waiter.await.unwrap();
@@ -232,12 +223,7 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
     );
     assert_eq!(holder.await.unwrap().0, 200);
     admin
-        .ok(
-            "PUT",
-            "/capacity",
-            Some(json!({ "global_max_in_flight": 0 })),
-            400,
-        )
+        .put("/capacity", json!({ "global_max_in_flight": 0 }), 400)
         .await;
     let audit = admin
         .ok("GET", "/audit?entity_type=capacity", None, 200)
@@ -246,35 +232,18 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
 
     // A model pool shrunk to one slot through the models API.
     admin
-        .ok(
-            "PUT",
-            "/capacity",
-            Some(json!({ "global_max_in_flight": 8 })),
-            200,
-        )
+        .put("/capacity", json!({ "global_max_in_flight": 8 }), 200)
         .await;
     admin
-        .ok(
-            "PATCH",
-            "/models/m",
-            Some(json!({ "max_in_flight": 1 })),
-            200,
-        )
+        .patch("/models/m", json!({ "max_in_flight": 1 }), 200)
         .await;
     let view = admin.ok("GET", "/capacity", None, 200).await;
     assert_eq!(view["pools"][0]["max_in_flight"], 1, "{view}");
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 3000);
-    until(&admin, "in_flight", 1).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 3000).await;
     let waiter = spawn_chat(&obleth, KEY, 0);
     until(&admin, "queued", 1).await;
     admin
-        .ok(
-            "PATCH",
-            "/models/m",
-            Some(json!({ "max_in_flight": 2 })),
-            200,
-        )
+        .patch("/models/m", json!({ "max_in_flight": 2 }), 200)
         .await;
     let (status, _, _, waited) = waiter.await.unwrap();
     assert_eq!(status, 200);
@@ -284,15 +253,8 @@ async fn capacity_and_pool_size_changes_take_effect_live_and_are_audited() {
 
 #[tokio::test]
 async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        8,
-        "{ brownout_wait: 0 }",
-        "{ name: acme }, { name: capped, max_in_flight: 1 }",
-    ))
-    .await;
-    let admin = Admin::of(&obleth);
+    let tenants = "{ name: acme }, { name: capped, max_in_flight: 1 }";
+    let (_upstream, obleth, admin) = start(8, "{ brownout_wait: 0 }", tenants).await;
     let capped_key = admin
         .create_key("capped", json!({ "name": "c" }))
         .await
@@ -303,9 +265,7 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
         .secret;
 
     for key in [&capped_key, &single_key] {
-        until(&admin, "in_flight", 0).await;
-        let first = spawn_chat(&obleth, key, 2000);
-        until(&admin, "in_flight", 1).await;
+        let first = hold_a_slot(&obleth, &admin, key, 2000).await;
         let second = spawn_chat(&obleth, key, 0);
         until(&admin, "queued", 1).await;
         // Anyone else passes at once.
@@ -324,25 +284,11 @@ async fn tenant_and_key_caps_hold_their_requests_back_while_others_pass() {
 
 #[tokio::test]
 async fn a_client_leaving_the_queue_frees_its_place_and_pays_nothing() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        1,
-        "{ brownout_wait: 0 }",
-        "{ name: acme, budget_tokens: 100000 }",
-    ))
-    .await;
-    let admin = Admin::of(&obleth);
-    until(&admin, "in_flight", 0).await;
-    let holder = spawn_chat(&obleth, KEY, 1500);
-    until(&admin, "in_flight", 1).await;
-    let impatient = reqwest::Client::builder()
+    let tenant = "{ name: acme, budget_tokens: 100000 }";
+    let (upstream, obleth, admin) = start(1, "{ brownout_wait: 0 }", tenant).await;
+    let holder = hold_a_slot(&obleth, &admin, KEY, 1500).await;
+    let gave_up = chat_request(&obleth, KEY)
         .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
         .json(&json!({ "model": "m", "messages": [], "max_tokens": 50 }))
         .send()
         .await;
@@ -360,11 +306,8 @@ async fn a_client_leaving_the_queue_frees_its_place_and_pays_nothing() {
     let charged = body["usage"]["total_tokens"].as_u64().unwrap();
     assert_eq!(budget["standing"]["committed_tokens"], charged, "{budget}");
     assert_eq!(budget["standing"]["reserved_tokens"], 0, "{budget}");
+    let left = "obleth_requests_total{admission=\"rejected\",code=\"499\",status=\"4xx\"}";
     obleth
-        .wait_metric(
-            "obleth_requests_total{admission=\"rejected\",status=\"499\"}",
-            |n| n >= 1.0,
-            Duration::from_secs(5),
-        )
+        .wait_at_least(left, 1.0, Duration::from_secs(5))
         .await;
 }

@@ -7,7 +7,7 @@ use obleth_filters::telemetry::UsageRecord;
 
 use super::RequestCtx;
 use crate::llm::LlmState;
-use crate::metrics::FAMILIES;
+use crate::metrics::{status_class, FAMILIES};
 use crate::proxy::errors::status_label;
 
 /// The one LLM hook of `logging`, once the status the client saw is known.
@@ -18,7 +18,7 @@ pub async fn logging(llm: &LlmState, ctx: &mut RequestCtx, status: u16, elapsed:
     let admission = ctx.llm.as_ref().map_or("rejected", |c| c.admission());
     FAMILIES
         .llm_requests
-        .with_label_values(&[status_label(status), admission])
+        .with_label_values(&[status_class(status), status_label(status), admission])
         .inc();
     record_usage(llm, ctx, status, admission, elapsed);
 }
