@@ -1,12 +1,13 @@
 //! `obleth`: a Pingora reverse proxy that stands where HAProxy stands and, on
 //! its LLM routes, is a multi-tenant LLM gateway.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use obleth::config::{Config, ConfigError};
+use obleth::config::{Config, ConfigError, LogFormat};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -121,7 +122,9 @@ fn say(text: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_tracing(log_format_from_env());
+    }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
@@ -210,6 +213,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };
+            init_tracing(config.log_format);
             match obleth::server::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -262,11 +266,25 @@ fn report(e: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_tracing() {
+/// Starts obleth's own log on stderr: text, or one JSON object per line;
+/// colours only on a terminal.
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// The log format before a configuration is read (`OBLETH_LOG_FORMAT`).
+fn log_format_from_env() -> LogFormat {
+    match std::env::var("OBLETH_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
 }

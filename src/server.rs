@@ -188,8 +188,8 @@ fn add_listener(
     Ok(())
 }
 
-/// Marks the process ready once its listeners accept connections, and
-/// reloads the configuration on SIGHUP.
+/// Marks the process ready once its listeners accept connections, reloads
+/// the configuration on SIGHUP and reopens the access log on SIGUSR1.
 struct Lifecycle {
     shared: Arc<Shared>,
     config_path: PathBuf,
@@ -199,14 +199,17 @@ struct Lifecycle {
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangups =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGHUP, reload disabled: {e}");
-                    return;
-                }
-            };
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut hangups, mut usr1) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(hup), Ok(usr1)) => (hup, usr1),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("cannot listen for SIGHUP and SIGUSR1, reload and log reopening disabled: {e}");
+                return;
+            }
+        };
         for addr in &self.probe_addresses {
             wait_until_accepting(*addr).await;
         }
@@ -215,6 +218,7 @@ impl BackgroundService for Lifecycle {
         loop {
             tokio::select! {
                 _ = hangups.recv() => self.reload(),
+                _ = usr1.recv() => self.shared.access_log.reopen(),
                 _ = shutdown.changed() => return,
             }
         }

@@ -58,6 +58,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         apply: |raw, text| set(&mut raw.access_log.format, variant(text)?),
     },
     EnvOverride {
+        name: "OBLETH_LOG_FORMAT",
+        key: "log.format",
+        apply: |raw, text| set(&mut raw.log.format, variant(text)?),
+    },
+    EnvOverride {
         name: "OBLETH_ACCESS_LOG_PATH",
         key: "access_log.path",
         apply: |raw, text| set(&mut raw.access_log.path, text.into()),

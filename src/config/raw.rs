@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::settings::{AccessLogFormat, OnFull};
+use super::settings::{AccessLogFormat, LogFormat, OnFull};
 use obleth_filters::admission::QueueOrder;
 
 /// A duration as written (`500ms`, `5s`, `2m`), parsed while the file is
@@ -64,6 +64,8 @@ pub struct RawConfig {
     pub metrics: RawEndpoint,
     #[serde(default)]
     pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub log: RawLog,
     #[serde(default)]
     pub pools: Vec<RawPool>,
     #[serde(default)]
@@ -209,6 +211,12 @@ pub struct RawEndpoint {
     /// Admin only: generate and print a token when `OBLETH_ADMIN_TOKEN` is
     /// unset (the embedded development default).
     pub generate_dev_token: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<LogFormat>,
 }
 
 #[derive(Debug, Deserialize, Default)]

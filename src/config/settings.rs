@@ -22,6 +22,8 @@ pub struct Config {
     pub admin_address: SocketAddr,
     pub metrics_address: SocketAddr,
     pub access_log: AccessLogConfig,
+    /// How obleth writes its own log lines (stderr).
+    pub log_format: LogFormat,
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
     pub store: StoreConfig,
@@ -197,6 +199,16 @@ impl Default for ClientLimits {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `log.format`: obleth's own log lines as text for a terminal, or one JSON
+/// object per line for a log aggregator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

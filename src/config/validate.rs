@@ -160,6 +160,7 @@ impl Validator {
             admin_address,
             metrics_address,
             access_log,
+            log_format: raw.log.format.unwrap_or_default(),
             pools,
             routes,
             store,

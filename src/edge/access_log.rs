@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +53,8 @@ pub struct AccessRecord<'a> {
 enum Message {
     Line(String),
     Sync(mpsc::Sender<()>),
+    /// Close and reopen the file (SIGUSR1, after logrotate moved it).
+    Reopen,
 }
 
 /// The access log sink.
@@ -76,9 +78,10 @@ impl AccessLog {
             None => Box::new(std::io::stdout()),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let path = config.path.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, out))?;
+            .spawn(move || write_lines(rx, out, path))?;
         Ok(Self {
             format: config.format,
             queue: Some(tx),
@@ -107,6 +110,14 @@ impl AccessLog {
             if dropped.is_power_of_two() {
                 tracing::warn!("access log writer is behind; {dropped} lines dropped so far");
             }
+        }
+    }
+
+    /// Reopens the log file after the lines queued so far, so logrotate can
+    /// move it away without `copytruncate`.
+    pub fn reopen(&self) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Message::Reopen);
         }
     }
 
@@ -180,7 +191,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) {
+fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>, path: Option<PathBuf>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(mut message) = rx.recv() {
         loop {
@@ -191,6 +202,19 @@ fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) {
                 Message::Sync(done) => {
                     let _ = out.flush();
                     let _ = done.send(());
+                }
+                Message::Reopen => {
+                    let _ = out.flush();
+                    match path.as_deref().map(open_append) {
+                        Some(Ok(file)) => {
+                            out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(file));
+                            tracing::info!("access log reopened");
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!("cannot reopen the access log, writing on to the old file: {e}")
+                        }
+                        None => {}
+                    }
                 }
             }
             match rx.try_recv() {
