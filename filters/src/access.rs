@@ -150,40 +150,24 @@ mod tests {
     use super::*;
     use crate::records::*;
 
+    /// An enabled key of an active tenant in Berlin, without limits or
+    /// windows, as the hot cache holds it.
     fn principal() -> Principal {
-        Principal {
-            key: ApiKey {
-                id: "k".into(),
-                tenant_id: "t".into(),
-                name: "k".into(),
-                prefix: "obk_".into(),
-                disabled: false,
-                weight: 100,
-                expires_at: None,
-                max_in_flight: None,
-                tokens_per_minute: None,
-                budget_tokens: None,
-                budget_usd: None,
+        serde_json::from_value(serde_json::json!({
+            "key": {
+                "id": "k", "tenant_id": "t", "name": "k", "prefix": "obk_", "disabled": false,
+                "weight": 100, "expires_at": null, "max_in_flight": null,
+                "tokens_per_minute": null, "budget_tokens": null, "budget_usd": null
             },
-            tenant: Tenant {
-                id: "t".into(),
-                name: "t".into(),
-                group: "default".into(),
-                group_weight: 100,
-                weight: 100,
-                tokens_per_minute: 0,
-                max_in_flight: None,
-                status: TenantStatus::Active,
-                timezone: "Europe/Berlin".into(),
-                active_from: None,
-                active_until: None,
-                weekly_windows: vec![],
-                budget_tokens: None,
-                budget_usd: None,
-                budget_period: BudgetPeriod::Lifetime,
-                allowed_models: vec![],
-            },
-        }
+            "tenant": {
+                "id": "t", "name": "t", "group": "default", "group_weight": 100, "weight": 100,
+                "tokens_per_minute": 0, "max_in_flight": null, "status": "active",
+                "timezone": "Europe/Berlin", "active_from": null, "active_until": null,
+                "weekly_windows": [], "budget_tokens": null, "budget_usd": null,
+                "budget_period": "lifetime", "allowed_models": []
+            }
+        }))
+        .expect("a principal")
     }
 
     fn at(text: &str) -> Timestamp {

@@ -217,23 +217,23 @@ mod tests {
 
     #[test]
     fn endpoints_by_method_and_path() {
-        assert_eq!(
-            Endpoint::from_request("POST", "/v1/chat/completions"),
-            Some(Endpoint::ChatCompletions)
-        );
-        assert_eq!(
-            Endpoint::from_request("POST", "/v1/completions"),
-            Some(Endpoint::Completions)
-        );
-        assert_eq!(
-            Endpoint::from_request("POST", "/openai/v1/embeddings/"),
-            Some(Endpoint::Embeddings)
-        );
-        assert_eq!(
-            Endpoint::from_request("GET", "/v1/models"),
-            Some(Endpoint::Models)
-        );
-        assert_eq!(Endpoint::from_request("GET", "/v1/chat/completions"), None);
+        for (method, path, endpoint) in [
+            (
+                "POST",
+                "/v1/chat/completions",
+                Some(Endpoint::ChatCompletions),
+            ),
+            ("POST", "/v1/completions", Some(Endpoint::Completions)),
+            ("POST", "/openai/v1/embeddings/", Some(Endpoint::Embeddings)),
+            ("GET", "/v1/models", Some(Endpoint::Models)),
+            ("GET", "/v1/chat/completions", None),
+        ] {
+            assert_eq!(
+                Endpoint::from_request(method, path),
+                endpoint,
+                "{method} {path}"
+            );
+        }
     }
 
     #[test]

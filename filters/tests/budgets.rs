@@ -14,15 +14,9 @@ async fn redis_store() -> RedisBudgets {
     let conn = redis::aio::ConnectionManager::new(client)
         .await
         .expect("redis on 127.0.0.1:6379 (scripts/services.sh)");
-    let prefix = format!(
-        "obleth-budget-test-{}-{}-{}:",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos());
+    let prefix = format!("obleth-budget-test-{}-{n}-{started}:", std::process::id());
     RedisBudgets::new(conn, prefix)
 }
 
@@ -45,6 +39,25 @@ fn scope(
 
 fn cost(tokens: u64, usd_micros: u64) -> Cost {
     Cost { tokens, usd_micros }
+}
+
+/// The store's answer to reserving `tokens` (and no USD) for `id` at `now_ms`.
+async fn reserve(
+    store: &dyn BudgetStore,
+    s: &Scope,
+    id: &str,
+    tokens: u64,
+    now_ms: i64,
+) -> Decision {
+    store
+        .reserve(s, id, cost(tokens, 0), now_ms)
+        .await
+        .expect("reserve")
+}
+
+/// Whether a reservation was admitted, whatever it left in the bucket.
+fn admitted(decision: Decision) -> bool {
+    matches!(decision, Decision::Admitted { .. })
 }
 
 /// One step: reserve or settle, with the time it happens at.
@@ -134,33 +147,18 @@ async fn a_new_month_starts_from_zero_committed_spend() {
     let redis = redis_store().await;
     let november = scope(0, Some(1_000), None, "2026-11");
     let december = scope(0, Some(1_000), None, "2026-12");
-    redis
-        .reserve(&november, "x", cost(900, 0), 0)
-        .await
-        .unwrap();
+    reserve(&redis, &november, "x", 900, 0).await;
     redis.settle(&november, "x", cost(900, 0), 0).await.unwrap();
     assert_eq!(
-        redis
-            .reserve(&november, "y", cost(200, 0), 0)
-            .await
-            .unwrap(),
+        reserve(&redis, &november, "y", 200, 0).await,
         Decision::BudgetExhausted
     );
-    assert!(matches!(
-        redis
-            .reserve(&december, "y", cost(200, 0), 0)
-            .await
-            .unwrap(),
-        Decision::Admitted { .. }
-    ));
+    assert!(admitted(reserve(&redis, &december, "y", 200, 0).await));
     let mut lifetime = scope(0, Some(1_000), None, "lifetime");
     lifetime.id = "t:forever".into();
-    redis
-        .reserve(&lifetime, "z", cost(1_000, 0), 0)
-        .await
-        .unwrap();
+    reserve(&redis, &lifetime, "z", 1_000, 0).await;
     assert_eq!(
-        redis.reserve(&lifetime, "w", cost(1, 0), 0).await.unwrap(),
+        reserve(&redis, &lifetime, "w", 1, 0).await,
         Decision::BudgetExhausted
     );
 }
@@ -180,13 +178,13 @@ async fn concurrent_reservations_never_exceed_the_term_budget() {
             })
         })
         .collect();
-    let mut admitted = 0;
+    let mut fitted = 0;
     for t in tasks {
-        if matches!(t.await.unwrap(), Decision::Admitted { .. }) {
-            admitted += 1;
+        if admitted(t.await.unwrap()) {
+            fitted += 1;
         }
     }
-    assert_eq!(admitted, 10_000 / 170, "exactly as many as fit");
+    assert_eq!(fitted, 10_000 / 170, "exactly as many as fit");
 }
 
 #[tokio::test]
@@ -197,25 +195,13 @@ async fn a_reservation_whose_request_never_settles_is_released_after_its_ttl() {
     let s = scope(0, Some(1000), None, "lifetime");
     let now = 1_700_000_000_000;
     // A process reserved 800 and died before settling.
-    assert!(matches!(
-        store.reserve(&s, "lost", cost(800, 0), now).await.unwrap(),
-        Decision::Admitted { .. }
-    ));
+    assert!(admitted(reserve(&store, &s, "lost", 800, now).await));
     assert_eq!(
-        store
-            .reserve(&s, "next", cost(300, 0), now + 500)
-            .await
-            .unwrap(),
+        reserve(&store, &s, "next", 300, now + 500).await,
         Decision::BudgetExhausted,
         "held while the reservation may still settle"
     );
-    assert!(matches!(
-        store
-            .reserve(&s, "next", cost(300, 0), now + 1500)
-            .await
-            .unwrap(),
-        Decision::Admitted { .. }
-    ));
+    assert!(admitted(reserve(&store, &s, "next", 300, now + 1500).await));
     let standing = store.standing(&s, now + 1500).await.unwrap();
     assert_eq!(standing.reserved_tokens, 300, "{standing:?}");
     // A settled reservation leaves nothing behind to release later.
@@ -223,13 +209,7 @@ async fn a_reservation_whose_request_never_settles_is_released_after_its_ttl() {
         .settle(&s, "next", cost(200, 0), now + 1600)
         .await
         .unwrap());
-    assert!(matches!(
-        store
-            .reserve(&s, "third", cost(10, 0), now + 9000)
-            .await
-            .unwrap(),
-        Decision::Admitted { .. }
-    ));
+    assert!(admitted(reserve(&store, &s, "third", 10, now + 9000).await));
     let standing = store.standing(&s, now + 9000).await.unwrap();
     assert_eq!(
         (standing.committed_tokens, standing.reserved_tokens),
@@ -258,7 +238,7 @@ async fn committed_spend_is_raised_to_the_ledger_and_never_lowered() {
         let standing = store.standing(&s, now).await.unwrap();
         assert_eq!(standing.committed_tokens, 900);
         assert_eq!(
-            store.reserve(&s, "b", cost(9_200, 0), now).await.unwrap(),
+            reserve(store, &s, "b", 9_200, now).await,
             Decision::BudgetExhausted,
             "the restored spend counts against the budget"
         );

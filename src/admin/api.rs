@@ -1,5 +1,7 @@
 //! The admin API under `/api/v1/`: groups, tenants, keys, models, the
-//! audit log, budgets, admission capacity and usage, one file per resource.
+//! audit log, budgets, admission capacity and usage, one file per resource,
+//! each with its handlers and the `routes()` merged here. Handlers that
+//! change something take [`Change`]: the state and who acts.
 //! Every route needs `Authorization: Bearer $OBLETH_ADMIN_TOKEN`; every
 //! mutation is audited in its own transaction and then propagated to the
 //! caches of every replica. Every error, including unknown routes and
@@ -9,7 +11,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +23,6 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use super::error::{
     decode, json_method_not_allowed, not_found, ApiError, ApiResult, ErrorBody, ErrorDetail,
@@ -43,8 +45,28 @@ pub struct ApiState {
     token_digest: [u8; 32],
 }
 
+/// What every handler that changes something starts from: the state it
+/// changes and who makes the change (for the audit log).
+pub(super) struct Change(pub ApiState, pub String);
+
+impl FromRequestParts<ApiState> for Change {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Change(state.clone(), actor(&parts.headers)))
+    }
+}
+
+/// A list of stored items as the API shows them.
+pub(super) fn views<T, V: From<T>>(items: Vec<T>) -> Json<Vec<V>> {
+    Json(items.into_iter().map(V::from).collect())
+}
+
 /// Who made a change: the `x-obleth-actor` header, else `admin`.
-pub(super) fn actor(headers: &HeaderMap) -> String {
+fn actor(headers: &HeaderMap) -> String {
     headers
         .get("x-obleth-actor")
         .and_then(|v| v.to_str().ok())
@@ -140,36 +162,14 @@ pub fn router(llm: Arc<LlmState>, pools: Arc<dyn PoolDirectory>, admin_token: &s
         token_digest: openssl::sha::sha256(admin_token.as_bytes()),
     };
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(groups::list_groups, groups::create_group))
-        .routes(routes!(
-            groups::get_group,
-            groups::put_group,
-            groups::delete_group
-        ))
-        .routes(routes!(tenants::list_tenants, tenants::create_tenant))
-        .routes(routes!(
-            tenants::get_tenant,
-            tenants::patch_tenant,
-            tenants::delete_tenant
-        ))
-        .routes(routes!(keys::list_keys, keys::create_key))
-        .routes(routes!(keys::get_key, keys::patch_key, keys::delete_key))
-        .routes(routes!(keys::rotate_key))
-        .routes(routes!(models::list_models, models::create_model))
-        .routes(routes!(
-            models::get_model,
-            models::patch_model,
-            models::delete_model
-        ))
-        .routes(routes!(audit::list_audit))
-        .routes(routes!(budgets::tenant_budget))
-        .routes(routes!(budgets::reset_tenant_budget))
-        .routes(routes!(budgets::key_budget))
-        .routes(routes!(budgets::reset_key_budget))
-        .routes(routes!(capacity::get_capacity, capacity::put_capacity))
-        .routes(routes!(capacity::fairshare))
-        .routes(routes!(usage::usage))
-        .routes(routes!(usage::usage_requests))
+        .merge(groups::routes())
+        .merge(tenants::routes())
+        .merge(keys::routes())
+        .merge(models::routes())
+        .merge(audit::routes())
+        .merge(budgets::routes())
+        .merge(capacity::routes())
+        .merge(usage::routes())
         .split_for_parts();
     let document = Arc::new(doc::refine(&api));
     router

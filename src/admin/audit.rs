@@ -5,10 +5,17 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::api::ApiState;
-use super::error::{choice_param, int_param, ApiError, ApiResult, ErrorBody, Query};
+use super::error::{choice_param, int_param, ApiError, ApiJson, ErrorBody, Query};
 use crate::store::AuditEntry;
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(list_audit))
+}
 
 /// What the audit log records changes of.
 const ENTITY_TYPES: [&str; 5] = ["group", "tenant", "key", "model", "capacity"];
@@ -48,10 +55,10 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>), (status = 400, body = ErrorBody)))]
-pub(super) async fn list_audit(
+async fn list_audit(
     State(s): State<ApiState>,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Vec<AuditEntry>>> {
+) -> ApiJson<Vec<AuditEntry>> {
     let entity_type = choice_param("entity_type", q.entity_type.as_deref(), &ENTITY_TYPES)?;
     if q.entity_id
         .as_ref()

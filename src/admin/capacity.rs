@@ -2,15 +2,23 @@
 //! ceiling and how the fair queue shares each model pool.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::api::{actor, ApiState};
-use super::error::{ApiError, ApiResult, Body, ErrorBody};
+use super::api::{ApiState, Change};
+use super::error::{ApiError, ApiJson, ApiResult, Body, ErrorBody};
 use crate::store::IN_FLIGHT_MAX;
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_capacity, put_capacity))
+        .routes(routes!(fairshare))
+}
 
 /// The global ceiling and each model pool's load.
 #[derive(Serialize, ToSchema)]
@@ -59,7 +67,7 @@ fn capacity_view(s: &ApiState) -> ApiResult<CapacityView> {
 
 #[utoipa::path(get, path = "/api/v1/capacity", tag = "admission",
     responses((status = 200, body = CapacityView)))]
-pub(super) async fn get_capacity(State(s): State<ApiState>) -> ApiResult<Json<CapacityView>> {
+async fn get_capacity(State(s): State<ApiState>) -> ApiJson<CapacityView> {
     Ok(Json(capacity_view(&s)?))
 }
 
@@ -68,36 +76,29 @@ pub(super) async fn get_capacity(State(s): State<ApiState>) -> ApiResult<Json<Ca
 /// value lasts until restart, where the configuration applies again.
 #[utoipa::path(put, path = "/api/v1/capacity", tag = "admission", request_body = CapacityChange,
     responses((status = 200, body = CapacityView), (status = 400, body = ErrorBody)))]
-pub(super) async fn put_capacity(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Body(change): Body<CapacityChange>,
-) -> ApiResult<Json<CapacityView>> {
-    if !(1..=IN_FLIGHT_MAX).contains(&change.global_max_in_flight) {
+async fn put_capacity(
+    Change(s, actor): Change,
+    Body(wanted): Body<CapacityChange>,
+) -> ApiJson<CapacityView> {
+    let global = wanted.global_max_in_flight;
+    if !(1..=IN_FLIGHT_MAX).contains(&global) {
         return Err(ApiError::invalid(
             "global_max_in_flight",
             format!("must be 1 to {IN_FLIGHT_MAX}"),
         ));
     }
     let before = s.llm.scheduler.global();
+    let detail = json!({ "global_max_in_flight_before": before, "global_max_in_flight": global });
     s.llm
         .store
-        .record(
-            &actor(&headers),
-            "capacity.update",
-            "capacity",
-            "global",
-            &json!({ "global_max_in_flight_before": before, "global_max_in_flight": change.global_max_in_flight }),
-        )
+        .record(&actor, "capacity.update", "capacity", "global", &detail)
         .await?;
-    s.llm.scheduler.set_global(change.global_max_in_flight);
+    s.llm.scheduler.set_global(global);
     Ok(Json(capacity_view(&s)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/fairshare", tag = "admission",
     responses((status = 200, description = "Per pool: size, in flight, queued, and per group and tenant (`group/tenant id`) the weight, its share among active siblings, in flight, queued and tokens served since the pool was last idle", body = Object)))]
-pub(super) async fn fairshare(
-    State(s): State<ApiState>,
-) -> ApiResult<Json<obleth_filters::admission::Snapshot>> {
+async fn fairshare(State(s): State<ApiState>) -> ApiJson<obleth_filters::admission::Snapshot> {
     Ok(Json(s.llm.scheduler.snapshot()))
 }

@@ -98,6 +98,9 @@ impl IntoResponse for ApiError {
 /// What every handler returns.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// What a handler that answers with a JSON body returns.
+pub type ApiJson<T> = ApiResult<Json<T>>;
+
 /// A JSON request body. A body that is not `application/json` (or
 /// `…+json`) is 415, one over the size limit 413, malformed JSON or a value
 /// of the wrong shape 400 naming the field. Numbers with a zero fraction

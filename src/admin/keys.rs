@@ -3,17 +3,27 @@
 //! peppered hash.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use obleth_filters::auth::{display_prefix, new_secret};
 use obleth_filters::records::ApiKey;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::api::{actor, merge, ApiState};
-use super::error::{ApiError, ApiResult, Body, ErrorBody, Path};
+use super::api::{merge, views, ApiState, Change};
+use super::error::{ApiError, ApiJson, ApiResult, Body, ErrorBody, Path};
 use crate::store::{opt_time, KeySpec};
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(get_key, patch_key, delete_key))
+        .routes(routes!(rotate_key))
+}
 
 /// An API key as the API shows it: never its secret or hash.
 #[derive(Serialize, ToSchema)]
@@ -71,13 +81,9 @@ fn fresh_secret(s: &ApiState) -> ApiResult<(String, String, String)> {
 #[utoipa::path(get, path = "/api/v1/tenants/{id}/keys", tag = "keys",
     params(("id" = String, Path, description = "tenant id (`ten_…`) or name")),
     responses((status = 200, body = Vec<KeyView>), (status = 404, body = ErrorBody)))]
-pub(super) async fn list_keys(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Vec<KeyView>>> {
+async fn list_keys(State(s): State<ApiState>, Path(id): Path<String>) -> ApiJson<Vec<KeyView>> {
     let tenant = s.llm.store.tenant(&id).await?;
-    let keys = s.llm.store.keys_of_tenant(&tenant.id).await?;
-    Ok(Json(keys.into_iter().map(KeyView::from).collect()))
+    Ok(views(s.llm.store.keys_of_tenant(&tenant.id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tenants/{id}/keys", tag = "keys",
@@ -85,9 +91,8 @@ pub(super) async fn list_keys(
     request_body = KeySpec,
     responses((status = 201, body = KeyWithSecret), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The tenant has a key of that name", body = ErrorBody)))]
-pub(super) async fn create_key(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn create_key(
+    Change(s, actor): Change,
     Path(id): Path<String>,
     Body(spec): Body<KeySpec>,
 ) -> ApiResult<(StatusCode, Json<KeyWithSecret>)> {
@@ -96,7 +101,7 @@ pub(super) async fn create_key(
     let key = s
         .llm
         .store
-        .create_key(&actor(&headers), &tenant.id, &spec, &prefix, &hash)
+        .create_key(&actor, &tenant.id, &spec, &prefix, &hash)
         .await?;
     // A negative cache entry for this hash is impossible (fresh secret),
     // but other replicas may cache the tenant: refresh them.
@@ -112,10 +117,7 @@ pub(super) async fn create_key(
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_key(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<KeyView>> {
+async fn get_key(State(s): State<ApiState>, Path(id): Path<String>) -> ApiJson<KeyView> {
     Ok(Json(s.llm.store.key(&id).await?.0.into()))
 }
 
@@ -123,28 +125,23 @@ pub(super) async fn get_key(
     request_body(content = Object, description = "Any fields of KeySpec, e.g. {\"disabled\": true}"),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The tenant has another key of the new name", body = ErrorBody)))]
-pub(super) async fn patch_key(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn patch_key(
+    Change(s, actor): Change,
     Path(id): Path<String>,
     Body(patch): Body<Value>,
-) -> ApiResult<Json<KeyView>> {
+) -> ApiJson<KeyView> {
     let (current, hash) = s.llm.store.key(&id).await?;
     let spec: KeySpec = merge(&KeySpec::of(&current), patch)?;
-    let key = s.llm.store.update_key(&actor(&headers), &id, &spec).await?;
+    let key = s.llm.store.update_key(&actor, &id, &spec).await?;
     s.llm.changed(&[hash]).await;
     Ok(Json(key.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
     responses((status = 204, description = "Deleted; the key stops working at once"), (status = 404, body = ErrorBody)))]
-pub(super) async fn delete_key(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_key(Change(s, actor): Change, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let (_, hash) = s.llm.store.key(&id).await?;
-    s.llm.store.delete_key(&actor(&headers), &id).await?;
+    s.llm.store.delete_key(&actor, &id).await?;
     s.llm.changed(&[hash]).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -152,18 +149,10 @@ pub(super) async fn delete_key(
 /// Replaces the key's secret; the old one stops working at once.
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyWithSecret), (status = 404, body = ErrorBody)))]
-pub(super) async fn rotate_key(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Json<KeyWithSecret>> {
+async fn rotate_key(Change(s, actor): Change, Path(id): Path<String>) -> ApiJson<KeyWithSecret> {
     let (_, old_hash) = s.llm.store.key(&id).await?;
     let (prefix, hash, secret) = fresh_secret(&s)?;
-    let key = s
-        .llm
-        .store
-        .rotate_key(&actor(&headers), &id, &prefix, &hash)
-        .await?;
+    let key = s.llm.store.rotate_key(&actor, &id, &prefix, &hash).await?;
     s.llm.changed(&[old_hash, hash]).await;
     Ok(Json(KeyWithSecret {
         key: key.into(),

@@ -3,16 +3,25 @@
 //! the live configuration (400 otherwise).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use obleth_filters::records::Model;
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::api::{actor, merge, ApiState};
-use super::error::{ApiError, ApiResult, Body, ErrorBody, Path};
+use super::api::{merge, views, ApiState, Change};
+use super::error::{ApiError, ApiJson, ApiResult, Body, ErrorBody, Path};
 use crate::store::{ModelSpec, StoreError};
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models, create_model))
+        .routes(routes!(get_model, patch_model, delete_model))
+}
 
 /// A model as the API shows it: the upstream key only as "set or not".
 #[derive(Serialize, ToSchema)]
@@ -72,31 +81,26 @@ fn check_pool(s: &ApiState, spec: &ModelSpec) -> ApiResult<()> {
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "models",
     responses((status = 200, body = Vec<ModelView>)))]
-pub(super) async fn list_models(State(s): State<ApiState>) -> ApiResult<Json<Vec<ModelView>>> {
-    let models = s.llm.store.models().await?;
-    Ok(Json(models.into_iter().map(ModelView::from).collect()))
+async fn list_models(State(s): State<ApiState>) -> ApiJson<Vec<ModelView>> {
+    Ok(views(s.llm.store.models().await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/models", tag = "models", request_body = ModelSpec,
     responses((status = 201, body = ModelView), (status = 400, body = ErrorBody),
         (status = 409, description = "The name or an alias already names a model (names and aliases are one namespace)", body = ErrorBody)))]
-pub(super) async fn create_model(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn create_model(
+    Change(s, actor): Change,
     Body(spec): Body<ModelSpec>,
 ) -> ApiResult<(StatusCode, Json<ModelView>)> {
     check_pool(&s, &spec)?;
-    let model = s.llm.store.put_model(&actor(&headers), &spec, true).await?;
+    let model = s.llm.store.put_model(&actor, &spec, true).await?;
     s.llm.changed(&[]).await;
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
 #[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models", params(("name" = String, Path)),
     responses((status = 200, body = ModelView), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_model(
-    State(s): State<ApiState>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<ModelView>> {
+async fn get_model(State(s): State<ApiState>, Path(name): Path<String>) -> ApiJson<ModelView> {
     Ok(Json(s.llm.store.model(&name).await?.into()))
 }
 
@@ -106,12 +110,11 @@ pub(super) async fn get_model(
     request_body(content = Object, description = "Any fields of ModelSpec but name"),
     responses((status = 200, body = ModelView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "An alias already names another model, or the patch would leave neither a pool nor a base_url", body = ErrorBody)))]
-pub(super) async fn patch_model(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn patch_model(
+    Change(s, actor): Change,
     Path(name): Path<String>,
     Body(mut patch): Body<Value>,
-) -> ApiResult<Json<ModelView>> {
+) -> ApiJson<ModelView> {
     let current = s.llm.store.model(&name).await?;
     if patch.get("name").is_some_and(|n| n != &json!(name)) {
         return Err(ApiError::invalid(
@@ -156,23 +159,15 @@ pub(super) async fn patch_model(
         _ => None,
     };
     check_pool(&s, &spec)?;
-    let model = s
-        .llm
-        .store
-        .put_model(&actor(&headers), &spec, false)
-        .await?;
+    let model = s.llm.store.put_model(&actor, &spec, false).await?;
     s.llm.changed(&[]).await;
     Ok(Json(model.into()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models", params(("name" = String, Path)),
     responses((status = 204, description = "Deleted; its name and aliases are free again"), (status = 404, body = ErrorBody)))]
-pub(super) async fn delete_model(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    s.llm.store.delete_model(&actor(&headers), &name).await?;
+async fn delete_model(Change(s, actor): Change, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.llm.store.delete_model(&actor, &name).await?;
     s.llm.changed(&[]).await;
     Ok(StatusCode::NO_CONTENT)
 }

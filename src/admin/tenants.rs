@@ -3,17 +3,26 @@
 //! string reaches one tenant.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use obleth_filters::records::WeeklyWindow;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::api::{actor, merge, ApiState};
-use super::error::{ApiResult, Body, ErrorBody, Path};
+use super::api::{merge, views, ApiState, Change};
+use super::error::{ApiJson, ApiResult, Body, ErrorBody, Path};
 use crate::store::{opt_time, AsStr, WindowSchema};
 use crate::store::{StoreError, TenantRecord, TenantSpec};
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant, patch_tenant, delete_tenant))
+}
 
 /// A tenant as the API shows it.
 #[derive(Serialize, ToSchema)]
@@ -79,30 +88,25 @@ impl From<TenantRecord> for TenantView {
 
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants",
     responses((status = 200, body = Vec<TenantView>)))]
-pub(super) async fn list_tenants(State(s): State<ApiState>) -> ApiResult<Json<Vec<TenantView>>> {
-    let tenants = s.llm.store.tenants().await?;
-    Ok(Json(tenants.into_iter().map(TenantView::from).collect()))
+async fn list_tenants(State(s): State<ApiState>) -> ApiJson<Vec<TenantView>> {
+    Ok(views(s.llm.store.tenants().await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = TenantSpec,
     responses((status = 201, body = TenantView), (status = 400, body = ErrorBody),
         (status = 409, description = "The name is taken, or the group does not exist", body = ErrorBody)))]
-pub(super) async fn create_tenant(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn create_tenant(
+    Change(s, actor): Change,
     Body(spec): Body<TenantSpec>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
-    let tenant = s.llm.store.create_tenant(&actor(&headers), &spec).await?;
+    let tenant = s.llm.store.create_tenant(&actor, &spec).await?;
     Ok((StatusCode::CREATED, Json(tenant.into())))
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "id (`ten_…`) or name")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_tenant(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<TenantView>> {
+async fn get_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiJson<TenantView> {
     Ok(Json(s.llm.store.tenant(&id).await?.into()))
 }
 
@@ -114,12 +118,11 @@ pub(super) async fn get_tenant(
     request_body(content = Object, description = "Any fields of TenantSpec; null clears optional ones"),
     responses((status = 200, body = TenantView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The new name is taken, the group does not exist, or the patch conflicts with the stored activity window", body = ErrorBody)))]
-pub(super) async fn patch_tenant(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
+async fn patch_tenant(
+    Change(s, actor): Change,
     Path(id): Path<String>,
     Body(patch): Body<Value>,
-) -> ApiResult<Json<TenantView>> {
+) -> ApiJson<TenantView> {
     let current = s.llm.store.tenant(&id).await?;
     let sets_both_bounds = ["active_from", "active_until"]
         .iter()
@@ -137,7 +140,7 @@ pub(super) async fn patch_tenant(
     let updated = s
         .llm
         .store
-        .update_tenant(&actor(&headers), &current.id, &spec)
+        .update_tenant(&actor, &current.id, &spec)
         .await?;
     let hashes = s.llm.store.key_hashes_of_tenant(&current.id).await?;
     s.llm.changed(&hashes).await;
@@ -147,17 +150,10 @@ pub(super) async fn patch_tenant(
 #[utoipa::path(delete, path = "/api/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "id (`ten_…`) or name")),
     responses((status = 204, description = "Deleted, with its keys"), (status = 404, body = ErrorBody)))]
-pub(super) async fn delete_tenant(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn delete_tenant(Change(s, actor): Change, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let current = s.llm.store.tenant(&id).await?;
     let hashes = s.llm.store.key_hashes_of_tenant(&current.id).await?;
-    s.llm
-        .store
-        .delete_tenant(&actor(&headers), &current.id)
-        .await?;
+    s.llm.store.delete_tenant(&actor, &current.id).await?;
     s.llm.changed(&hashes).await;
     Ok(StatusCode::NO_CONTENT)
 }

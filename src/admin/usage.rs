@@ -6,10 +6,19 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::api::ApiState;
-use super::error::{choice_param, int_param, ApiError, ApiResult, ErrorBody, Query};
+use super::error::{choice_param, int_param, ApiError, ApiJson, ApiResult, ErrorBody, Query};
 use crate::store::opt_time;
+
+/// The routes of this file, for [`super::api::router`].
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(usage))
+        .routes(routes!(usage_requests))
+}
 
 /// The groupings usage totals come in.
 #[derive(Serialize, ToSchema)]
@@ -89,10 +98,7 @@ async fn tenant_id(s: &ApiState, tenant: Option<&str>) -> ApiResult<Option<Strin
 
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(UsageQuery),
     responses((status = 200, body = UsageView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn usage(
-    State(s): State<ApiState>,
-    Query(q): Query<UsageQuery>,
-) -> ApiResult<Json<UsageView>> {
+async fn usage(State(s): State<ApiState>, Query(q): Query<UsageQuery>) -> ApiJson<UsageView> {
     // Times are stored in whole seconds: include the current one.
     let now = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
     let to = timestamp("to", q.to.as_deref(), now)?;
@@ -140,10 +146,10 @@ pub struct RequestLogQuery {
 
 #[utoipa::path(get, path = "/api/v1/usage/requests", tag = "usage", params(RequestLogQuery),
     responses((status = 200, body = Vec<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn usage_requests(
+async fn usage_requests(
     State(s): State<ApiState>,
     Query(q): Query<RequestLogQuery>,
-) -> ApiResult<Json<Vec<obleth_filters::telemetry::RequestRow>>> {
+) -> ApiJson<Vec<obleth_filters::telemetry::RequestRow>> {
     let limit = int_param("limit", q.limit.as_deref(), 1, 1000)?.unwrap_or(100);
     let tenant = s.llm.store.tenant(&q.tenant).await?.id;
     let rows = clickhouse(&s)?

@@ -46,13 +46,8 @@ impl Store {
     }
 
     pub async fn group(&self, name: &str) -> Result<Group, StoreError> {
-        sqlx::query("SELECT name, weight FROM fairshare_groups WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| Group::from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("group {name:?}")))
+        let sql = "SELECT name, weight FROM fairshare_groups WHERE name = $1";
+        self.find("group", sql, name, Group::from_row).await
     }
 
     /// Creates or, with `upsert`, replaces a group.

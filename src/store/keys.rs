@@ -6,14 +6,13 @@ use obleth_filters::auth::{PrincipalSource, SourceError};
 use obleth_filters::records::{ApiKey, Principal, Tenant};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::validate::{
     check_money, check_plain_name, check_range, default_weight, COUNT_MAX, IN_FLIGHT_MAX,
     WEIGHT_MAX,
 };
-use super::{classify, get, get_bool, new_id, opt_time, unix_ms, Store, StoreError};
+use super::{classify, get, get_bool, new_id, opt_time, unix_ms, AnyQuery, Store, StoreError};
 
 const KEY_SELECT: &str =
     "SELECT id, tenant_id, name, prefix, hash, disabled, weight, expires_at, max_in_flight,
@@ -87,6 +86,19 @@ impl KeySpec {
     }
 }
 
+/// Binds a key's settings as `$1`–`$8`, in the order the insert and the
+/// update list them.
+fn bind_key<'q>(q: AnyQuery<'q>, s: &'q KeySpec) -> AnyQuery<'q> {
+    q.bind(&s.name)
+        .bind(s.disabled)
+        .bind(i64::from(s.weight))
+        .bind(s.expires_at)
+        .bind(s.tokens_per_minute.map(|v| v as i64))
+        .bind(s.budget_tokens.map(|v| v as i64))
+        .bind(s.budget_usd)
+        .bind(s.max_in_flight.map(i64::from))
+}
+
 pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
         id: get(r, "id")?,
@@ -106,13 +118,22 @@ pub(super) fn key_from_row(r: &AnyRow) -> Result<ApiKey, StoreError> {
 impl Store {
     /// The hashes of a tenant's keys, so caches holding them can be purged.
     pub async fn key_hashes_of_tenant(&self, tenant_id: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT hash FROM api_keys WHERE tenant_id = $1")
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("hash")?))
-            .collect()
+        self.key_hashes("SELECT hash FROM api_keys WHERE tenant_id = $1", tenant_id)
+            .await
+    }
+
+    /// The hashes of the keys of every tenant in `group`: the cached
+    /// principals a change of the group's weight makes stale.
+    pub async fn key_hashes_of_group(&self, group: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT k.hash FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+            WHERE t.group_name = $1";
+        self.key_hashes(sql, group).await
+    }
+
+    /// The `hash` column of the rows `sql` selects for `id`.
+    async fn key_hashes(&self, sql: &str, id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| get(r, "hash")).collect()
     }
 
     pub async fn keys_of_tenant(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
@@ -125,13 +146,11 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
+    /// A key and the hash of its secret (what the caches are keyed on).
     pub async fn key(&self, id: &str) -> Result<(ApiKey, String), StoreError> {
-        let row = sqlx::query(&format!("{KEY_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("key {id:?}")))?;
-        Ok((key_from_row(&row)?, row.try_get("hash")?))
+        let sql = format!("{KEY_SELECT} WHERE id = $1");
+        self.find("key", &sql, id, |r| Ok((key_from_row(r)?, get(r, "hash")?)))
+            .await
     }
 
     /// Creates a key with `secret_hash` (the caller made the secret).
@@ -147,24 +166,19 @@ impl Store {
         let id = new_id("key")?;
         let (mut tx, _writer) = self.begin().await?;
         let now = unix_ms();
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, disabled, weight, expires_at, tokens_per_minute,
-               budget_tokens, budget_usd, created_at, updated_at, max_in_flight)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
+        bind_key(
+            sqlx::query(
+                "INSERT INTO api_keys (name, disabled, weight, expires_at, tokens_per_minute, budget_tokens,
+                   budget_usd, max_in_flight, id, tenant_id, prefix, hash, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            ),
+            spec,
         )
         .bind(&id)
         .bind(tenant_id)
-        .bind(&spec.name)
         .bind(prefix)
         .bind(secret_hash)
-        .bind(spec.disabled)
-        .bind(i64::from(spec.weight))
-        .bind(spec.expires_at)
-        .bind(spec.tokens_per_minute.map(|v| v as i64))
-        .bind(spec.budget_tokens.map(|v| v as i64))
-        .bind(spec.budget_usd)
         .bind(now)
-        .bind(spec.max_in_flight.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| classify(e, &format!("key {:?} of tenant {tenant_id:?}", spec.name)))?;
@@ -189,26 +203,16 @@ impl Store {
     ) -> Result<ApiKey, StoreError> {
         spec.validate()?;
         let (mut tx, _writer) = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE api_keys SET name = $1, disabled = $2, weight = $3, expires_at = $4, tokens_per_minute = $5,
-               budget_tokens = $6, budget_usd = $7, updated_at = $8, max_in_flight = $10 WHERE id = $9",
+        let update = bind_key(
+            sqlx::query(
+                "UPDATE api_keys SET name = $1, disabled = $2, weight = $3, expires_at = $4, tokens_per_minute = $5,
+                   budget_tokens = $6, budget_usd = $7, max_in_flight = $8, updated_at = $9 WHERE id = $10",
+            ),
+            spec,
         )
-        .bind(&spec.name)
-        .bind(spec.disabled)
-        .bind(i64::from(spec.weight))
-        .bind(spec.expires_at)
-        .bind(spec.tokens_per_minute.map(|v| v as i64))
-        .bind(spec.budget_tokens.map(|v| v as i64))
-        .bind(spec.budget_usd)
         .bind(unix_ms())
-        .bind(id)
-        .bind(spec.max_in_flight.map(i64::from))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify(e, &format!("key {:?}", spec.name)))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("key {id:?}")));
-        }
+        .bind(id);
+        Self::write_one(&mut tx, update, &format!("key {:?}", spec.name), "key", id).await?;
         Self::audit(&mut tx, actor, "key.update", "key", id, spec).await?;
         tx.commit().await?;
         Ok(self.key(id).await?.0)

@@ -37,7 +37,7 @@ mod tenants;
 mod validate;
 
 use serde::Deserialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -154,6 +154,9 @@ pub struct Store {
 /// until it is dropped.
 type Write = (Transaction<'static, Any>, Option<OwnedMutexGuard<()>>);
 
+/// A query on either database, as the resources' `bind_*` helpers fill it.
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, AnyArguments<'q>>;
+
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -225,6 +228,22 @@ impl Store {
         }
     }
 
+    /// Runs `sql`, whose one parameter is `id`, and decodes the row it
+    /// finds, or answers `NotFound` naming the `entity` and `id`: how every
+    /// read of a single group, tenant, key or model ends.
+    async fn find<T>(
+        &self,
+        entity: &str,
+        sql: &str,
+        id: &str,
+        decode: impl FnOnce(&AnyRow) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match sqlx::query(sql).bind(id).fetch_optional(&self.pool).await? {
+            Some(row) => decode(&row),
+            None => Err(StoreError::NotFound(format!("{entity} {id:?}"))),
+        }
+    }
+
     /// Deletes one row of `table` and audits it as `{entity}.delete`.
     async fn delete(
         &self,
@@ -235,17 +254,31 @@ impl Store {
         id: &str,
     ) -> Result<(), StoreError> {
         let (mut tx, _writer) = self.begin().await?;
-        let done = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify(e, entity))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("{entity} {id:?}")));
-        }
+        let sql = format!("DELETE FROM {table} WHERE {column} = $1");
+        Self::write_one(&mut tx, sqlx::query(&sql).bind(id), entity, entity, id).await?;
         let action = format!("{entity}.delete");
         Self::audit(&mut tx, actor, &action, entity, id, &serde_json::json!({})).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs `statement`, which writes the one row of `entity` `id`: a
+    /// constraint it breaks is reported about `what`, and no such row is
+    /// `NotFound`.
+    async fn write_one(
+        tx: &mut Transaction<'static, Any>,
+        statement: AnyQuery<'_>,
+        what: &str,
+        entity: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let done = statement
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| classify(e, what))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("{entity} {id:?}")));
+        }
         Ok(())
     }
 }

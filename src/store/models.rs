@@ -169,6 +169,12 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// The strings the model holds in the one namespace of names and
+    /// aliases, each with the request field it comes from (for the 409).
+    fn claimed_names(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        std::iter::once(("name", &self.name)).chain(self.aliases.iter().map(|a| ("aliases", a)))
+    }
+
     /// What the audit log may hold: never the upstream key.
     pub fn redacted(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
@@ -233,13 +239,9 @@ impl Store {
     }
 
     pub async fn model(&self, name: &str) -> Result<Model, StoreError> {
-        sqlx::query(&format!("{MODEL_SELECT} WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| model_from_row(&r, &self.cipher))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("model {name:?}")))
+        let sql = format!("{MODEL_SELECT} WHERE name = $1");
+        self.find("model", &sql, name, |r| model_from_row(r, &self.cipher))
+            .await
     }
 
     /// Creates or replaces a model. `upstream_key`: `None` keeps the stored
@@ -335,9 +337,7 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         spec: &ModelSpec,
     ) -> Result<(), StoreError> {
-        let wanted = std::iter::once(("name", &spec.name))
-            .chain(spec.aliases.iter().map(|a| ("aliases", a)));
-        for (field, name) in wanted {
+        for (field, name) in spec.claimed_names() {
             let owner = sqlx::query("SELECT model FROM model_names WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut **tx)
@@ -365,9 +365,7 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         spec: &ModelSpec,
     ) -> Result<(), StoreError> {
-        let names = std::iter::once(("name", &spec.name))
-            .chain(spec.aliases.iter().map(|a| ("aliases", a)));
-        for (field, name) in names {
+        for (field, name) in spec.claimed_names() {
             sqlx::query("INSERT INTO model_names (name, model) VALUES ($1, $2)")
                 .bind(name)
                 .bind(&spec.name)

@@ -14,7 +14,7 @@ use super::validate::{
     default_weight, is_time, timezones, ALLOWED_MODELS_MAX, COUNT_MAX, DAYS, IN_FLIGHT_MAX,
     TENANT_ID_PREFIX, WEIGHT_MAX, WINDOWS_MAX,
 };
-use super::{classify, get, json_list, new_id, opt_time, unix_ms, Store, StoreError};
+use super::{classify, get, json_list, new_id, opt_time, unix_ms, AnyQuery, Store, StoreError};
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.group_name, g.weight AS group_weight, t.weight,
     t.tokens_per_minute, t.max_in_flight, t.status, t.timezone, t.active_from, t.active_until, t.weekly_windows,
@@ -359,13 +359,9 @@ impl Store {
         } else {
             "t.name"
         };
-        sqlx::query(&format!("{TENANT_SELECT} WHERE {column} = $1"))
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| TenantRecord::from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("tenant {id_or_name:?}")))
+        let sql = format!("{TENANT_SELECT} WHERE {column} = $1");
+        self.find("tenant", &sql, id_or_name, TenantRecord::from_row)
+            .await
     }
 
     pub async fn create_tenant(
@@ -407,7 +403,7 @@ impl Store {
         spec.validate()?;
         let (mut tx, _writer) = self.begin().await?;
         Self::require_group(&mut tx, &spec.group).await?;
-        let done = bind_tenant(
+        let update = bind_tenant(
             sqlx::query(
                 "UPDATE tenants SET name = $1, group_name = $2, weight = $3, tokens_per_minute = $4, max_in_flight = $5,
                    status = $6, timezone = $7, active_from = $8, active_until = $9, weekly_windows = $10,
@@ -417,13 +413,9 @@ impl Store {
             spec,
         )
         .bind(unix_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify(e, &format!("tenant {:?}", spec.name)))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("tenant {id:?}")));
-        }
+        .bind(id);
+        let what = format!("tenant {:?}", spec.name);
+        Self::write_one(&mut tx, update, &what, "tenant", id).await?;
         Self::audit(&mut tx, actor, "tenant.update", "tenant", id, spec).await?;
         tx.commit().await?;
         self.tenant(id).await
@@ -453,10 +445,9 @@ impl Store {
     }
 }
 
-fn bind_tenant<'q>(
-    q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    s: &'q TenantSpec,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+/// Binds a tenant's settings as `$1`–`$14`, in the order the insert and
+/// the update list them.
+fn bind_tenant<'q>(q: AnyQuery<'q>, s: &'q TenantSpec) -> AnyQuery<'q> {
     q.bind(&s.name)
         .bind(&s.group)
         .bind(i64::from(s.weight))

@@ -17,16 +17,26 @@ fn ticket(group: &str, tenant: &str, weight: u32, key: &str, tokens: u64) -> Tic
     }
 }
 
-fn scheduler(pool_size: u32) -> Scheduler {
-    let s = Scheduler::new(Capacity {
+/// Room for every test's load; tests of the limits override some fields.
+fn roomy() -> Capacity {
+    Capacity {
         global: 64,
         queue_per_pool: 10_000,
         timeout: Duration::from_secs(3600),
         brownout_after: Some(Duration::from_secs(1)),
         order: QueueOrder::Fair,
-    });
+    }
+}
+
+/// A scheduler of `capacity` with one model pool, `p`, of `pool_size`.
+fn scheduler_of(capacity: Capacity, pool_size: u32) -> Scheduler {
+    let s = Scheduler::new(capacity);
     s.set_pool_size("p", pool_size);
     s
+}
+
+fn scheduler(pool_size: u32) -> Scheduler {
+    scheduler_of(roomy(), pool_size)
 }
 
 /// Keeps `tickets` backlogged through a pool of one slot for `rounds`
@@ -52,15 +62,22 @@ async fn serve(s: &Scheduler, tickets: &[Ticket], rounds: usize) -> HashMap<Stri
     served
 }
 
-#[tokio::test(start_paused = true)]
-async fn backlogged_tenants_share_in_proportion_to_their_weights() {
-    let s = scheduler(1);
+/// Serves tenant `a`, weighing 300, and `b`, weighing 100, both
+/// backlogged, for 400 completions; returns the tokens each was served and
+/// the ratio of a's to b's.
+async fn serve_weighted_pair(s: &Scheduler) -> (HashMap<String, u64>, f64) {
     let tickets = [
         ticket("g", "a", 300, "ka", 100),
         ticket("g", "b", 100, "kb", 100),
     ];
-    let served = serve(&s, &tickets, 400).await;
+    let served = serve(s, &tickets, 400).await;
     let ratio = served["a"] as f64 / served["b"] as f64;
+    (served, ratio)
+}
+
+#[tokio::test(start_paused = true)]
+async fn backlogged_tenants_share_in_proportion_to_their_weights() {
+    let (served, ratio) = serve_weighted_pair(&scheduler(1)).await;
     assert!((ratio - 3.0).abs() < 0.15, "{served:?} ratio {ratio}");
 }
 
@@ -104,14 +121,15 @@ async fn a_tenant_returning_from_idle_gets_no_banked_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn fast_path_queue_bound_timeout_and_brownout() {
-    let s = Scheduler::new(Capacity {
-        global: 1,
-        queue_per_pool: 1,
-        timeout: Duration::from_secs(5),
-        brownout_after: Some(Duration::from_secs(1)),
-        order: QueueOrder::Fair,
-    });
-    s.set_pool_size("p", 4);
+    let s = scheduler_of(
+        Capacity {
+            global: 1,
+            queue_per_pool: 1,
+            timeout: Duration::from_secs(5),
+            ..roomy()
+        },
+        4,
+    );
     let first = s.admit(ticket("g", "a", 100, "k", 10)).await.expect("fast");
     assert_eq!(first.admission(), Admission::Fast);
     let waiting = tokio::spawn({
@@ -177,20 +195,17 @@ async fn a_client_leaving_the_queue_frees_its_place() {
 
 #[tokio::test(start_paused = true)]
 async fn fifo_order_ignores_weights() {
-    let s = Scheduler::new(Capacity {
-        global: 64,
-        queue_per_pool: 100,
-        timeout: Duration::from_secs(60),
-        brownout_after: None,
-        order: QueueOrder::Fifo,
-    });
-    s.set_pool_size("p", 1);
-    let tickets = [
-        ticket("g", "a", 300, "ka", 100),
-        ticket("g", "b", 100, "kb", 100),
-    ];
-    let served = serve(&s, &tickets, 400).await;
-    let ratio = served["a"] as f64 / served["b"] as f64;
+    let s = scheduler_of(
+        Capacity {
+            queue_per_pool: 100,
+            timeout: Duration::from_secs(60),
+            brownout_after: None,
+            order: QueueOrder::Fifo,
+            ..roomy()
+        },
+        1,
+    );
+    let (served, ratio) = serve_weighted_pair(&s).await;
     assert!((ratio - 1.0).abs() < 0.1, "{served:?}");
 }
 
@@ -206,14 +221,15 @@ async fn limits_and_work_conservation_hold_under_random_load() {
         seed ^= seed << 17;
         seed % n
     };
-    let s = Scheduler::new(Capacity {
-        global: 6,
-        queue_per_pool: 1_000,
-        timeout: Duration::from_secs(3600),
-        brownout_after: None,
-        order: QueueOrder::Fair,
-    });
-    s.set_pool_size("p", 4);
+    let s = scheduler_of(
+        Capacity {
+            global: 6,
+            queue_per_pool: 1_000,
+            brownout_after: None,
+            ..roomy()
+        },
+        4,
+    );
     s.set_pool_size("q", 3);
     // Tenant t0 may have one request in flight per pool; each key of
     // t1 may have one. The test keeps its own books of who holds and

@@ -164,8 +164,14 @@ impl RedisBudgets {
         Self {
             conn,
             prefix: prefix.into(),
-            reserve: Script::new(include_str!("reserve.lua")),
-            settle: Script::new(include_str!("settle.lua")),
+            reserve: Script::new(concat!(
+                include_str!("scope.lua"),
+                include_str!("reserve.lua")
+            )),
+            settle: Script::new(concat!(
+                include_str!("scope.lua"),
+                include_str!("settle.lua")
+            )),
             raise: Script::new(include_str!("raise.lua")),
             reservation_ttl: RESERVATION_TTL_SECS,
         }
@@ -535,22 +541,27 @@ mod tests {
         }
     }
 
+    /// `b`'s answer to reserving `tokens` for `id` at `now_ms`.
+    async fn reserve(b: &LocalBudgets, s: &Scope, id: &str, tokens: u64, now_ms: i64) -> Decision {
+        b.reserve(s, id, cost(tokens), now_ms).await.unwrap()
+    }
+
+    fn admitted(remaining_tokens: u64) -> Decision {
+        Decision::Admitted {
+            remaining_tokens: Some(remaining_tokens),
+        }
+    }
+
+    fn rate_limited(retry_after_ms: u64) -> Decision {
+        Decision::RateLimited { retry_after_ms }
+    }
+
     #[tokio::test]
     async fn local_store_reserves_refunds_and_refills() {
         let b = LocalBudgets::default();
         let s = scope(600, None);
-        assert_eq!(
-            b.reserve(&s, "r1", cost(500), 0).await.unwrap(),
-            Decision::Admitted {
-                remaining_tokens: Some(100)
-            }
-        );
-        assert_eq!(
-            b.reserve(&s, "r2", cost(200), 0).await.unwrap(),
-            Decision::RateLimited {
-                retry_after_ms: 10_000
-            }
-        );
+        assert_eq!(reserve(&b, &s, "r1", 500, 0).await, admitted(100));
+        assert_eq!(reserve(&b, &s, "r2", 200, 0).await, rate_limited(10_000));
         assert!(
             b.settle(&s, "r1", cost(100), 0).await.unwrap(),
             "400 tokens refunded"
@@ -559,27 +570,14 @@ mod tests {
             !b.settle(&s, "r1", cost(100), 0).await.unwrap(),
             "settles once"
         );
-        assert_eq!(
-            b.reserve(&s, "r2", cost(200), 0).await.unwrap(),
-            Decision::Admitted {
-                remaining_tokens: Some(300)
-            }
-        );
+        assert_eq!(reserve(&b, &s, "r2", 200, 0).await, admitted(300));
         // 600 per minute: 10 per second refill.
-        assert_eq!(
-            b.reserve(&s, "r3", cost(310), 0).await.unwrap(),
-            Decision::RateLimited {
-                retry_after_ms: 1_000
-            }
-        );
+        assert_eq!(reserve(&b, &s, "r3", 310, 0).await, rate_limited(1_000));
         assert!(matches!(
-            b.reserve(&s, "r3", cost(310), 1_000).await.unwrap(),
+            reserve(&b, &s, "r3", 310, 1_000).await,
             Decision::Admitted { .. }
         ));
-        assert_eq!(
-            b.reserve(&s, "big", cost(601), 1_000).await.unwrap(),
-            Decision::TooLarge
-        );
+        assert_eq!(reserve(&b, &s, "big", 601, 1_000).await, Decision::TooLarge);
     }
 
     #[tokio::test]
@@ -587,22 +585,19 @@ mod tests {
         let b = LocalBudgets::default();
         let s = scope(0, Some(1000));
         assert!(matches!(
-            b.reserve(&s, "a", cost(600), 0).await.unwrap(),
+            reserve(&b, &s, "a", 600, 0).await,
             Decision::Admitted { .. }
         ));
         assert_eq!(
-            b.reserve(&s, "b", cost(600), 0).await.unwrap(),
+            reserve(&b, &s, "b", 600, 0).await,
             Decision::BudgetExhausted
         );
         b.settle(&s, "a", cost(300), 0).await.unwrap();
         assert!(matches!(
-            b.reserve(&s, "b", cost(700), 0).await.unwrap(),
+            reserve(&b, &s, "b", 700, 0).await,
             Decision::Admitted { .. }
         ));
-        assert_eq!(
-            b.reserve(&s, "c", cost(1), 0).await.unwrap(),
-            Decision::BudgetExhausted
-        );
+        assert_eq!(reserve(&b, &s, "c", 1, 0).await, Decision::BudgetExhausted);
         let mut next_month = s.clone();
         next_month.limits.period = "2026-12".into();
         let mut this_month = s.clone();
@@ -611,11 +606,11 @@ mod tests {
         b.reserve(&this_month, "x", cost(900), 0).await.unwrap();
         b.settle(&this_month, "x", cost(900), 0).await.unwrap();
         assert_eq!(
-            b.reserve(&this_month, "y", cost(200), 0).await.unwrap(),
+            reserve(&b, &this_month, "y", 200, 0).await,
             Decision::BudgetExhausted
         );
         assert!(matches!(
-            b.reserve(&next_month, "y", cost(200), 0).await.unwrap(),
+            reserve(&b, &next_month, "y", 200, 0).await,
             Decision::Admitted { .. }
         ));
     }

@@ -11,18 +11,16 @@
 -- {4} larger than the whole bucket. Nothing is written unless admitted,
 -- except that reservations past their TTL (their request never settled,
 -- e.g. its process died) are released first.
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {2}
+end
+
 local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local est, est_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
 local btok, busd = tonumber(ARGV[5]), tonumber(ARGV[6])
 local period, ttl = ARGV[7], tonumber(ARGV[8])
 
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return {2}
-end
-
-local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')
-local tokens, usd = tonumber(s[2]) or 0, tonumber(s[3]) or 0
-local rtok, rusd = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+local tokens, usd, rtok, rusd = spend_of(KEYS[2], period)
 
 local leaked = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
 if #leaked > 0 then
@@ -40,21 +38,12 @@ if tpm > 0 then
   if est > tpm then
     return {4}
   end
-  local b = redis.call('HMGET', KEYS[1], 'level', 'ts')
-  level = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  if now > ts then
-    level = math.min(tpm, level + (now - ts) * tpm / 60000)
-  end
+  level = bucket_of(KEYS[1], tpm, now)
   if level < est then
     return {0, math.ceil((est - level) * 60000 / tpm)}
   end
 end
 
-if s[1] and s[1] ~= period then
-  -- A new monthly period: committed spend starts again, reservations stay.
-  tokens, usd = 0, 0
-end
 if btok >= 0 and tokens + rtok + est > btok then
   return {3}
 end

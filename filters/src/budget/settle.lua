@@ -5,13 +5,13 @@
 -- ARGV: 1 now ms, 2 tokens per minute, 3 actual tokens, 4 actual USD micros,
 --       5 current period id, 6 marker TTL seconds, 7 request id
 -- Returns {1} settled, {0} already settled (nothing changed).
-local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-local actual, actual_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
-local period, ttl = ARGV[5], tonumber(ARGV[6])
-
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return {0}
 end
+
+local now, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local actual, actual_usd = tonumber(ARGV[3]), tonumber(ARGV[4])
+local period, ttl = ARGV[5], tonumber(ARGV[6])
 
 local reserved, reserved_usd = 0, 0
 local r = redis.call('GET', KEYS[3])
@@ -22,22 +22,12 @@ if r then
   redis.call('ZREM', KEYS[5], ARGV[7] .. '|' .. (r:gsub(':', '|')))
 end
 
-local s = redis.call('HMGET', KEYS[2], 'period', 'tokens', 'usd', 'rtokens', 'rusd')
-local tokens, usd = tonumber(s[2]) or 0, tonumber(s[3]) or 0
-local rtok, rusd = tonumber(s[4]) or 0, tonumber(s[5]) or 0
-if s[1] and s[1] ~= period then
-  tokens, usd = 0, 0
-end
+local tokens, usd, rtok, rusd = spend_of(KEYS[2], period)
 redis.call('HSET', KEYS[2], 'period', period, 'tokens', tokens + actual, 'usd', usd + actual_usd,
   'rtokens', math.max(0, rtok - reserved), 'rusd', math.max(0, rusd - reserved_usd))
 
 if tpm > 0 then
-  local b = redis.call('HMGET', KEYS[1], 'level', 'ts')
-  local level = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  if now > ts then
-    level = math.min(tpm, level + (now - ts) * tpm / 60000)
-  end
+  local level, ts = bucket_of(KEYS[1], tpm, now)
   level = math.min(tpm, level + reserved - actual)
   redis.call('HSET', KEYS[1], 'level', tostring(level), 'ts', math.max(now, ts))
 end

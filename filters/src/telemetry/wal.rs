@@ -486,6 +486,15 @@ pub(super) mod tests {
         }
     }
 
+    /// A log in a fresh directory for the test `name`, with the default
+    /// test configuration changed by `adjust`.
+    fn wal_with(name: &str, adjust: impl FnOnce(&mut WalConfig)) -> (PathBuf, Wal) {
+        let dir = temp_dir(name);
+        let mut config = config(&dir);
+        adjust(&mut config);
+        (dir, Wal::open(config).unwrap())
+    }
+
     fn all_records(dir: &Path) -> Vec<UsageRecord> {
         segments(dir)
             .unwrap()
@@ -497,12 +506,7 @@ pub(super) mod tests {
 
     #[test]
     fn records_are_durable_in_order_across_segments() {
-        let dir = temp_dir("order");
-        let wal = Wal::open(WalConfig {
-            segment_bytes: 2000,
-            ..config(&dir)
-        })
-        .unwrap();
+        let (dir, wal) = wal_with("order", |c| c.segment_bytes = 2000);
         for n in 0..100 {
             wal.append(record(n)).unwrap();
             if n % 10 == 9 {
@@ -553,12 +557,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_disk_cap_drops_and_counts_instead_of_failing() {
-        let dir = temp_dir("cap");
-        let wal = Wal::open(WalConfig {
-            disk_cap_bytes: 2000,
-            ..config(&dir)
-        })
-        .unwrap();
+        let (dir, wal) = wal_with("cap", |c| c.disk_cap_bytes = 2000);
         let mut refused = 0;
         for n in 0..100 {
             if wal.append(record(n)).is_err() {
