@@ -145,7 +145,7 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     .expect("metric registers once"),
     telemetry_dropped: register_int_counter_vec!(
         "obleth_telemetry_dropped",
-        "Usage records not logged, by reason (queue_full, disk_full, io_error)",
+        "Usage records not logged, by reason (queue_full, disk_full, io_error, unencodable)",
         &["reason"]
     )
     .expect("metric registers once"),

@@ -282,16 +282,28 @@ impl Shipper {
     }
 }
 
+/// Where shipping stopped; the log's start when nothing was shipped yet. An
+/// unreadable checkpoint is reported and shipping starts over from the
+/// oldest segment: rows carry their record id, so ClickHouse keeps one of
+/// each, where guessing a later position could lose rows.
 fn load_checkpoint(dir: &Path) -> Position {
-    fs::read(dir.join(CHECKPOINT))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+    let path = dir.join(CHECKPOINT);
+    let read = fs::read(&path).and_then(|bytes| {
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    match read {
+        Ok(at) => at,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Position::default(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "the shipping checkpoint is unreadable; shipping again from the oldest segment: {e}");
+            Position::default()
+        }
+    }
 }
 
 fn save_checkpoint(dir: &Path, at: Position) -> io::Result<()> {
     let tmp = dir.join("checkpoint.tmp");
-    fs::write(&tmp, serde_json::to_vec(&at).unwrap_or_default())?;
+    fs::write(&tmp, serde_json::to_vec(&at).map_err(io::Error::other)?)?;
     File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, dir.join(CHECKPOINT))?;
     File::open(dir)?.sync_all()
@@ -304,6 +316,22 @@ mod tests {
     use super::super::wal::tests::{config, record, temp_dir};
     use super::super::WalConfig;
     use super::*;
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_read_ships_again_from_the_start() {
+        let dir = temp_dir("checkpoint");
+        fs::create_dir_all(&dir).expect("dir");
+        assert_eq!(load_checkpoint(&dir), Position::default(), "none yet");
+        let at = Position {
+            segment: 3,
+            offset: 120,
+        };
+        save_checkpoint(&dir, at).expect("saved");
+        assert_eq!(load_checkpoint(&dir), at);
+        fs::write(dir.join(CHECKPOINT), b"{ torn").expect("written");
+        assert_eq!(load_checkpoint(&dir), Position::default());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     /// A sink in memory that fails on demand and can lose acknowledgements
     /// (the insert happens, the caller sees an error).

@@ -54,6 +54,8 @@ pub enum Dropped {
     DiskFull,
     #[error("the write-ahead log cannot write to its disk")]
     Io,
+    #[error("the usage record cannot be encoded")]
+    Unencodable,
 }
 
 impl Dropped {
@@ -63,10 +65,16 @@ impl Dropped {
             Dropped::QueueFull => "queue_full",
             Dropped::DiskFull => "disk_full",
             Dropped::Io => "io_error",
+            Dropped::Unencodable => "unencodable",
         }
     }
 
-    const ALL: [Dropped; 3] = [Dropped::QueueFull, Dropped::DiskFull, Dropped::Io];
+    const ALL: [Dropped; 4] = [
+        Dropped::QueueFull,
+        Dropped::DiskFull,
+        Dropped::Io,
+        Dropped::Unencodable,
+    ];
 }
 
 /// Counters for metrics and the admin API.
@@ -89,7 +97,7 @@ pub struct WalStats {
 pub(super) struct Counters {
     queued: AtomicUsize,
     durable: AtomicU64,
-    dropped: [AtomicU64; 3],
+    dropped: [AtomicU64; 4],
     pub(super) disk_bytes: AtomicU64,
     pub(super) backlog_bytes: AtomicU64,
     pub(super) shipped: AtomicU64,
@@ -250,7 +258,14 @@ impl Writer {
             let disk = self.counters.disk_bytes.load(Ordering::Relaxed);
             for record in std::iter::once(first).chain(self.rx.try_iter().take(GROUP)) {
                 taken += 1;
-                let frame = encode(&record);
+                let frame = match encode(&record) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        tracing::error!(request_id = %record.request_id, "a usage record cannot be encoded and is dropped: {e}");
+                        self.counters.drop_record(Dropped::Unencodable, 1);
+                        continue;
+                    }
+                };
                 if disk + (buf.len() + frame.len()) as u64 > self.config.disk_cap_bytes {
                     self.counters.drop_record(Dropped::DiskFull, 1);
                     continue;
@@ -315,13 +330,13 @@ impl Writer {
     }
 }
 
-fn encode(record: &UsageRecord) -> Vec<u8> {
-    let payload = serde_json::to_vec(record).unwrap_or_default();
+fn encode(record: &UsageRecord) -> serde_json::Result<Vec<u8>> {
+    let payload = serde_json::to_vec(record)?;
     let mut frame = Vec::with_capacity(HEADER + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     frame.extend_from_slice(&payload);
-    frame
+    Ok(frame)
 }
 
 /// The id kept in `dir/id`, created on first use.
