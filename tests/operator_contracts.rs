@@ -51,3 +51,31 @@ async fn requests_total_status_label_is_the_class_alerts_match() {
         "the checklist's obleth_telemetry_dropped keeps its name"
     );
 }
+
+#[tokio::test]
+async fn capacity_takes_the_checklists_max_in_flight_body() {
+    let upstream = mock("u").await;
+    let obleth = Obleth::start(&budget_config(&upstream, "{ name: acme }", KEY, "")).await;
+    let admin = Admin::of(&obleth);
+    // The scaling guide's request, byte for byte.
+    let body: serde_json::Value = serde_json::from_str(r#"{"max_in_flight": 128}"#).expect("json");
+    let (status, view) = admin.call("PUT", "/capacity", Some(body)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["max_in_flight"], 128, "{view}");
+    let (status, view) = admin.call("GET", "/capacity", None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["max_in_flight"], 128, "{view}");
+    assert_eq!(
+        view["global_max_in_flight"], 128,
+        "the configuration's name stays"
+    );
+    let (status, err) = admin
+        .call(
+            "PUT",
+            "/capacity",
+            Some(serde_json::json!({ "max_in_flight": 0 })),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["field"], "max_in_flight", "{err}");
+}

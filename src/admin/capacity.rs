@@ -20,9 +20,12 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(fairshare))
 }
 
-/// The global ceiling and each model pool's load.
+/// The global ceiling and each model pool's load. `max_in_flight` is the
+/// ceiling under the name the production checklist uses;
+/// `global_max_in_flight` repeats it under the configuration's name.
 #[derive(Serialize, ToSchema)]
 pub struct CapacityView {
+    max_in_flight: u32,
     global_max_in_flight: u32,
     in_flight: u32,
     queued: usize,
@@ -38,17 +41,20 @@ pub struct PoolLoad {
     queued: usize,
 }
 
-/// Body of `PUT /capacity`.
+/// Body of `PUT /capacity`: `{"max_in_flight": 128}`, or the same under the
+/// configuration's name `global_max_in_flight`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapacityChange {
     #[schema(minimum = 1, maximum = 1000000)]
-    global_max_in_flight: u32,
+    #[serde(alias = "global_max_in_flight")]
+    max_in_flight: u32,
 }
 
 fn capacity_view(s: &ApiState) -> ApiResult<CapacityView> {
     let snap = s.llm.scheduler.snapshot();
     Ok(CapacityView {
+        max_in_flight: snap.global,
         global_max_in_flight: snap.global,
         in_flight: snap.in_flight,
         queued: snap.queued,
@@ -80,10 +86,10 @@ async fn put_capacity(
     Change(s, actor): Change,
     Body(wanted): Body<CapacityChange>,
 ) -> ApiJson<CapacityView> {
-    let global = wanted.global_max_in_flight;
+    let global = wanted.max_in_flight;
     if !(1..=IN_FLIGHT_MAX).contains(&global) {
         return Err(ApiError::invalid(
-            "global_max_in_flight",
+            "max_in_flight",
             format!("must be 1 to {IN_FLIGHT_MAX}"),
         ));
     }
