@@ -42,6 +42,8 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Models,
+    /// `GET /v1/models/{id}`: one model (see [`Endpoint::model_id`]).
+    Model,
 }
 
 impl Endpoint {
@@ -54,8 +56,16 @@ impl Endpoint {
             "POST" if path.ends_with("/completions") => Some(Endpoint::Completions),
             "POST" if path.ends_with("/embeddings") => Some(Endpoint::Embeddings),
             "GET" if path.ends_with("/models") => Some(Endpoint::Models),
+            "GET" if Self::model_id(path).is_some() => Some(Endpoint::Model),
             _ => None,
         }
+    }
+
+    /// The `{id}` of `…/models/{id}`; model ids may hold `/`
+    /// (`meta-llama/Llama-3.1-8B`), so it is everything after `/models/`.
+    pub fn model_id(path: &str) -> Option<&str> {
+        let (_, id) = path.trim_end_matches('/').split_once("/models/")?;
+        (!id.is_empty()).then_some(id)
     }
 }
 
@@ -226,6 +236,12 @@ mod tests {
             ("POST", "/v1/completions", Some(Endpoint::Completions)),
             ("POST", "/openai/v1/embeddings/", Some(Endpoint::Embeddings)),
             ("GET", "/v1/models", Some(Endpoint::Models)),
+            (
+                "GET",
+                "/v1/models/meta-llama/Llama-3",
+                Some(Endpoint::Model),
+            ),
+            ("GET", "/v1/models/", Some(Endpoint::Models)),
             ("GET", "/v1/chat/completions", None),
         ] {
             assert_eq!(

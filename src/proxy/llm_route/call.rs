@@ -174,7 +174,7 @@ impl LlmCall {
                 Endpoint::ChatCompletions => "/chat/completions",
                 Endpoint::Completions => "/completions",
                 Endpoint::Embeddings => "/embeddings",
-                Endpoint::Models => "/models",
+                Endpoint::Models | Endpoint::Model => "/models",
             };
             let path = format!("{}{suffix}", direct.base_path);
             let uri = path

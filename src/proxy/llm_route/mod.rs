@@ -89,7 +89,8 @@ async fn admit(
     ctx.caller = Some(principal.clone());
     access::check(&principal, jiff::Timestamp::now())?;
 
-    if endpoint != Endpoint::Models && llm.telemetry.refusing() {
+    let catalog_request = matches!(endpoint, Endpoint::Models | Endpoint::Model);
+    if !catalog_request && llm.telemetry.refusing() {
         return Err(Rejection::new(
             503,
             "usage_log_full",
@@ -97,10 +98,16 @@ async fn admit(
         )
         .into());
     }
-    if endpoint == Endpoint::Models {
-        list_models(llm, &principal, session, ctx)
+    if catalog_request {
+        let one = Endpoint::model_id(session.req_header().uri.path()).map(str::to_owned);
+        let body = match one {
+            Some(id) => one_model(llm, &principal, &id)?,
+            None => list_models(llm, &principal),
+        };
+        let content_type = HeaderValue::from_static("application/json");
+        respond(session, 200, &content_type, body, &ctx.request_id, None)
             .await
-            .map_err(|_| Rejection::new(500, "internal", "cannot write response"))?;
+            .map_err(|_| Stop::ClientGone)?;
         return Ok(true);
     }
 
@@ -296,28 +303,35 @@ async fn read_body(
     }
 }
 
-async fn list_models(
-    llm: &LlmState,
-    principal: &Principal,
-    session: &mut Session,
-    ctx: &RequestCtx,
-) -> Result<()> {
+/// `GET /v1/models`: the enabled models the key's tenant may use.
+fn list_models(llm: &LlmState, principal: &Principal) -> Bytes {
     let data: Vec<_> = llm
         .catalog
         .list()
         .iter()
         .filter(|m| principal.tenant.allows_model(&m.model.name))
-        .map(|m| json!({ "id": m.model.name, "object": "model", "created": 0, "owned_by": "obleth" }))
+        .map(|m| model_object(&m.model.name))
         .collect();
-    let body = serde_json::to_vec(&json!({ "object": "list", "data": data })).unwrap_or_default();
-    let content_type = HeaderValue::from_static("application/json");
-    respond(
-        session,
-        200,
-        &content_type,
-        Bytes::from(body),
-        &ctx.request_id,
-        None,
-    )
-    .await
+    Bytes::from(json!({ "object": "list", "data": data }).to_string())
+}
+
+/// `GET /v1/models/{id}`: one model by name or alias, 404 as OpenAI answers
+/// it when the model does not exist or the tenant may not use it (a tenant
+/// learns nothing of models it cannot use).
+fn one_model(llm: &LlmState, principal: &Principal, id: &str) -> Result<Bytes, Stop> {
+    match llm.catalog.lookup(id) {
+        Some(m) if principal.tenant.allows_model(&m.model.name) => {
+            Ok(Bytes::from(model_object(id).to_string()))
+        }
+        _ => Err(Rejection::new(
+            404,
+            "model_not_found",
+            format!("The model `{id}` does not exist"),
+        )
+        .into()),
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({ "id": id, "object": "model", "created": 0, "owned_by": "obleth" })
 }
