@@ -71,16 +71,17 @@ impl LlmState {
             url: url.clone(),
             source,
         })?;
-        if config.store.migrate {
-            store
-                .migrate()
-                .await
-                .map_err(|source| LlmStartError::Store { url, source })?;
-        }
         let hasher = KeyHasher::new(config.api_key_pepper.as_deref());
-        apply_seed(&store, &hasher, &config.seed)
-            .await
-            .map_err(LlmStartError::Seed)?;
+        let prepared = prepare_store(&store, config.store.migrate, &hasher, &config.seed).await;
+        let store_pending = match prepared {
+            Ok(()) => false,
+            Err(source) if source.is_unreachable() => {
+                tracing::warn!(store = %url, "store unreachable at start ({source}); not ready until it is, retrying in the background");
+                crate::supervision::set_reachable("store", false);
+                true
+            }
+            Err(source) => return Err(LlmStartError::Store { url, source }),
+        };
 
         let (hot, publisher, channel) = match &config.redis {
             Some(redis) => {
@@ -119,7 +120,14 @@ impl LlmState {
             publisher,
             channel,
         });
-        state.reload_models().await;
+        if store_pending {
+            crate::supervision::spawn(
+                "store",
+                wait_for_store(state.clone(), url, config.store.migrate, config.seed.clone()),
+            );
+        } else {
+            state.reload_models().await;
+        }
         if let Some(redis) = &config.redis {
             crate::supervision::spawn(
                 "invalidation",
@@ -173,6 +181,41 @@ impl LlmState {
                 .set_pool_size(&entry.model.name, entry.model.max_in_flight);
         }
     }
+}
+
+/// Migrates (if asked) and seeds the store: what must happen before the
+/// catalog and keys can be read from it.
+async fn prepare_store(
+    store: &Store,
+    migrate: bool,
+    hasher: &KeyHasher,
+    seed: &Seed,
+) -> Result<(), StoreError> {
+    if migrate {
+        store.migrate().await?;
+    }
+    apply_seed(store, hasher, seed).await
+}
+
+/// Retries [`prepare_store`] with backoff while the store is unreachable,
+/// then loads the catalog and lets `/readyz` report ready.
+async fn wait_for_store(state: Arc<LlmState>, url: String, migrate: bool, seed: Seed) {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(pause).await;
+        let hasher = state.resolver.hasher();
+        match prepare_store(&state.store, migrate, hasher, &seed).await {
+            Ok(()) => break,
+            Err(e) if e.is_unreachable() => pause = (pause * 2).min(Duration::from_secs(15)),
+            Err(e) => {
+                tracing::error!(store = %url, "store reachable but not usable: {e}; retrying");
+                pause = Duration::from_secs(15);
+            }
+        }
+    }
+    state.reload_models().await;
+    crate::supervision::set_reachable("store", true);
+    tracing::info!(store = %url, "store reachable; ready");
 }
 
 async fn connect_redis(redis: &RedisConfig) -> Result<ConnectionManager, LlmStartError> {

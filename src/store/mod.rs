@@ -88,6 +88,25 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached (worth retrying later),
+    /// rather than refusing what was asked of it.
+    pub fn is_unreachable(&self) -> bool {
+        fn unreachable(e: &sqlx::Error) -> bool {
+            match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Migrate(m) => match m.as_ref() {
+                    sqlx::migrate::MigrateError::Execute(inner) => unreachable(inner),
+                    _ => false,
+                },
+                _ => false,
+            }
+        }
+        matches!(self, StoreError::Database(e) if unreachable(e))
+    }
+
     /// A request value the store refuses (400 naming `field`).
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         StoreError::Invalid {
@@ -188,10 +207,11 @@ impl Store {
         } else {
             url.to_string()
         };
+        // Lazy: a database that is down at start-up is waited for (see
+        // `llm::LlmState::start`), not a reason to exit.
         let pool = options
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&url)
-            .await?;
+            .connect_lazy(&url)?;
         Ok(Store {
             pool,
             backend,
