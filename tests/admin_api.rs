@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -14,18 +14,9 @@ use sqlx::Row;
 const PEPPER: &str = "test-pepper";
 const ENCRYPTION_KEY: &str = "test-encryption-key";
 
-fn config(upstream: &MockUpstream, db: &PgDatabase, prefix: &str) -> String {
-    format!(
-        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
-         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
-        pool("p", &[upstream], ""),
-        db.url
-    )
-}
-
 async fn start(upstream: &MockUpstream, db: &PgDatabase, prefix: &str) -> Obleth {
     Obleth::start_with(
-        &config(upstream, db, prefix),
+        &shared_store_config(upstream, db, prefix),
         "json",
         &[
             ("OBLETH_API_KEY_PEPPER", PEPPER),
@@ -33,30 +24,6 @@ async fn start(upstream: &MockUpstream, db: &PgDatabase, prefix: &str) -> Obleth
         ],
     )
     .await
-}
-
-fn chat(model: &str) -> Value {
-    json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })
-}
-
-/// Creates tenant `acme`, model `small` on pool `p` and a key; returns the
-/// key's secret.
-async fn tenant_model_and_key(admin: &Admin) -> String {
-    admin
-        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 201)
-        .await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "small", "pool": "p" })),
-            201,
-        )
-        .await;
-    admin
-        .create_key("acme", json!({ "name": "k" }))
-        .await
-        .secret
 }
 
 /// Every row of every table, as text.
@@ -84,14 +51,13 @@ async fn dump(db: &PgDatabase) -> String {
 
 #[tokio::test]
 async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let obleth = start(&upstream, &db, &redis_prefix()).await;
+    let (upstream, db, prefix) = shared_state().await;
+    let obleth = start(&upstream, &db, &prefix).await;
     let admin = Admin::of(&obleth);
     let c = client();
 
     // Authentication of the API itself.
-    let api = format!("http://{}/api/v1/tenants", obleth.admin);
+    let api = obleth.admin_url("/api/v1/tenants");
     assert_eq!(c.get(&api).send().await.unwrap().status(), 401);
     assert_eq!(
         c.get(&api)
@@ -102,35 +68,18 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
             .status(),
         401
     );
-    assert_eq!(
-        c.get(format!("http://{}/healthz", obleth.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let healthz = c.get(obleth.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
 
     let mut mutations = 0;
-    admin
-        .ok(
-            "POST",
-            "/groups",
-            Some(json!({ "name": "research", "weight": 300 })),
-            201,
-        )
-        .await;
+    let research = json!({ "name": "research", "weight": 300 });
+    admin.post("/groups", research, 201).await;
     mutations += 1;
     admin
-        .ok("POST", "/groups", Some(json!({ "name": "research" })), 409)
+        .post("/groups", json!({ "name": "research" }), 409)
         .await;
     let e = admin
-        .ok(
-            "POST",
-            "/groups",
-            Some(json!({ "name": "zero", "weight": 0 })),
-            400,
-        )
+        .post("/groups", json!({ "name": "zero", "weight": 0 }), 400)
         .await;
     assert_eq!(e["error"]["field"], "weight");
 
@@ -140,41 +89,27 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
     mutations += 1;
     let tenant_id = tenant["id"].as_str().unwrap().to_string();
     assert_eq!(tenant["group_weight"], 300);
-    admin
-        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 409)
-        .await;
-    // A group that does not exist conflicts with the stored state.
-    let e = admin
-        .ok(
-            "POST",
-            "/tenants",
-            Some(json!({ "name": "orphan", "group": "nope" })),
-            409,
-        )
-        .await;
-    assert_eq!(e["error"]["field"], "group");
-    let e = admin
-        .ok(
-            "POST",
-            "/tenants",
-            Some(json!({ "name": "tz", "timezone": "Mars/Base" })),
+    admin.post("/tenants", json!({ "name": "acme" }), 409).await;
+    for (spec, status, field) in [
+        // A group that does not exist conflicts with the stored state.
+        (json!({ "name": "orphan", "group": "nope" }), 409, "group"),
+        (
+            json!({ "name": "tz", "timezone": "Mars/Base" }),
             400,
-        )
-        .await;
-    assert_eq!(e["error"]["field"], "timezone");
+            "timezone",
+        ),
+    ] {
+        let e = admin.post("/tenants", spec, status).await;
+        assert_eq!(e["error"]["field"], field);
+    }
     let e = admin
-        .ok(
-            "POST",
-            "/tenants",
-            Some(json!({ "name": "x", "colour": "red" })),
-            400,
-        )
+        .post("/tenants", json!({ "name": "x", "colour": "red" }), 400)
         .await;
     assert!(
         e["error"]["message"].as_str().unwrap().contains("colour"),
         "{e}"
     );
-    admin.ok("POST", "/tenants", Some(json!({ "name": "w", "weekly_windows": [{ "days": ["moonday"], "start": "09:00", "end": "17:00" }] })), 400).await;
+    admin.post("/tenants", json!({ "name": "w", "weekly_windows": [{ "days": ["moonday"], "start": "09:00", "end": "17:00" }] }), 400).await;
     admin.ok("GET", "/tenants/nobody", None, 404).await;
     let raw = c
         .post(&api)
@@ -186,14 +121,8 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
         .unwrap();
     assert_eq!(raw.status(), 400);
 
-    let patched = admin
-        .ok(
-            "PATCH",
-            "/tenants/acme",
-            Some(json!({ "weight": 250, "max_in_flight": 4 })),
-            200,
-        )
-        .await;
+    let limits = json!({ "weight": 250, "max_in_flight": 4 });
+    let patched = admin.patch("/tenants/acme", limits, 200).await;
     mutations += 1;
     assert_eq!(
         (
@@ -202,27 +131,18 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
         ),
         (Some(250), Some(4))
     );
+    let by_id = format!("/tenants/{tenant_id}");
     let patched = admin
-        .ok(
-            "PATCH",
-            &format!("/tenants/{tenant_id}"),
-            Some(json!({ "max_in_flight": null })),
-            200,
-        )
+        .patch(&by_id, json!({ "max_in_flight": null }), 200)
         .await;
     mutations += 1;
     assert!(patched["max_in_flight"].is_null());
     admin
-        .ok(
-            "PATCH",
-            "/tenants/acme",
-            Some(json!({ "status": "sleeping" })),
-            400,
-        )
+        .patch("/tenants/acme", json!({ "status": "sleeping" }), 400)
         .await;
 
     let model = admin
-        .ok("POST", "/models", Some(json!({ "name": "small", "pool": "p", "upstream_model": "vendor/small", "upstream_key": "sk-live-upstream-secret" })), 201)
+        .post("/models", json!({ "name": "small", "pool": "p", "upstream_model": "vendor/small", "upstream_key": "sk-live-upstream-secret" }), 201)
         .await;
     mutations += 1;
     assert_eq!(model["upstream_key_set"], true);
@@ -231,18 +151,13 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
         "upstream keys are write-only: {model}"
     );
     admin
-        .ok("POST", "/models", Some(json!({ "name": "nowhere" })), 400)
+        .post("/models", json!({ "name": "nowhere" }), 400)
         .await;
 
     let CreatedKey { id: key_id, secret } = admin.create_key("acme", json!({ "name": "ci" })).await;
     mutations += 1;
     admin
-        .ok(
-            "POST",
-            "/tenants/acme/keys",
-            Some(json!({ "name": "ci" })),
-            409,
-        )
+        .post("/tenants/acme/keys", json!({ "name": "ci" }), 409)
         .await;
     let listed = admin.ok("GET", "/tenants/acme/keys", None, 200).await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -252,27 +167,15 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
     );
     assert!(listed[0].get("hash").is_none());
 
-    let resp = c
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&chat("small"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&obleth, &secret, &two_token_chat("small")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["x-mock-saw-authorization"],
         "Bearer sk-live-upstream-secret"
     );
 
-    admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{key_id}"),
-            Some(json!({ "disabled": true })),
-            200,
-        )
-        .await;
+    let key = format!("/keys/{key_id}");
+    admin.patch(&key, json!({ "disabled": true }), 200).await;
     mutations += 1;
     let rotated = admin
         .ok("POST", &format!("/keys/{key_id}/rotate"), None, 200)
@@ -280,30 +183,16 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
     mutations += 1;
     let rotated_secret = rotated["secret"].as_str().unwrap().to_string();
     admin
-        .ok(
-            "PUT",
-            "/groups/research",
-            Some(json!({ "weight": 200 })),
-            200,
-        )
+        .put("/groups/research", json!({ "weight": 200 }), 200)
         .await;
     mutations += 1;
     admin
-        .ok(
-            "PATCH",
-            "/models/small",
-            Some(json!({ "max_in_flight": 8 })),
-            200,
-        )
+        .patch("/models/small", json!({ "max_in_flight": 8 }), 200)
         .await;
     mutations += 1;
-    admin
-        .ok("DELETE", &format!("/keys/{key_id}"), None, 204)
-        .await;
+    admin.ok("DELETE", &key, None, 204).await;
     mutations += 1;
-    admin
-        .ok("DELETE", &format!("/keys/{key_id}"), None, 404)
-        .await;
+    admin.ok("DELETE", &key, None, 404).await;
     admin.ok("DELETE", "/groups/research", None, 409).await;
 
     // One audit row per successful mutation, newest first, by our actor.
@@ -369,9 +258,8 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
 
 #[tokio::test]
 async fn openapi_document_is_generated_from_the_handlers() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let obleth = start(&upstream, &db, &redis_prefix()).await;
+    let (upstream, db, prefix) = shared_state().await;
+    let obleth = start(&upstream, &db, &prefix).await;
     let doc = Admin::of(&obleth)
         .ok("GET", "/openapi.json", None, 200)
         .await;
@@ -395,88 +283,45 @@ async fn openapi_document_is_generated_from_the_handlers() {
 
 #[tokio::test]
 async fn changes_reach_another_replica_within_seconds() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let prefix = redis_prefix();
+    let (upstream, db, prefix) = shared_state().await;
     let a = start(&upstream, &db, &prefix).await;
     let b = start(&upstream, &db, &prefix).await;
     let admin = Admin::of(&a);
-    let secret = tenant_model_and_key(&admin).await;
+    let secret = admin.tenant_model_and_key("acme", "small").await;
     let key_id = admin.ok("GET", "/tenants/acme/keys", None, 200).await[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
+    let key = format!("/keys/{key_id}");
 
-    let status_on_b = || async {
-        client()
-            .post(b.url("/v1/chat/completions"))
-            .bearer_auth(&secret)
-            .json(&chat("small"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+    let body = two_token_chat("small");
+    let on_b = |expected: u16| {
+        wait_for(
+            "replica b's answer",
+            expected,
+            Duration::from_secs(5),
+            || async { post_chat(&b, &secret, &body).await.status().as_u16() },
+        )
     };
-    let wait_for = |expected: u16| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let status = status_on_b().await;
-            if status == expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica b still answers {status}, expected {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    wait_for(200).await;
+    on_b(200).await;
+    admin.patch(&key, json!({ "disabled": true }), 200).await;
+    on_b(403).await;
+    admin.patch(&key, json!({ "disabled": false }), 200).await;
+    on_b(200).await;
     admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{key_id}"),
-            Some(json!({ "disabled": true })),
-            200,
-        )
+        .patch("/models/small", json!({ "enabled": false }), 200)
         .await;
-    wait_for(403).await;
-    admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{key_id}"),
-            Some(json!({ "disabled": false })),
-            200,
-        )
-        .await;
-    wait_for(200).await;
-    admin
-        .ok(
-            "PATCH",
-            "/models/small",
-            Some(json!({ "enabled": false })),
-            200,
-        )
-        .await;
-    wait_for(404).await;
+    on_b(404).await;
 }
 
 #[tokio::test]
 async fn a_replica_serves_keys_cached_in_redis_without_asking_postgres() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let prefix = redis_prefix();
+    let (upstream, db, prefix) = shared_state().await;
     let a = start(&upstream, &db, &prefix).await;
     let admin = Admin::of(&a);
-    let secret = tenant_model_and_key(&admin).await;
-    let call = |o: &Obleth, key: &str| {
-        client()
-            .post(o.url("/v1/chat/completions"))
-            .bearer_auth(key.to_string())
-            .json(&chat("small"))
-            .send()
-    };
+    let secret = admin.tenant_model_and_key("acme", "small").await;
+    let body = two_token_chat("small");
+    let call = |o: &Obleth, key: &str| chat_request(o, key).json(&body).send();
     assert_eq!(
         call(&a, &secret).await.unwrap().status(),
         200,
@@ -506,9 +351,7 @@ async fn a_replica_serves_keys_cached_in_redis_without_asking_postgres() {
 
 #[tokio::test]
 async fn racing_replicas_cannot_both_claim_one_model_alias() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let prefix = redis_prefix();
+    let (upstream, db, prefix) = shared_state().await;
     let a = start(&upstream, &db, &prefix).await;
     let b = start(&upstream, &db, &prefix).await;
     let (admin_a, admin_b) = (Admin::of(&a), Admin::of(&b));

@@ -22,8 +22,12 @@ fn llm_config(upstream: &MockUpstream, extra_pools: &str) -> String {
     )
 }
 
-fn chat(model: &str) -> Value {
-    json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })
+/// A mock upstream and obleth with one `llm` route to it and nothing
+/// seeded: the start of most tests here.
+async fn start_llm() -> (MockUpstream, Obleth) {
+    let upstream = mock("vllm").await;
+    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    (upstream, obleth)
 }
 
 /// The model the upstream was asked for (the mock echoes it).
@@ -43,54 +47,29 @@ async fn names_and_aliases_are_one_namespace_so_an_alias_cannot_take_an_allowed_
     .await;
     let admin = Admin::of(&obleth);
     for (name, upstream_model) in [("model-a", "vendor/a"), ("model-b", "vendor/b")] {
-        admin
-            .ok(
-                "POST",
-                "/models",
-                Some(json!({ "name": name, "pool": "p", "upstream_model": upstream_model, "aliases": [format!("{name}-alias")] })),
-                201,
-            )
-            .await;
+        let aliases = [format!("{name}-alias")];
+        let spec = json!({ "name": name, "pool": "p", "upstream_model": upstream_model, "aliases": aliases });
+        admin.post("/models", spec, 201).await;
     }
 
     // The reported bypass: model-b takes model-a's name as an alias.
-    let e = admin
-        .ok(
-            "PATCH",
-            "/models/model-b",
-            Some(json!({ "aliases": ["model-a"] })),
-            409,
-        )
-        .await;
+    let b = "/models/model-b";
+    let e = admin.patch(b, json!({ "aliases": ["model-a"] }), 409).await;
     assert_eq!(e["error"]["field"], "aliases", "{e}");
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("model-a"),
-        "{e}"
-    );
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("model-a"), "{e}");
     // Another model's alias is taken too, in a patch and in a create.
     admin
-        .ok(
-            "PATCH",
-            "/models/model-b",
-            Some(json!({ "aliases": ["model-a-alias"] })),
-            409,
-        )
+        .patch(b, json!({ "aliases": ["model-a-alias"] }), 409)
         .await;
-    let e = admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "model-c", "pool": "p", "aliases": ["model-b"] })),
-            409,
-        )
-        .await;
+    let c = json!({ "name": "model-c", "pool": "p", "aliases": ["model-b"] });
+    let e = admin.post("/models", c, 409).await;
     assert_eq!(e["error"]["field"], "aliases", "{e}");
     // A name may not be another model's alias.
     let e = admin
-        .ok(
-            "POST",
+        .post(
             "/models",
-            Some(json!({ "name": "model-b-alias", "pool": "p" })),
+            json!({ "name": "model-b-alias", "pool": "p" }),
             409,
         )
         .await;
@@ -101,60 +80,27 @@ async fn names_and_aliases_are_one_namespace_so_an_alias_cannot_take_an_allowed_
     admin.ok("GET", "/models/model-c", None, 404).await;
 
     // Aliases are a set: repeats and the model's own name are dropped.
-    let d = admin
-        .ok(
-            "POST",
-            "/models",
-            Some(
-                json!({ "name": "model-d", "pool": "p", "aliases": ["d1", "d1", "model-d", "d2"] }),
-            ),
-            201,
-        )
-        .await;
+    let d = json!({ "name": "model-d", "pool": "p", "aliases": ["d1", "d1", "model-d", "d2"] });
+    let d = admin.post("/models", d, 201).await;
     assert_eq!(d["aliases"], json!(["d1", "d2"]));
     // A model keeps its own aliases across a patch; freed names are free.
+    let kept = json!({ "aliases": ["d2", "d3"] });
+    admin.patch("/models/model-d", kept, 200).await;
     admin
-        .ok(
-            "PATCH",
-            "/models/model-d",
-            Some(json!({ "aliases": ["d2", "d3"] })),
-            200,
-        )
-        .await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "d1", "pool": "p" })),
-            201,
-        )
+        .post("/models", json!({ "name": "d1", "pool": "p" }), 201)
         .await;
     admin.ok("DELETE", "/models/model-d", None, 204).await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "model-e", "pool": "p", "aliases": ["d2", "d3"] })),
-            201,
-        )
-        .await;
+    let e = json!({ "name": "model-e", "pool": "p", "aliases": ["d2", "d3"] });
+    admin.post("/models", e, 201).await;
 
     // The tenant allowed only model-a is still served model-a.
-    let c = client();
-    let resp = c
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&chat("model-a"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&obleth, KEY, &two_token_chat("model-a")).await;
     assert_eq!(served(resp).await, "vendor/a");
 }
 
 #[tokio::test]
 async fn two_concurrent_creates_cannot_both_claim_one_alias() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let admin = Admin::of(&obleth);
     for round in 0..10 {
         let shared = format!("shared-{round}");
@@ -212,14 +158,8 @@ async fn seeding_a_model_whose_alias_is_a_stored_models_name_fails_start_up() {
     );
     {
         let obleth = Obleth::start(&format!("{}{store}", llm_config(&upstream, ""))).await;
-        Admin::of(&obleth)
-            .ok(
-                "POST",
-                "/models",
-                Some(json!({ "name": "stored", "pool": "p" })),
-                201,
-            )
-            .await;
+        let stored = json!({ "name": "stored", "pool": "p" });
+        Admin::of(&obleth).post("/models", stored, 201).await;
     }
     let free = |p: u16| format!("127.0.0.1:{p}");
     let config = dir.path().join("seeded.yaml");
@@ -242,8 +182,7 @@ async fn seeding_a_model_whose_alias_is_a_stored_models_name_fails_start_up() {
 
 #[tokio::test]
 async fn eight_concurrent_writers_on_sqlite_all_succeed() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let admin = std::sync::Arc::new(Admin::of(&obleth));
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -294,28 +233,17 @@ async fn eight_concurrent_writers_on_sqlite_all_succeed() {
 
 #[tokio::test]
 async fn a_model_pool_must_be_a_pool_of_the_live_configuration() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (upstream, obleth) = start_llm().await;
     let admin = Admin::of(&obleth);
     let e = admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "m", "pool": "nope" })),
-            400,
-        )
+        .post("/models", json!({ "name": "m", "pool": "nope" }), 400)
         .await;
     assert_eq!(e["error"]["field"], "pool", "{e}");
     admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": "m", "pool": "p" })),
-            201,
-        )
+        .post("/models", json!({ "name": "m", "pool": "p" }), 201)
         .await;
     let e = admin
-        .ok("PATCH", "/models/m", Some(json!({ "pool": "nope" })), 400)
+        .patch("/models/m", json!({ "pool": "nope" }), 400)
         .await;
     assert_eq!(e["error"]["field"], "pool", "{e}");
     assert_eq!(admin.ok("GET", "/models/m", None, 200).await["pool"], "p");
@@ -336,39 +264,29 @@ async fn a_model_pool_must_be_a_pool_of_the_live_configuration() {
     }
     let doc = admin.ok("GET", "/openapi.json", None, 200).await;
     let pools = doc["components"]["schemas"]["ModelSpec"]["properties"]["pool"].to_string();
-    assert!(
-        pools.contains("\"q\""),
-        "the document lists live pools: {pools}"
-    );
+    let listed = pools.contains("\"q\"");
+    assert!(listed, "the document lists live pools: {pools}");
 }
 
 #[tokio::test]
 async fn tenant_names_cannot_take_the_shape_of_ids() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let admin = Admin::of(&obleth);
-    let acme = admin
-        .ok("POST", "/tenants", Some(json!({ "name": "acme" })), 201)
-        .await;
+    let acme = admin.post("/tenants", json!({ "name": "acme" }), 201).await;
     let acme_id = acme["id"].as_str().unwrap().to_string();
     assert!(acme_id.starts_with("ten_"), "{acme_id}");
     let e = admin
-        .ok("POST", "/tenants", Some(json!({ "name": acme_id })), 400)
+        .post("/tenants", json!({ "name": acme_id }), 400)
         .await;
     assert_eq!(e["error"]["field"], "name", "{e}");
     admin
-        .ok("POST", "/tenants", Some(json!({ "name": "ten_x" })), 400)
+        .post("/tenants", json!({ "name": "ten_x" }), 400)
         .await;
     admin
-        .ok("POST", "/tenants", Some(json!({ "name": "other" })), 201)
+        .post("/tenants", json!({ "name": "other" }), 201)
         .await;
     let e = admin
-        .ok(
-            "PATCH",
-            "/tenants/other",
-            Some(json!({ "name": acme_id })),
-            400,
-        )
+        .patch("/tenants/other", json!({ "name": acme_id }), 400)
         .await;
     assert_eq!(e["error"]["field"], "name", "{e}");
     // By id and by name, each string reaches one tenant.
@@ -396,7 +314,7 @@ async fn raw(
     let mut req = client()
         .request(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("http://{}{path}", obleth.admin),
+            obleth.admin_url(path),
         )
         .bearer_auth(ADMIN_TOKEN);
     if let Some(ct) = content_type {
@@ -422,8 +340,7 @@ async fn raw(
 
 #[tokio::test]
 async fn every_admin_error_is_json_and_every_parameter_is_validated() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let json_error = |(status, ct, _, body): &(u16, String, String, Value), expected: u16| {
         assert_eq!(*status, expected, "{body}");
         assert!(ct.starts_with("application/json"), "{ct}: {body}");
@@ -442,111 +359,58 @@ async fn every_admin_error_is_json_and_every_parameter_is_validated() {
         json_error(&r, 400);
         assert_eq!(r.3["error"]["field"], field, "{query}: {}", r.3);
     }
-    json_error(
-        &raw(&obleth, "GET", "/api/v1/audit?colour=red", None, "").await,
-        400,
-    );
-    json_error(
-        &raw(
-            &obleth,
-            "GET",
-            "/api/v1/usage/requests?tenant=x&limit=0",
-            None,
-            "",
-        )
-        .await,
-        400,
-    );
-    json_error(
-        &raw(&obleth, "GET", "/api/v1/usage?group_by=planet", None, "").await,
-        400,
-    );
-    json_error(
-        &raw(&obleth, "GET", "/api/v1/usage?from=yesterday", None, "").await,
-        400,
-    );
-    // Unknown routes, methods, media types, bodies and path encodings.
-    json_error(
-        &raw(&obleth, "GET", "/api/v1/nothing-here", None, "").await,
-        404,
-    );
+    // Unknown parameters and routes, and path encodings.
+    for (path, status) in [
+        ("/api/v1/audit?colour=red", 400),
+        ("/api/v1/usage/requests?tenant=x&limit=0", 400),
+        ("/api/v1/usage?group_by=planet", 400),
+        ("/api/v1/usage?from=yesterday", 400),
+        ("/api/v1/nothing-here", 404),
+        ("/api/v1/tenants/%FF%FE", 400),
+    ] {
+        json_error(&raw(&obleth, "GET", path, None, "").await, status);
+    }
+    // Unknown methods, media types and bodies.
     let r = raw(&obleth, "DELETE", "/api/v1/audit", None, "").await;
     json_error(&r, 405);
+    let allow = &r.2;
     assert!(
-        r.2.contains("GET"),
-        "405 names the allowed methods: {:?}",
-        r.2
+        allow.contains("GET"),
+        "405 names the allowed methods: {allow:?}"
     );
-    json_error(
-        &raw(
-            &obleth,
-            "POST",
-            "/api/v1/tenants",
-            Some("text/plain"),
-            "{\"name\":\"a\"}",
-        )
-        .await,
-        415,
-    );
-    json_error(
-        &raw(
-            &obleth,
-            "POST",
-            "/api/v1/tenants",
-            Some("application/json"),
-            "{oops",
-        )
-        .await,
-        400,
-    );
-    json_error(
-        &raw(
-            &obleth,
-            "POST",
-            "/api/v1/tenants",
-            Some("application/json"),
-            "[1]",
-        )
-        .await,
-        400,
-    );
-    json_error(
-        &raw(&obleth, "GET", "/api/v1/tenants/%FF%FE", None, "").await,
-        400,
-    );
+    for (content_type, body, status) in [
+        ("text/plain", "{\"name\":\"a\"}", 415),
+        ("application/json", "{oops", 400),
+        ("application/json", "[1]", 400),
+    ] {
+        let r = raw(&obleth, "POST", "/api/v1/tenants", Some(content_type), body).await;
+        json_error(&r, status);
+    }
     // An integer written as 3.0 is the integer 3 in JSON; 3.5 is not.
-    let r = raw(
-        &obleth,
-        "POST",
-        "/api/v1/groups",
-        Some("application/json"),
-        "{\"name\":\"g\",\"weight\":3.0}",
-    )
-    .await;
+    let group = |body| {
+        raw(
+            &obleth,
+            "POST",
+            "/api/v1/groups",
+            Some("application/json"),
+            body,
+        )
+    };
+    let r = group("{\"name\":\"g\",\"weight\":3.0}").await;
     assert_eq!((r.0, &r.3["weight"]), (201, &json!(3)), "{}", r.3);
-    let r = raw(
-        &obleth,
-        "POST",
-        "/api/v1/groups",
-        Some("application/json"),
-        "{\"name\":\"h\",\"weight\":3.5}",
-    )
-    .await;
+    let r = group("{\"name\":\"h\",\"weight\":3.5}").await;
     json_error(&r, 400);
     assert_eq!(r.3["error"]["field"], "weight", "{}", r.3);
     // Without the token, nothing is told, not even whether a route exists.
     let anonymous = client()
-        .get(format!("http://{}/api/v1/nothing-here", obleth.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status(), 401);
+        .get(obleth.admin_url("/api/v1/nothing-here"))
+        .send();
+    assert_eq!(anonymous.await.unwrap().status(), 401);
 }
 
 #[tokio::test]
 async fn the_openapi_document_describes_responses_statuses_and_constraints() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let doc = Admin::of(&obleth)
         .ok("GET", "/openapi.json", None, 200)
         .await;
@@ -664,10 +528,9 @@ async fn the_openapi_document_describes_responses_statuses_and_constraints() {
 
 #[tokio::test]
 async fn two_admin_tokens_in_one_request_are_refused() {
-    let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&llm_config(&upstream, "")).await;
+    let (_upstream, obleth) = start_llm().await;
     let resp = client()
-        .get(format!("http://{}/api/v1/tenants", obleth.admin))
+        .get(obleth.admin_url("/api/v1/tenants"))
         .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
         .header("authorization", "Bearer something-else")
         .send()

@@ -8,7 +8,7 @@
 mod budget_common;
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use budget_common::*;
 use common::*;
@@ -25,18 +25,8 @@ fn secret(tenant: &str) -> String {
     format!("obk_budget_periods_{tenant:0<12}")
 }
 
-fn chat() -> Value {
-    json!({ "model": "m", "messages": [{ "role": "user", "content": "one two three" }], "max_tokens": 20 })
-}
-
 async fn post(obleth: &Obleth, tenant: &str) -> reqwest::Response {
-    client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(secret(tenant))
-        .json(&chat())
-        .send()
-        .await
-        .expect("obleth answers")
+    post_chat(obleth, &secret(tenant), &chat(20)).await
 }
 
 /// The month `tz` is in now (`2026-11`), the one before, and when the
@@ -82,12 +72,31 @@ fn seed(tenants: &[(&str, &str, &str)]) -> String {
 
 const ROUTES: &str = "routes:\n  - name: llm\n    match: { path: { prefix: /v1/ } }\n    llm: {}\n";
 
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379")
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis on 127.0.0.1:6379")
+/// The store on `db`, budgets in Redis under `prefix`, usage shipped to
+/// `ch`, and `tenants` seeded: what the ledger restore tests run on.
+fn ledger_config(
+    upstream: &MockUpstream,
+    db: &PgDatabase,
+    prefix: &str,
+    ch: &ClickHouse,
+    tenants: &[(&str, &str, &str)],
+) -> String {
+    format!(
+        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
+         telemetry: {{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}\n{}{ROUTES}",
+        pool("p", &[upstream], ""),
+        db.url,
+        ch.url(),
+        seed(tenants)
+    )
+}
+
+/// Starts obleth on `config` and waits for it to create the usage ledger's
+/// schema in `ch`.
+async fn start_with_ledger(config: &str, ch: &ClickHouse) -> Obleth {
+    let obleth = Obleth::start(config).await;
+    ch.until_answer("EXISTS TABLE obleth.usage", "1").await;
+    obleth
 }
 
 async fn tenant_id(admin: &Admin, name: &str) -> String {
@@ -114,7 +123,7 @@ async fn a_monthly_budget_starts_again_when_the_tenants_own_month_does() {
     ))
     .await;
     let admin = Admin::of(&obleth);
-    let mut conn = redis().await;
+    let mut conn = redis_connection().await;
     let mut settled = 0;
     for (name, tz) in [EAST, WEST] {
         let (this_month, last_month, _) = months(tz);
@@ -213,35 +222,17 @@ async fn on_postgres_the_ledger_restores_spend_since_the_tenants_month_began_and
     let prefix = redis_prefix();
     const AGAIN: (&str, &str) = ("again", "Europe/Berlin");
     let budget = ", budget_tokens: 1000000, budget_usd: 100";
-    let config = format!(
-        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
-         telemetry: {{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}\n{}{ROUTES}",
-        pool("p", &[&upstream], ""),
-        db.url,
-        ch.url(),
-        seed(&[
-            (EAST.0, EAST.1, budget),
-            (WEST.0, WEST.1, budget),
-            (AGAIN.0, AGAIN.1, budget)
-        ])
-    );
-    let first = Obleth::start(&config).await;
+    let tenants = [
+        (EAST.0, EAST.1, budget),
+        (WEST.0, WEST.1, budget),
+        (AGAIN.0, AGAIN.1, budget),
+    ];
+    let config = ledger_config(&upstream, &db, &prefix, &ch, &tenants);
+    let first = start_with_ledger(&config, &ch).await;
     let admin = Admin::of(&first);
-    // obleth creates the ledger's schema.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ch.query("EXISTS TABLE obleth.usage").await.as_deref() != Ok("1") {
-        assert!(Instant::now() < deadline, "no usage table");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // A key of `east` with a budget of its own is restored too.
-    let key = admin
-        .ok(
-            "POST",
-            "/tenants/east/keys",
-            Some(json!({ "name": "own", "budget_tokens": 500000 })),
-            201,
-        )
-        .await;
+    let own = json!({ "name": "own", "budget_tokens": 500000 });
+    let key = admin.post("/tenants/east/keys", own, 201).await;
     let key_id = key["key"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("{key}"))
@@ -264,19 +255,7 @@ async fn on_postgres_the_ledger_restores_spend_since_the_tenants_month_began_and
     drop(first);
 
     // Redis loses the spend (a flush, a restart without persistence).
-    let mut conn = redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}budget:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("list budget keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .expect("delete budget keys");
-    }
+    forget_budgets(&prefix).await;
 
     let restarted = Obleth::start(&config).await;
     restarted
@@ -404,21 +383,10 @@ async fn a_reset_that_cannot_be_looked_up_is_never_taken_for_no_reset() {
     let db = PgDatabase::create().await;
     let upstream = mock("vllm").await;
     let prefix = redis_prefix();
-    let config = format!(
-        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
-         telemetry: {{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}\n{}{ROUTES}",
-        pool("p", &[&upstream], ""),
-        db.url,
-        ch.url(),
-        seed(&[("again", "UTC", ", budget_tokens: 1000000")])
-    );
-    let first = Obleth::start(&config).await;
+    let tenants = [("again", "UTC", ", budget_tokens: 1000000")];
+    let config = ledger_config(&upstream, &db, &prefix, &ch, &tenants);
+    let first = start_with_ledger(&config, &ch).await;
     let admin = Admin::of(&first);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ch.query("EXISTS TABLE obleth.usage").await.as_deref() != Ok("1") {
-        assert!(Instant::now() < deadline, "no usage table");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let again = tenant_id(&admin, "again").await;
     // Spend, then an audited reset: the ledger still holds the spend.
     ledger_row(&ch, &again, "", now_ms() - 1, (900, 100)).await;

@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 const KEY: &str = "obk_budget_scopes_0000000000000";
 const TENANT: &str = "/tenants/acme/budget";
 
-/// One pool on `upstream`, tenant `tenant` (YAML flow map), model `m` at
-/// $1 per million input and $2 per million output tokens, the key [`KEY`],
-/// and budgets in Redis (under a fresh prefix) when `redis` is set.
-fn config(upstream: &MockUpstream, tenant: &str, redis: bool) -> String {
+/// obleth with one pool on `upstream`, tenant `tenant` (YAML flow map),
+/// model `m` at $1 per million input and $2 per million output tokens, the
+/// key [`KEY`], and budgets in Redis (under a fresh prefix) when `redis` is
+/// set.
+async fn start(upstream: &MockUpstream, tenant: &str, redis: bool) -> Obleth {
     let redis = if redis {
         format!(
             "redis:\n  url: redis://127.0.0.1:6379\n  prefix: '{}'\n",
@@ -28,16 +29,7 @@ fn config(upstream: &MockUpstream, tenant: &str, redis: bool) -> String {
     } else {
         String::new()
     };
-    budget_config(upstream, tenant, KEY, &redis)
-}
-
-fn chat(max_tokens: u64) -> Value {
-    json!({ "model": "m", "messages": [{ "role": "user", "content": "one two three" }], "max_tokens": max_tokens })
-}
-
-/// Bytes of `body` as sent: what obleth reserves for the prompt.
-fn body_len(body: &Value) -> u64 {
-    serde_json::to_vec(body).expect("json").len() as u64
+    Obleth::start(&budget_config(upstream, tenant, KEY, &redis)).await
 }
 
 async fn call(obleth: &Obleth, secret: &str, path: &str, body: &Value) -> reqwest::Response {
@@ -90,7 +82,7 @@ async fn total_tokens(resp: reqwest::Response) -> u64 {
 /// headers, and not the tenant's other keys.
 async fn a_keys_token_rate(redis: bool) {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(&upstream, "{ name: acme }", redis)).await;
+    let obleth = start(&upstream, "{ name: acme }", redis).await;
     let (id, secret) = new_key(
         &obleth,
         json!({ "name": "limited", "tokens_per_minute": 1000 }),
@@ -174,12 +166,7 @@ async fn a_keys_own_token_rate_in_redis_limits_that_key_only() {
 /// which reserved first, gets its reservation back at once.
 async fn a_keys_token_budget(redis: bool) {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        redis,
-    ))
-    .await;
+    let obleth = start(&upstream, "{ name: acme, budget_tokens: 100000 }", redis).await;
     let (id, secret) = new_key(&obleth, json!({ "name": "capped", "budget_tokens": 1000 })).await;
     let key = format!("/keys/{id}/budget");
     let body = chat(300);
@@ -299,12 +286,7 @@ async fn spend_usd(
 async fn usd_budgets(redis: bool) {
     let upstream = mock("vllm").await;
     // $0.002 for the tenant, $0.0005 for one of its keys.
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_usd: 0.002 }",
-        redis,
-    ))
-    .await;
+    let obleth = start(&upstream, "{ name: acme, budget_usd: 0.002 }", redis).await;
     let (id, secret) = new_key(&obleth, json!({ "name": "small", "budget_usd": 0.0005 })).await;
     let key = format!("/keys/{id}/budget");
     let mut settled = 0;
@@ -349,12 +331,7 @@ async fn usd_budgets_in_redis_charge_the_models_prices_and_refuse_when_spent() {
 #[tokio::test]
 async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usage() {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        false,
-    ))
-    .await;
+    let obleth = start(&upstream, "{ name: acme, budget_tokens: 100000 }", false).await;
 
     // prompt: 4 words; completion: max_tokens.
     let completion = json!({ "model": "m", "prompt": "a b c d", "max_tokens": 7 });
@@ -401,22 +378,10 @@ async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usag
         views[0]
     );
     assert_eq!(
-        obleth
-            .metric("obleth_budget_settlements_total{outcome=\"charged\"}")
-            .await,
+        settled_as(&obleth, "charged").await,
         3.0,
         "every one charged at reported usage, none estimated"
     );
-    assert_eq!(
-        obleth
-            .metric("obleth_tokens_total{direction=\"input\"}")
-            .await,
-        11.0
-    );
-    assert_eq!(
-        obleth
-            .metric("obleth_tokens_total{direction=\"output\"}")
-            .await,
-        14.0
-    );
+    assert_eq!(tokens_metered(&obleth, "input").await, 11.0);
+    assert_eq!(tokens_metered(&obleth, "output").await, 14.0);
 }

@@ -37,26 +37,24 @@ fn config(
     )
 }
 
-fn chat(max_tokens: u64) -> Value {
-    json!({ "model": "m", "messages": [{ "role": "user", "content": "one two three" }], "max_tokens": max_tokens })
+/// obleth with in-process budgets, failing open, for `tenant`.
+async fn start_local(upstream: &MockUpstream, tenant: &str) -> Obleth {
+    Obleth::start(&config(upstream, tenant, None, true)).await
+}
+
+/// obleth with budgets in the shared Redis under `prefix`, failing open.
+async fn start_in_redis(upstream: &MockUpstream, tenant: &str, prefix: &str) -> Obleth {
+    let redis = Some(("redis://127.0.0.1:6379", prefix));
+    Obleth::start(&config(upstream, tenant, redis, true)).await
 }
 
 async fn post(obleth: &Obleth, body: &Value) -> reqwest::Response {
-    client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("obleth answers")
-}
-
-/// Bytes of `body` as sent: what obleth reserves for the prompt.
-fn body_len(body: &Value) -> u64 {
-    serde_json::to_vec(body).expect("json").len() as u64
+    post_chat(obleth, KEY, body).await
 }
 
 const TENANT: &str = "/tenants/acme/budget";
+/// `acme` with a term budget that no test here comes near spending.
+const ROOMY: &str = "{ name: acme, budget_tokens: 100000 }";
 
 /// The tenant's committed spend in Redis.
 async fn committed(prefix: &str, obleth: &Obleth) -> (u64, u64) {
@@ -64,8 +62,7 @@ async fn committed(prefix: &str, obleth: &Obleth) -> (u64, u64) {
         .ok("GET", "/tenants/acme", None, 200)
         .await;
     let id = tenant["id"].as_str().unwrap();
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let key = format!("{prefix}budget:{{t:{id}}}:spend");
     let tokens: Option<u64> = conn.hget(&key, "tokens").await.unwrap();
     let usd: Option<u64> = conn.hget(&key, "usd").await.unwrap();
@@ -187,13 +184,7 @@ async fn an_exhausted_token_bucket_in_redis_answers_429_with_the_same_headers() 
 async fn concurrent_requests_never_overspend_and_commit_exactly_the_reported_usage() {
     let upstream = mock("vllm").await;
     let prefix = redis_prefix();
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 3000 }",
-        Some(("redis://127.0.0.1:6379", &prefix)),
-        true,
-    ))
-    .await;
+    let obleth = start_in_redis(&upstream, "{ name: acme, budget_tokens: 3000 }", &prefix).await;
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let url = obleth.url("/v1/chat/completions");
@@ -240,13 +231,7 @@ async fn concurrent_requests_never_overspend_and_commit_exactly_the_reported_usa
 async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     let upstream = mock("vllm").await;
     let prefix = redis_prefix();
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        Some(("redis://127.0.0.1:6379", &prefix)),
-        true,
-    ))
-    .await;
+    let obleth = start_in_redis(&upstream, ROOMY, &prefix).await;
     let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 5, "stream": true });
     let text = post(&obleth, &body).await.text().await.unwrap();
     assert!(
@@ -270,9 +255,7 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
 
     // An upstream failure refunds the whole reservation.
-    let failed = client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
+    let failed = chat_request(&obleth, KEY)
         .header("x-mock-status", "500")
         .json(&chat(50))
         .send()
@@ -282,12 +265,7 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     failed.bytes().await.expect("the error body");
     until_settled(&obleth, 3, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
-    assert_eq!(
-        obleth
-            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(settled_as(&obleth, "refunded").await, 1.0);
 }
 
 /// A redis-server of the test's own, to be killed.
@@ -377,12 +355,10 @@ async fn a_dead_redis_is_survived_as_fail_open_says() {
 #[tokio::test]
 async fn operators_read_and_reset_budgets_and_the_reset_is_audited() {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
+    let obleth = start_local(
         &upstream,
         "{ name: acme, budget_tokens: 1000, tokens_per_minute: 5000 }",
-        None,
-        true,
-    ))
+    )
     .await;
     let admin = Admin::of(&obleth);
     let body: Value = post(&obleth, &chat(50))
@@ -449,20 +425,12 @@ async fn operators_read_and_reset_budgets_and_the_reset_is_audited() {
 #[tokio::test]
 async fn a_timed_out_request_is_refunded() {
     let upstream = mock("vllm").await;
-    let config = config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        None,
-        true,
-    )
-    .replace(
+    let config = config(&upstream, ROOMY, None, true).replace(
         "    servers:",
         "    retries: 0\n    timeouts: { read: 300ms }\n    servers:",
     );
     let obleth = Obleth::start(&config).await;
-    let timed_out = client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
+    let timed_out = chat_request(&obleth, KEY)
         .header("x-mock-latency-ms", "2000")
         .json(&chat(50))
         .send()
@@ -475,12 +443,7 @@ async fn a_timed_out_request_is_refunded() {
         0,
         "a timeout is refunded: {budget}"
     );
-    assert_eq!(
-        obleth
-            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(settled_as(&obleth, "refunded").await, 1.0);
 }
 
 /// Tokens the mock streams per second in the mid-stream test: slow enough
@@ -490,20 +453,12 @@ const SLOW_TPS: u64 = 2;
 #[tokio::test]
 async fn a_client_leaving_mid_stream_pays_exactly_the_tokens_generated_before_it_left() {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        None,
-        true,
-    ))
-    .await;
+    let obleth = start_local(&upstream, ROOMY).await;
     let pace_ms = 1000 / SLOW_TPS;
     // 200 tokens at 2/s: the client leaves after reading the first two.
     let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "go" }], "max_tokens": 200, "stream": true });
     let sent = Instant::now();
-    let resp = client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
+    let resp = chat_request(&obleth, KEY)
         .header("x-mock-tps", SLOW_TPS.to_string())
         .json(&body)
         .send()
@@ -538,23 +493,17 @@ async fn a_client_leaving_mid_stream_pays_exactly_the_tokens_generated_before_it
     let generated_at_most = sent.elapsed().as_millis() as u64 / pace_ms;
     let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
     assert_eq!(
-        obleth
-            .metric("obleth_budget_settlements_total{outcome=\"estimated\"}")
-            .await,
+        settled_as(&obleth, "estimated").await,
         1.0,
         "no usage arrived, so the streamed tokens were counted"
     );
-    let output = obleth
-        .metric("obleth_tokens_total{direction=\"output\"}")
-        .await as u64;
+    let output = tokens_metered(&obleth, "output").await as u64;
     assert!(
         (seen..=generated_at_most.max(seen)).contains(&output),
         "charged {output} output tokens; the client saw {seen} and the mock generated at most {generated_at_most}"
     );
 
-    let input = obleth
-        .metric("obleth_tokens_total{direction=\"input\"}")
-        .await as u64;
+    let input = tokens_metered(&obleth, "input").await as u64;
     assert_eq!(
         input,
         body_len(&body).div_ceil(4),
@@ -570,50 +519,26 @@ async fn a_client_leaving_mid_stream_pays_exactly_the_tokens_generated_before_it
 #[tokio::test]
 async fn a_client_leaving_before_the_first_byte_is_refunded() {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, budget_tokens: 100000 }",
-        None,
-        true,
-    ))
-    .await;
-    let impatient = reqwest::Client::builder()
+    let obleth = start_local(&upstream, ROOMY).await;
+    let gave_up = chat_request(&obleth, KEY)
         .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
         .header("x-mock-latency-ms", "1000")
         .json(&chat(50))
         .send()
         .await;
     assert!(gave_up.is_err(), "the client timed out");
     let budget = until_settled(&obleth, 1, &[TENANT]).await.remove(0);
-    assert_eq!(
-        obleth
-            .metric("obleth_budget_settlements_total{outcome=\"refunded\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(settled_as(&obleth, "refunded").await, 1.0);
     assert_eq!(standing(&budget, "committed_tokens"), 0, "{budget}");
     let line = obleth.access_lines(1).await.remove(0);
-    assert!(
-        line.contains(" 499 "),
-        "recorded as a client disconnect: {line}"
-    );
+    let disconnected = line.contains(" 499 ");
+    assert!(disconnected, "recorded as a client disconnect: {line}");
 }
 
 #[tokio::test]
 async fn reservations_cover_every_choice_and_limits_must_be_integers() {
     let upstream = mock("vllm").await;
-    let obleth = Obleth::start(&config(
-        &upstream,
-        "{ name: acme, tokens_per_minute: 1000 }",
-        None,
-        true,
-    ))
-    .await;
+    let obleth = start_local(&upstream, "{ name: acme, tokens_per_minute: 1000 }").await;
     // 20 choices of up to 100 tokens may cost 2000: more than the bucket
     // holds, however small one choice is.
     let mut many = chat(100);

@@ -5,6 +5,7 @@
 mod common;
 mod edge_kit;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,17 +15,20 @@ use tokio::io::AsyncWriteExt;
 
 const RETRIES: &str = "obleth_upstream_retries_total{pool=\"p\"}";
 
-/// A pool `p` of `servers` (addresses) with extra pool lines, behind a
-/// catch-all route.
-fn pool_of(servers: &[String], extra: &str) -> String {
-    let mut text = String::from("pools:\n  - name: p\n    servers:\n");
-    for s in servers {
-        text.push_str(&format!("      - address: '{s}'\n"));
+/// What `request` gave and how long it took to give it.
+async fn timed<T>(request: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    (request.await, started.elapsed())
+}
+
+/// Asserts access log line `at` of `lines` has every one of `parts`.
+fn assert_logged(lines: &[String], at: usize, parts: &[&str]) {
+    for part in parts {
+        assert!(
+            lines[at].contains(part),
+            "no {part:?} in line {at}: {lines:?}"
+        );
     }
-    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-        text.push_str(&format!("    {line}\n"));
-    }
-    text + &catch_all("p")
 }
 
 #[tokio::test]
@@ -46,12 +50,7 @@ async fn a_server_that_closes_before_answering_is_retried_on_another() {
 
     // When the other server closes too, each is tried once (never one
     // twice) and the client gets a 502 after exactly one retry.
-    let r = c
-        .get(obleth.url("/echo"))
-        .header("x-mock-fault", "close")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&obleth, "/echo", ("x-mock-fault", "close")).await;
     assert_eq!(r.status(), 502);
     assert_eq!((closer.requests(), b.requests()), (2, 2));
     assert_eq!(obleth.metric(RETRIES).await, 2.0);
@@ -161,18 +160,9 @@ async fn one_server_refusing_is_502_without_retries_503_with_them_and_503_while_
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let lines = obleth.access_lines(3).await;
-    assert!(
-        lines[0].contains(" 502 ") && lines[0].contains(" SC "),
-        "{lines:?}"
-    );
-    assert!(
-        lines[1].contains(" 503 ") && lines[1].contains(" SC "),
-        "{lines:?}"
-    );
-    assert!(
-        lines[2].contains(" 503 ") && lines[2].contains(" SC 1 "),
-        "{lines:?}"
-    );
+    assert_logged(&lines, 0, &[" 502 ", " SC "]);
+    assert_logged(&lines, 1, &[" 503 ", " SC "]);
+    assert_logged(&lines, 2, &[" 503 ", " SC 1 "]);
 }
 
 #[tokio::test]
@@ -204,16 +194,8 @@ async fn nothing_is_retried_once_the_response_has_started() {
 async fn no_server_left_answers_503_with_retry_after() {
     let a = mock("a").await;
     a.set_healthy(false);
-    let config = format!(
-        "pools:\n{}{}",
-        pool(
-            "p",
-            &[&a],
-            "health_check: { path: /health, interval: 50ms, rise: 1, fall: 1 }"
-        ),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let check = "health_check: { path: /health, interval: 50ms, rise: 1, fall: 1 }";
+    let obleth = proxy_to(&[&a], check).await;
     wait_sample(&obleth, &healthy("p", a.addr), 0.0).await;
     let r = client().get(obleth.url("/bench")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -230,75 +212,38 @@ async fn no_server_left_answers_503_with_retry_after() {
 async fn read_timeout_waiting_for_the_response_head_is_a_504() {
     let a = mock("a").await;
     let obleth = proxy_to(&[&a], "retries: 0\ntimeouts: { read: 1s }").await;
-    let started = Instant::now();
     // The server never answers: only the read timeout can end this.
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-fault", "hang")
-        .send()
-        .await
-        .unwrap();
+    let (r, took) = timed(get_with(&obleth, "/echo", ("x-mock-fault", "hang"))).await;
     assert_eq!(r.status(), 504);
     assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "not before the timeout: {:?}",
-        started.elapsed()
+        took >= Duration::from_millis(950),
+        "not before the timeout: {took:?}"
     );
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-latency-ms", "50")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&obleth, "/echo", ("x-mock-latency-ms", "50")).await;
     assert_eq!(r.status(), 200, "a response inside the timeout passes");
     let lines = obleth.access_lines(2).await;
-    assert!(
-        lines[0].contains(" 504 ") && lines[0].contains(" sH "),
-        "{lines:?}"
-    );
+    assert_logged(&lines, 0, &[" 504 ", " sH "]);
 }
 
 #[tokio::test]
 async fn idle_read_between_body_chunks_cuts_a_stalled_body() {
     let a = mock("a").await;
     let obleth = proxy_to(&[&a], "retries: 0\ntimeouts: { read: 1s }").await;
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-fault", "slow-body-ms:4000")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&obleth, "/echo", ("x-mock-fault", "slow-body-ms:4000")).await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.is_err(), "the stalled body is cut");
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-fault", "slow-body-ms:100")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.bytes().await.is_ok(),
-        "gaps shorter than the timeout pass"
-    );
+    let r = get_with(&obleth, "/echo", ("x-mock-fault", "slow-body-ms:100")).await;
+    let body = r.bytes().await;
+    assert!(body.is_ok(), "gaps shorter than the timeout pass");
 }
 
 #[tokio::test]
 async fn total_timeout_bounds_a_slowly_trickling_response() {
     // Every gap (1.5 s) is inside `read` (5 s): only `total` can cut.
     let a = mock("a").await;
-    let config = format!(
-        "pools:\n{}{}",
-        pool("p", &[&a], "retries: 0\ntimeouts: { read: 5s, total: 1s }"),
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = proxy_to(&[&a], "retries: 0\ntimeouts: { read: 5s, total: 1s }").await;
     let started = Instant::now();
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-fault", "slow-body-ms:1500")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&obleth, "/echo", ("x-mock-fault", "slow-body-ms:1500")).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.bytes().await.is_err(),
@@ -306,12 +251,7 @@ async fn total_timeout_bounds_a_slowly_trickling_response() {
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
     // A response head arriving after `total` is answered with a 504.
-    let r = client()
-        .get(obleth.url("/echo"))
-        .header("x-mock-latency-ms", "2500")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&obleth, "/echo", ("x-mock-latency-ms", "2500")).await;
     assert_eq!(r.status(), 504);
 }
 
@@ -323,12 +263,8 @@ async fn write_timeout_ends_a_request_the_server_does_not_read() {
     // for an early answer from the server for up to `read`, so the 504
     // comes after write + read.
     let hole = Blackhole::start().await;
-    let config = format!(
-        "pools:\n  - name: p\n    retries: 0\n    timeouts: {{ write: 300ms, read: 2s }}\n    servers: [{{ address: '{}' }}]\n{}",
-        hole.addr,
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let timeouts = "retries: 0\ntimeouts: { write: 300ms, read: 2s }";
+    let obleth = Obleth::start(&pool_of(&[hole.addr.to_string()], timeouts)).await;
     let stream = tokio::net::TcpStream::connect(obleth.http).await.unwrap();
     let (mut rx, mut tx) = stream.into_split();
     const BODY: usize = 64 << 20;
@@ -348,10 +284,7 @@ async fn write_timeout_ends_a_request_the_server_does_not_read() {
     assert_eq!(hole.accepted(), 1);
     writer.abort();
     let lines = obleth.access_lines(1).await;
-    assert!(
-        lines[0].contains(" 504 ") && lines[0].contains(" sH "),
-        "{lines:?}"
-    );
+    assert_logged(&lines, 0, &[" 504 ", " sH "]);
     assert!(
         obleth.stderr().contains("WriteTimedout"),
         "the write timed out: {}",
@@ -377,15 +310,11 @@ async fn connect_timeout_is_a_504() {
             fillers.push(s);
         }
     }
-    let config = format!(
-        "pools:\n  - name: p\n    retries: 0\n    timeouts: {{ connect: 300ms }}\n    servers: [{{ address: '{addr}' }}]\n{}",
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
-    let started = Instant::now();
-    let r = client().get(obleth.url("/")).send().await.unwrap();
-    assert_eq!(r.status(), 504);
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    let timeouts = "retries: 0\ntimeouts: { connect: 300ms }";
+    let obleth = Obleth::start(&pool_of(&[addr.to_string()], timeouts)).await;
+    let (r, took) = timed(client().get(obleth.url("/")).send()).await;
+    assert_eq!(r.unwrap().status(), 504);
+    assert!(took >= Duration::from_millis(250));
     let lines = obleth.access_lines(1).await;
     assert!(lines[0].contains(" sC "), "{lines:?}");
     drop(listener);
@@ -397,12 +326,7 @@ async fn streams_pass_through_chunk_by_chunk() {
     // test says so only once the previous chunk reached the client: a proxy
     // that held back any part of the body would stall this at the deadline.
     let upstream = SteppedStream::start().await;
-    let config = format!(
-        "pools:\n  - name: p\n    servers: [{{ address: '{}' }}]\n{}",
-        upstream.addr,
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let obleth = Obleth::start(&pool_of(&[upstream.addr.to_string()], "")).await;
     let r = client().get(obleth.url("/stream")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");

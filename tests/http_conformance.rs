@@ -100,6 +100,17 @@ async fn trickle(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> (String,
     (text, started.elapsed())
 }
 
+/// Connections obleth closed for `reason` so far.
+async fn closed_for(obleth: &Obleth, reason: &str) -> f64 {
+    let sample = format!("obleth_connections_closed_total{{reason=\"{reason}\"}}");
+    obleth.metric(&sample).await
+}
+
+/// Sends `bytes` in one write, then reads as [`trickle`] does.
+async fn send_at_once(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
+    trickle(addr, &[bytes], Duration::ZERO).await
+}
+
 #[tokio::test]
 async fn a_request_head_sent_slowly_is_cut_at_the_head_deadline() {
     let upstream = mock("web").await;
@@ -141,24 +152,14 @@ async fn a_request_head_sent_slowly_is_cut_at_the_head_deadline() {
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(upstream.requests(), 1);
-    assert!(
-        obleth
-            .metric("obleth_connections_closed_total{reason=\"head_timeout\"}")
-            .await
-            >= 2.0
-    );
+    assert!(closed_for(&obleth, "head_timeout").await >= 2.0);
 }
 
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed() {
     let upstream = mock("web").await;
     let (_obleth, addr) = strict_listener(&upstream).await;
-    let (text, closed) = trickle(
-        addr,
-        &[b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n"],
-        Duration::ZERO,
-    )
-    .await;
+    let (text, closed) = send_at_once(addr, b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(closed < Duration::from_secs(8), "idle for {closed:?}");
 }
@@ -176,20 +177,11 @@ async fn a_request_body_sent_slowly_or_not_at_all_gets_408() {
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(closed < Duration::from_secs(10), "closed after {closed:?}");
     // A body that stops: the client timeout (1 s) ends it.
-    let (text, closed) = trickle(
-        addr,
-        &[b"POST /echo HTTP/1.1\r\nHost: a\r\ncontent-length: 100\r\n\r\n0123456789"],
-        Duration::ZERO,
-    )
-    .await;
+    let stopped = b"POST /echo HTTP/1.1\r\nHost: a\r\ncontent-length: 100\r\n\r\n0123456789";
+    let (text, closed) = send_at_once(addr, stopped).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(closed < Duration::from_secs(8), "closed after {closed:?}");
-    assert!(
-        obleth
-            .metric("obleth_connections_closed_total{reason=\"slow_body\"}")
-            .await
-            >= 1.0
-    );
+    assert!(closed_for(&obleth, "slow_body").await >= 1.0);
 }
 
 #[tokio::test]
@@ -228,31 +220,13 @@ async fn an_oversized_head_gets_431_and_a_large_one_passes() {
         )
     };
     let limit = Duration::from_secs(10);
-    let fits = exchange(&obleth, head(60 * 1024).as_bytes(), limit).await;
-    assert!(
-        fits.starts_with("HTTP/1.1 200 "),
-        "{}",
-        &fits[..fits.len().min(200)]
-    );
-    let big = exchange(&obleth, head(70 * 1024).as_bytes(), limit).await;
-    assert!(
-        big.starts_with("HTTP/1.1 431 "),
-        "{}",
-        &big[..big.len().min(200)]
-    );
-    let huge = exchange(&obleth, head(1100 * 1024).as_bytes(), limit).await;
-    assert!(
-        huge.starts_with("HTTP/1.1 431 "),
-        "{}",
-        &huge[..huge.len().min(200)]
-    );
+    for (kib, status) in [(60, "200"), (70, "431"), (1100, "431")] {
+        let text = exchange(&obleth, head(kib * 1024).as_bytes(), limit).await;
+        let start = &text[..text.len().min(200)];
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{start}");
+    }
     assert_eq!(upstream.requests(), 1);
-    assert!(
-        obleth
-            .metric("obleth_connections_closed_total{reason=\"head_too_large\"}")
-            .await
-            >= 2.0
-    );
+    assert!(closed_for(&obleth, "head_too_large").await >= 2.0);
 }
 
 #[tokio::test]

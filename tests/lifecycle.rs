@@ -10,41 +10,28 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A `server` section whose drain gives up after one second.
+const SHORT_GRACE: &str = "server:\n  threads: 2\n  grace: 1s\n";
+
 fn respond_config(body: &str) -> String {
     format!("routes:\n  - name: hello\n    respond: {{ status: 200, body: {body} }}\n")
 }
 
 async fn wait_for_body(obleth: &Obleth, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let body = client()
-            .get(obleth.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if body == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {body:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = obleth.url("/");
+    wait_for(
+        "the body of /",
+        expected.to_string(),
+        Duration::from_secs(5),
+        || get_text(&url),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn reload_swaps_routes_under_load_without_failed_requests() {
     let (a, b) = (mock("a").await, mock("b").await);
-    let config = |server: &MockUpstream| {
-        format!(
-            "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
-            pool("p", &[server], "")
-        )
-    };
+    let config = |server: &MockUpstream| proxy_config(&[server], "");
     let obleth = Arc::new(Obleth::start(&config(&a)).await);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,18 +67,14 @@ async fn reload_swaps_routes_under_load_without_failed_requests() {
     };
     // The stream and the load are under way before the first reload.
     obleth
-        .wait_metric(
-            "obleth_http_in_flight",
-            |n| n >= 1.0,
-            Duration::from_secs(10),
-        )
+        .wait_at_least("obleth_http_in_flight", 1.0, Duration::from_secs(10))
         .await;
     let reloaded = "obleth_config_reloads_total{result=\"ok\"}";
     for i in 0..6 {
         obleth.reload(&config(if i % 2 == 0 { &b } else { &a }));
         let n = f64::from(i + 1);
         obleth
-            .wait_metric(reloaded, |v| v >= n, Duration::from_secs(10))
+            .wait_at_least(reloaded, n, Duration::from_secs(10))
             .await;
         // Requests keep flowing on the new generation before the next swap.
         let before = done.load(Ordering::Relaxed);
@@ -159,38 +142,10 @@ async fn an_invalid_reload_is_rejected_and_the_old_config_kept() {
     wait_for_body(&obleth, "three").await;
 }
 
-/// Starts a request the upstream answers after `latency_ms` and returns
-/// once obleth counts it in flight.
-async fn slow_request_in_flight(
-    obleth: &Obleth,
-    latency_ms: u64,
-) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
-    let url = obleth.url("/echo");
-    let slow = tokio::spawn(async move {
-        client()
-            .get(url)
-            .header("x-mock-latency-ms", latency_ms.to_string())
-            .send()
-            .await
-    });
-    obleth
-        .wait_metric(
-            "obleth_http_in_flight",
-            |n| n >= 1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    slow
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let a = mock("a").await;
-    let config = format!(
-        "pools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
-        pool("p", &[&a], "")
-    );
-    let mut obleth = Obleth::start(&config).await;
+    let mut obleth = proxy_to(&[&a], "").await;
     let slow = slow_request_in_flight(&obleth, 1000).await;
     let started = Instant::now();
     obleth.signal("TERM");
@@ -198,10 +153,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // new connections are refused while the request in flight goes on.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let readyz = client()
-            .get(format!("http://{}/readyz", obleth.admin))
-            .send()
-            .await;
+        let readyz = client().get(obleth.admin_url("/readyz")).send().await;
         let unready = readyz.is_err() || readyz.is_ok_and(|r| r.status() == 503);
         let refused = tokio::net::TcpStream::connect(obleth.http).await.is_err();
         if unready && refused {
@@ -219,16 +171,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         !slow.is_finished(),
         "the drain waits for the request in flight"
     );
-    let r = slow
-        .await
-        .unwrap()
-        .expect("the in-flight request completes");
-    assert_eq!(r.status(), 200);
-    let status = obleth
-        .wait_exit(Duration::from_secs(4))
-        .await
-        .expect("exits after the drain");
-    assert!(status.success(), "{status}");
+    assert_drained(&mut obleth, slow).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "exits once drained, not after the whole 5s grace"
@@ -239,18 +182,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 async fn health_ready_and_metrics_endpoints() {
     let obleth = Obleth::start(&respond_config("hi")).await;
     let c = client();
-    let h = c
-        .get(format!("http://{}/healthz", obleth.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(h.status(), 200);
-    let r = c
-        .get(format!("http://{}/readyz", obleth.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    for endpoint in ["/healthz", "/readyz"] {
+        let r = c.get(obleth.admin_url(endpoint)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{endpoint}");
+    }
     for _ in 0..3 {
         c.get(obleth.url("/")).send().await.unwrap();
     }
@@ -261,6 +196,13 @@ async fn health_ready_and_metrics_endpoints() {
     );
     assert!(text.contains("obleth_http_request_duration_seconds_count{route=\"hello\"} 3"));
     assert!(text.contains("obleth_http_in_flight 0"));
+}
+
+/// GETs `path` and returns the access log line of that request, the
+/// `nth` (from 1) the instance wrote.
+async fn log_line_of(obleth: &Obleth, path: &str, nth: usize) -> String {
+    client().get(obleth.url(path)).send().await.unwrap();
+    obleth.access_lines(nth).await.remove(nth - 1)
 }
 
 #[tokio::test]
@@ -288,24 +230,14 @@ async fn access_log_writes_httplog_and_json_lines_without_query_credentials() {
     );
 
     // Credentials in the query never reach the log, in either format.
-    client()
-        .get(obleth.url("/echo?api_key=sk-live-1&q=2&token=t0p"))
-        .send()
-        .await
-        .unwrap();
-    let line = obleth.access_lines(2).await.remove(1);
+    let line = log_line_of(&obleth, "/echo?api_key=sk-live-1&q=2&token=t0p", 2).await;
     assert!(
         line.contains("\"GET /echo?api_key=REDACTED&q=2&token=REDACTED HTTP/1.1\""),
         "{line}"
     );
 
     let obleth = Obleth::start_with(&config, "json", &[]).await;
-    client()
-        .get(obleth.url("/echo?key=abc"))
-        .send()
-        .await
-        .unwrap();
-    let line = obleth.access_lines(1).await.remove(0);
+    let line = log_line_of(&obleth, "/echo?key=abc", 1).await;
     assert!(!line.contains("abc"), "{line}");
     let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(v["uri"], "/echo?key=REDACTED");
@@ -327,15 +259,7 @@ async fn environment_overrides_the_file() {
         &[("OBLETH_LISTEN", &addr)],
     )
     .await;
-    let body = client()
-        .get(format!("http://{addr}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "env");
+    assert_eq!(get_text(&format!("http://{addr}/")).await, "env");
     assert!(
         tokio::net::TcpStream::connect(obleth.http).await.is_err(),
         "the file's address is not used"
@@ -345,10 +269,7 @@ async fn environment_overrides_the_file() {
 #[tokio::test]
 async fn sigterm_waits_no_longer_than_the_grace_and_sigint_does_not_wait() {
     let a = mock("a").await;
-    let config = format!(
-        "server:\n  threads: 2\n  grace: 1s\npools:\n{}routes:\n  - name: all\n    proxy: {{ pool: p }}\n",
-        pool("p", &[&a], "")
-    );
+    let config = SHORT_GRACE.to_string() + &proxy_config(&[&a], "");
     for signal in ["TERM", "INT"] {
         let mut obleth = Obleth::start(&config).await;
         // Far longer than the grace: the drain must give up on it.

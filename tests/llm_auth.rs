@@ -89,62 +89,24 @@ async fn every_gate_answers_with_its_status_and_an_openai_error() {
         "missing_api_key",
     )
     .await;
-    expect_error(
-        post("obk_wrong_0000000000000000000", chat("small"))
-            .await
-            .unwrap(),
-        401,
-        "invalid_api_key",
-    )
-    .await;
-    expect_error(
-        post(SUSPENDED, chat("small")).await.unwrap(),
-        403,
-        "tenant_suspended",
-    )
-    .await;
-    expect_error(
-        post(FUTURE, chat("small")).await.unwrap(),
-        403,
-        "tenant_inactive",
-    )
-    .await;
-    expect_error(
-        post(PAST, chat("small")).await.unwrap(),
-        403,
-        "tenant_inactive",
-    )
-    .await;
-    expect_error(
-        post(CLOSED, chat("small")).await.unwrap(),
-        403,
-        "outside_access_window",
-    )
-    .await;
-    expect_error(
-        post(GOOD, chat("big")).await.unwrap(),
-        403,
-        "model_not_allowed",
-    )
-    .await;
-    expect_error(
-        post(GOOD, chat("nonexistent")).await.unwrap(),
-        404,
-        "model_not_found",
-    )
-    .await;
-    expect_error(
-        post(GOOD, chat("retired")).await.unwrap(),
-        404,
-        "model_not_found",
-    )
-    .await;
-    expect_error(
-        post(GOOD, json!({ "messages": [] })).await.unwrap(),
-        400,
-        "missing_model",
-    )
-    .await;
+    for (key, body, status, code) in [
+        (
+            "obk_wrong_0000000000000000000",
+            chat("small"),
+            401,
+            "invalid_api_key",
+        ),
+        (SUSPENDED, chat("small"), 403, "tenant_suspended"),
+        (FUTURE, chat("small"), 403, "tenant_inactive"),
+        (PAST, chat("small"), 403, "tenant_inactive"),
+        (CLOSED, chat("small"), 403, "outside_access_window"),
+        (GOOD, chat("big"), 403, "model_not_allowed"),
+        (GOOD, chat("nonexistent"), 404, "model_not_found"),
+        (GOOD, chat("retired"), 404, "model_not_found"),
+        (GOOD, json!({ "messages": [] }), 400, "missing_model"),
+    ] {
+        expect_error(post(key, body).await.unwrap(), status, code).await;
+    }
     let bad_json = c
         .post(&url)
         .bearer_auth(GOOD)
@@ -191,12 +153,7 @@ async fn every_gate_answers_with_its_status_and_an_openai_error() {
     // A model without an upstream key gets no Authorization at all.
     let admin = Admin::of(&obleth);
     admin
-        .ok(
-            "PATCH",
-            "/tenants/acme",
-            Some(json!({ "allowed_models": [] })),
-            200,
-        )
+        .patch("/tenants/acme", json!({ "allowed_models": [] }), 200)
         .await;
     let resp = post(GOOD, chat("big")).await.unwrap();
     assert_eq!(resp.status(), 200, "allowlist change applied at once");
@@ -262,32 +219,13 @@ async fn disabling_rotating_and_deleting_keys_take_effect_at_once() {
     let call = |key: String| c.post(&url).bearer_auth(key).json(&chat("small")).send();
     assert_eq!(call(secret.clone()).await.unwrap().status(), 200);
 
-    admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{id}"),
-            Some(json!({ "disabled": true })),
-            200,
-        )
-        .await;
+    let key = format!("/keys/{id}");
+    admin.patch(&key, json!({ "disabled": true }), 200).await;
     expect_error(call(secret.clone()).await.unwrap(), 403, "key_disabled").await;
-    admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{id}"),
-            Some(json!({ "disabled": false, "expires_at": "2000-01-01T00:00:00Z" })),
-            200,
-        )
-        .await;
+    let expired = json!({ "disabled": false, "expires_at": "2000-01-01T00:00:00Z" });
+    admin.patch(&key, expired, 200).await;
     expect_error(call(secret.clone()).await.unwrap(), 403, "key_expired").await;
-    admin
-        .ok(
-            "PATCH",
-            &format!("/keys/{id}"),
-            Some(json!({ "expires_at": null })),
-            200,
-        )
-        .await;
+    admin.patch(&key, json!({ "expires_at": null }), 200).await;
     assert_eq!(call(secret.clone()).await.unwrap().status(), 200);
 
     let rotated = admin
@@ -298,28 +236,14 @@ async fn disabling_rotating_and_deleting_keys_take_effect_at_once() {
     assert_eq!(call(new_secret.clone()).await.unwrap().status(), 200);
 
     admin
-        .ok(
-            "PATCH",
-            "/tenants/acme",
-            Some(json!({ "status": "suspended" })),
-            200,
-        )
+        .patch("/tenants/acme", json!({ "status": "suspended" }), 200)
         .await;
-    expect_error(
-        call(new_secret.clone()).await.unwrap(),
-        403,
-        "tenant_suspended",
-    )
-    .await;
+    let suspended = call(new_secret.clone()).await.unwrap();
+    expect_error(suspended, 403, "tenant_suspended").await;
     admin
-        .ok(
-            "PATCH",
-            "/tenants/acme",
-            Some(json!({ "status": "active" })),
-            200,
-        )
+        .patch("/tenants/acme", json!({ "status": "active" }), 200)
         .await;
-    admin.ok("DELETE", &format!("/keys/{id}"), None, 204).await;
+    admin.ok("DELETE", &key, None, 204).await;
     expect_error(call(new_secret).await.unwrap(), 401, "invalid_api_key").await;
 }
 
@@ -360,20 +284,12 @@ routes:
         served(post(GOOD, "a-alias").await.unwrap()).await,
         "vendor/a"
     );
-    expect_error(
-        post(GOOD, "b-alias").await.unwrap(),
-        403,
-        "model_not_allowed",
-    )
-    .await;
-    // An alias on the allowlist grants nothing: the check is on the model
-    // the alias resolves to, which the list does not name.
-    expect_error(
-        post(SUSPENDED, "b-alias").await.unwrap(),
-        403,
-        "model_not_allowed",
-    )
-    .await;
+    // An alias on the allowlist grants nothing either: the check is on the
+    // model the alias resolves to, which the list does not name.
+    for key in [GOOD, SUSPENDED] {
+        let refused = post(key, "b-alias").await.unwrap();
+        expect_error(refused, 403, "model_not_allowed").await;
+    }
 
     // An alias may not take another model's name (the reported bypass).
     let admin = Admin::of(&obleth);
@@ -395,8 +311,6 @@ routes:
 async fn two_credentials_of_one_kind_are_refused() {
     let upstream = mock("vllm").await;
     let obleth = Obleth::start(&config(&upstream)).await;
-    let c = client();
-    let url = obleth.url("/v1/chat/completions");
     for name in ["authorization", "x-api-key"] {
         let value = |k: &str| {
             if name == "authorization" {
@@ -405,8 +319,8 @@ async fn two_credentials_of_one_kind_are_refused() {
                 k.to_string()
             }
         };
-        let resp = c
-            .post(&url)
+        let resp = client()
+            .post(obleth.url("/v1/chat/completions"))
             .header(name, value(GOOD))
             .header(name, value("obk_other_000000000000000000000"))
             .json(&chat("small"))

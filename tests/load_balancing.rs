@@ -199,13 +199,8 @@ async fn a_tcp_check_only_connects_while_an_http_check_asks_for_the_status() {
 async fn refused_connections_eject_the_server_passively() {
     let a = mock("a").await;
     let refusing = Refusing::new();
-    let config = format!(
-        "pools:\n  - name: p\n    retries: 1\n    servers: [{{ address: '{}' }}, {{ address: '{}' }}]\n{}",
-        a.addr,
-        refusing.addr,
-        catch_all("p")
-    );
-    let obleth = Obleth::start(&config).await;
+    let servers = [a.addr.to_string(), refusing.addr.to_string()];
+    let obleth = Obleth::start(&pool_of(&servers, "retries: 1")).await;
     let c = client();
     // The first request that picks the refusing server fails over to a and
     // takes it out.

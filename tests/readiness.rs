@@ -11,21 +11,7 @@ use common::*;
 async fn readyz_says_draining_from_sigterm_until_exit_while_healthz_stays_up() {
     let a = mock("a").await;
     let mut obleth = proxy_to(&[&a], "").await;
-    let url = obleth.url("/echo");
-    let slow = tokio::spawn(async move {
-        client()
-            .get(url)
-            .header("x-mock-latency-ms", "1500")
-            .send()
-            .await
-    });
-    obleth
-        .wait_metric(
-            "obleth_http_in_flight",
-            |n| n >= 1.0,
-            Duration::from_secs(10),
-        )
-        .await;
+    let slow = slow_request_in_flight(&obleth, 1500).await;
     obleth.signal("TERM");
     let admin = |path: &'static str| {
         let url = format!("http://{}{path}", obleth.admin);
@@ -55,14 +41,5 @@ async fn readyz_says_draining_from_sigterm_until_exit_while_healthz_stays_up() {
     assert!(!slow.is_finished(), "the request in flight holds the drain");
     let (status, body) = admin("/readyz").await;
     assert_eq!((status, body.contains("draining")), (503, true), "{body}");
-    let r = slow
-        .await
-        .expect("joined")
-        .expect("the request in flight completes");
-    assert_eq!(r.status(), 200);
-    let exit = obleth
-        .wait_exit(Duration::from_secs(4))
-        .await
-        .expect("exits after the drain");
-    assert!(exit.success(), "{exit}");
+    assert_drained(&mut obleth, slow).await;
 }

@@ -9,89 +9,33 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis::AsyncCommands;
-use serde_json::{json, Value};
-
-fn config(upstream: &MockUpstream, db: &PgDatabase, prefix: &str) -> String {
-    format!(
-        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
-         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
-        pool("p", &[upstream], ""),
-        db.url
-    )
-}
-
-fn chat(model: &str) -> Value {
-    json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })
-}
-
-/// Creates a tenant, a model on pool `p` and a key for the tenant; returns
-/// the key's secret.
-async fn tenant_model_and_key(admin: &Admin, tenant: &str, model: &str) -> String {
-    admin
-        .ok("POST", "/tenants", Some(json!({ "name": tenant })), 201)
-        .await;
-    admin
-        .ok(
-            "POST",
-            "/models",
-            Some(json!({ "name": model, "pool": "p" })),
-            201,
-        )
-        .await;
-    admin
-        .create_key(tenant, json!({ "name": "k" }))
-        .await
-        .secret
-}
-
-async fn redis_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379")
-        .expect("redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis on 127.0.0.1:6379")
-}
 
 async fn status(obleth: &Obleth, secret: &str, model: &str) -> u16 {
-    client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat(model))
-        .send()
-        .await
-        .expect("obleth answers")
-        .status()
-        .as_u16()
+    let resp = post_chat(obleth, secret, &two_token_chat(model)).await;
+    resp.status().as_u16()
 }
 
-/// Waits until every replica answers `expected` for the key and model.
+/// Waits until every replica answers `expected` for the key and model,
+/// all within five seconds.
 async fn everywhere(replicas: &[&Obleth], secret: &str, model: &str, expected: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     for (i, replica) in replicas.iter().enumerate() {
-        loop {
-            let got = status(replica, secret, model).await;
-            if got == expected {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {i} answers {got}, expected {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait_for(&format!("replica {i}"), expected, left, || {
+            status(replica, secret, model)
+        })
+        .await;
     }
 }
 
 #[tokio::test]
 async fn deleting_a_tenant_or_a_model_takes_effect_on_every_replica() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let prefix = redis_prefix();
-    let a = Obleth::start(&config(&upstream, &db, &prefix)).await;
-    let b = Obleth::start(&config(&upstream, &db, &prefix)).await;
+    let (upstream, db, prefix) = shared_state().await;
+    let a = Obleth::start(&shared_store_config(&upstream, &db, &prefix)).await;
+    let b = Obleth::start(&shared_store_config(&upstream, &db, &prefix)).await;
     let admin = Admin::of(&a);
-    let gone = tenant_model_and_key(&admin, "leaving", "small").await;
-    let stays = tenant_model_and_key(&admin, "staying", "big").await;
+    let gone = admin.tenant_model_and_key("leaving", "small").await;
+    let stays = admin.tenant_model_and_key("staying", "big").await;
     // Both replicas cache both keys (in-process and in Redis).
     everywhere(&[&a, &b], &gone, "small", 200).await;
     everywhere(&[&a, &b], &stays, "big", 200).await;
@@ -118,12 +62,10 @@ async fn deleting_a_tenant_or_a_model_takes_effect_on_every_replica() {
 
 #[tokio::test]
 async fn an_unknown_key_is_remembered_in_redis_for_every_replica() {
-    let upstream = mock("vllm").await;
-    let db = PgDatabase::create().await;
-    let prefix = redis_prefix();
-    let a = Obleth::start(&config(&upstream, &db, &prefix)).await;
+    let (upstream, db, prefix) = shared_state().await;
+    let a = Obleth::start(&shared_store_config(&upstream, &db, &prefix)).await;
     let admin = Admin::of(&a);
-    tenant_model_and_key(&admin, "acme", "small").await;
+    admin.tenant_model_and_key("acme", "small").await;
     let unknown = "obk_never_issued_0000000000000000";
     assert_eq!(status(&a, unknown, "small").await, 401);
 
@@ -143,7 +85,7 @@ async fn an_unknown_key_is_remembered_in_redis_for_every_replica() {
 
     // A replica that never saw the key refuses it from Redis alone: with
     // the keys table gone it could not have asked the store (that is a 503).
-    let b = Obleth::start(&config(&upstream, &db, &prefix)).await;
+    let b = Obleth::start(&shared_store_config(&upstream, &db, &prefix)).await;
     let mut pg = db.connect().await;
     sqlx::query("ALTER TABLE api_keys RENAME TO api_keys_hidden")
         .execute(&mut pg)

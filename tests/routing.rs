@@ -56,28 +56,15 @@ async fn each_match_kind_selects_its_route_and_first_match_wins() {
     let c = client();
     let get = |path: &str| c.get(obleth.url(path));
 
-    let r = get("/echo")
-        .header("host", "api.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(served_by(&r), "a");
-    let r = get("/echo")
-        .header("host", "deep.sub.EXAMPLE.org:8080")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(served_by(&r), "b");
-    let r = get("/echo")
-        .header("host", "example.org")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        served_by(&r),
-        "a",
-        "the bare domain does not match *.example.org"
-    );
+    for (host, server) in [
+        ("api.example.com", "a"),
+        ("deep.sub.EXAMPLE.org:8080", "b"),
+        // The bare domain does not match *.example.org.
+        ("example.org", "a"),
+    ] {
+        let r = get("/echo").header("host", host).send().await.unwrap();
+        assert_eq!(served_by(&r), server, "host {host}");
+    }
 
     for (req, status, body) in [
         (get("/echo/exact"), 201, "exact"),
@@ -170,6 +157,19 @@ async fn no_matching_route_is_a_404() {
     assert_eq!(r.status(), 204);
 }
 
+/// GETs /echo as a client behind a proxy: with `X-Forwarded-For:
+/// forwarded_for`, `X-Forwarded-Proto: https` and the `extra` header.
+async fn forwarded(obleth: &Obleth, forwarded_for: &str, extra: (&str, &str)) -> reqwest::Response {
+    client()
+        .get(obleth.url("/echo"))
+        .header(extra.0, extra.1)
+        .header("x-forwarded-for", forwarded_for)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn forwarding_headers_and_request_id() {
     let a = mock("a").await;
@@ -182,14 +182,7 @@ async fn forwarding_headers_and_request_id() {
 
     // The client is not a trusted proxy: its X-Forwarded-* are replaced.
     let untrusted = Obleth::start(&config("10.0.0.0/8")).await;
-    let r = client()
-        .get(untrusted.url("/echo"))
-        .header("host", "shop.example.com")
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
+    let r = forwarded(&untrusted, "6.6.6.6", ("host", "shop.example.com")).await;
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32, "a request id is generated");
     let body = echo(r).await;
@@ -206,14 +199,12 @@ async fn forwarding_headers_and_request_id() {
 
     // From a trusted proxy the chain is extended and its proto kept.
     let trusted = Obleth::start(&config("127.0.0.0/8")).await;
-    let r = client()
-        .get(trusted.url("/echo"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-proto", "https")
-        .header("x-request-id", "client-chosen-id")
-        .send()
-        .await
-        .unwrap();
+    let r = forwarded(
+        &trusted,
+        "203.0.113.9",
+        ("x-request-id", "client-chosen-id"),
+    )
+    .await;
     assert_eq!(r.headers()["x-request-id"], "client-chosen-id");
     let body = echo(r).await;
     assert_eq!(body["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");

@@ -33,30 +33,21 @@ fn shipping_to(ch: &ClickHouse) -> String {
     )
 }
 
+/// How long the shipping tests wait for a metric to move.
+const SHIPPING: Duration = Duration::from_secs(30);
+const SHIPPED: &str = "obleth_telemetry_shipped_total";
+const BACKLOG: &str = "obleth_telemetry_backlog_bytes";
+
 async fn chat(obleth: &Obleth, max_tokens: u64) -> reqwest::Response {
-    client()
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&json!({ "model": "m", "messages": [{ "role": "user", "content": "one two" }], "max_tokens": max_tokens }))
-        .send()
-        .await
-        .expect("obleth answers")
+    let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "one two" }], "max_tokens": max_tokens });
+    post_chat(obleth, KEY, &body).await
 }
 
-/// Waits until `sql` answers `expected`.
-async fn until_answer(ch: &ClickHouse, sql: &str, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = ch.query(sql).await;
-        if got.as_deref() == Ok(expected) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sql}: {got:?}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Starts obleth on `body`, without an access log, with its usage log in
+/// `wal`, which outlives the process.
+async fn start_logging_to(body: &str, wal: &TempDir) -> Obleth {
+    let wal_path = wal.path().display().to_string();
+    Obleth::start_with(body, "off", &[("OBLETH_WAL_PATH", &wal_path)]).await
 }
 
 /// Stops background merges of the usage table, so a duplicate row stays
@@ -64,7 +55,7 @@ async fn until_answer(ch: &ClickHouse, sql: &str, expected: &str) {
 /// Waits for obleth to have created the table; must be repeated after a
 /// ClickHouse restart.
 async fn stop_merges(ch: &ClickHouse) {
-    until_answer(ch, "EXISTS TABLE obleth.usage", "1").await;
+    ch.until_answer("EXISTS TABLE obleth.usage", "1").await;
     let stopped = ch.query("SYSTEM STOP MERGES obleth.usage").await;
     assert!(stopped.is_ok(), "SYSTEM STOP MERGES: {stopped:?}");
 }
@@ -128,7 +119,8 @@ async fn usage_records_arrive_in_clickhouse_with_the_right_fields() {
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let body: Value = resp.json().await.unwrap();
-    until_answer(&ch, "SELECT count() FROM obleth.usage", "1").await;
+    ch.until_answer("SELECT count() FROM obleth.usage", "1")
+        .await;
     let row: Value = serde_json::from_str(
         &ch.query("SELECT * FROM obleth.usage FORMAT JSONEachRow")
             .await
@@ -171,8 +163,7 @@ async fn usage_records_arrive_in_clickhouse_with_the_right_fields() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 404);
-    until_answer(
-        &ch,
+    ch.until_answer(
         "SELECT status, admission, output_tokens FROM obleth.usage WHERE status = 404 FORMAT CSV",
         "404,\"rejected\",0",
     )
@@ -190,7 +181,8 @@ async fn usage_records_arrive_in_clickhouse_with_the_right_fields() {
         .ok("GET", "/usage/requests?tenant=acme", None, 200)
         .await;
     assert_eq!(log.as_array().unwrap().len(), 2, "{log}");
-    until_answer(&ch, "SELECT sum(requests) FROM obleth.usage_daily", "2").await;
+    ch.until_answer("SELECT sum(requests) FROM obleth.usage_daily", "2")
+        .await;
 }
 
 #[tokio::test]
@@ -204,13 +196,7 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
     }
     // The shipper counts a batch only after its inserts returned, so once
     // it counts 20 nothing of theirs is still on the way.
-    obleth
-        .wait_metric(
-            "obleth_telemetry_shipped_total",
-            |n| n >= 20.0,
-            Duration::from_secs(30),
-        )
-        .await;
+    obleth.wait_at_least(SHIPPED, 20.0, SHIPPING).await;
     assert_exactly_once(&ch, 20, "before the outage").await;
     ch.stop();
     for _ in 0..30 {
@@ -220,36 +206,18 @@ async fn a_clickhouse_outage_loses_and_duplicates_nothing() {
             "served while ClickHouse is down"
         );
     }
-    obleth
-        .wait_metric(
-            "obleth_telemetry_backlog_bytes",
-            |b| b > 0.0,
-            Duration::from_secs(30),
-        )
-        .await;
+    obleth.wait_metric(BACKLOG, |b| b > 0.0, SHIPPING).await;
     // The shipper has tried and failed against the dead server.
     obleth
         .wait_stderr("cannot ship usage records", Duration::from_secs(30))
         .await;
     ch.resume().await;
     stop_merges(&ch).await;
-    obleth
-        .wait_metric(
-            "obleth_telemetry_shipped_total",
-            |n| n >= 50.0,
-            Duration::from_secs(30),
-        )
-        .await;
-    obleth
-        .wait_metric(
-            "obleth_telemetry_backlog_bytes",
-            |b| b == 0.0,
-            Duration::from_secs(30),
-        )
-        .await;
+    obleth.wait_at_least(SHIPPED, 50.0, SHIPPING).await;
+    obleth.wait_metric(BACKLOG, |b| b == 0.0, SHIPPING).await;
     assert_exactly_once(&ch, 50, "after the outage").await;
     assert_eq!(
-        obleth.metric("obleth_telemetry_shipped_total").await,
+        obleth.metric(SHIPPED).await,
         50.0,
         "each record shipped once"
     );
@@ -260,9 +228,8 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     let ch = ClickHouse::start().await;
     let upstream = mock("vllm").await;
     let wal = TempDir::new();
-    let wal_path = wal.path().display().to_string();
     let body = config(&upstream, &shipping_to(&ch));
-    let obleth = Obleth::start_with(&body, "off", &[("OBLETH_WAL_PATH", &wal_path)]).await;
+    let obleth = start_logging_to(&body, &wal).await;
     stop_merges(&ch).await;
     let url = obleth.url("/v1/chat/completions");
     let mut load = tokio::task::JoinSet::new();
@@ -291,19 +258,9 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     }
     // Kill it while records are being written and shipped: some batches
     // are in ClickHouse, more are only in the log.
+    obleth.wait_at_least(SHIPPED, 20.0, SHIPPING).await;
     obleth
-        .wait_metric(
-            "obleth_telemetry_shipped_total",
-            |n| n >= 20.0,
-            Duration::from_secs(30),
-        )
-        .await;
-    obleth
-        .wait_metric(
-            "obleth_telemetry_durable_total",
-            |n| n >= 60.0,
-            Duration::from_secs(30),
-        )
+        .wait_at_least("obleth_telemetry_durable_total", 60.0, SHIPPING)
         .await;
     obleth.signal("KILL");
     let mut answered = 0;
@@ -313,7 +270,7 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     assert!(answered >= 20, "load ran: {answered}");
     drop(obleth);
 
-    let restarted = Obleth::start_with(&body, "off", &[("OBLETH_WAL_PATH", &wal_path)]).await;
+    let restarted = start_logging_to(&body, &wal).await;
     // One request after the restart: the log ships in order, so once its
     // row is in and the backlog is empty, everything before it was shipped.
     let last = chat(&restarted, 2).await;
@@ -322,19 +279,12 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
         .to_str()
         .expect("a request id")
         .to_string();
-    until_answer(
-        &ch,
+    ch.until_answer(
         &format!("SELECT count() > 0 FROM obleth.usage WHERE request_id = '{last_id}'"),
         "1",
     )
     .await;
-    restarted
-        .wait_metric(
-            "obleth_telemetry_backlog_bytes",
-            |b| b == 0.0,
-            Duration::from_secs(30),
-        )
-        .await;
+    restarted.wait_metric(BACKLOG, |b| b == 0.0, SHIPPING).await;
     // Records of answered requests were durable at most a group commit
     // after their response; requests cut by the kill may have been logged
     // too, so there may be more rows than answers, but no duplicates.
@@ -366,10 +316,8 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
             )
         })
         .collect();
-    assert!(
-        by_status.get("200").copied().unwrap_or(0) > answered,
-        "{by_status:?}"
-    );
+    let served = by_status.get("200").copied().unwrap_or(0);
+    assert!(served > answered, "{by_status:?}");
 }
 
 #[tokio::test]
@@ -377,14 +325,8 @@ async fn a_torn_final_record_is_skipped_and_logged() {
     let ch = ClickHouse::start().await;
     let upstream = mock("vllm").await;
     let wal = TempDir::new();
-    let wal_path = wal.path().display().to_string();
     // First run without ClickHouse: records stay in the log.
-    let offline = Obleth::start_with(
-        &config(&upstream, "{}"),
-        "off",
-        &[("OBLETH_WAL_PATH", &wal_path)],
-    )
-    .await;
+    let offline = start_logging_to(&config(&upstream, "{}"), &wal).await;
     for _ in 0..5 {
         assert_eq!(chat(&offline, 2).await.status(), 200);
     }
@@ -407,14 +349,10 @@ async fn a_torn_final_record_is_skipped_and_logged() {
     bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']);
     std::fs::write(&segment, bytes).unwrap();
 
-    let online = Obleth::start_with(
-        &config(&upstream, &shipping_to(&ch)),
-        "off",
-        &[("OBLETH_WAL_PATH", &wal_path)],
-    )
-    .await;
+    let online = start_logging_to(&config(&upstream, &shipping_to(&ch)), &wal).await;
     assert_eq!(chat(&online, 2).await.status(), 200);
-    until_answer(&ch, "SELECT count() FROM obleth.usage", "6").await;
+    ch.until_answer("SELECT count() FROM obleth.usage", "6")
+        .await;
     online
         .wait_stderr("skipping a torn record", Duration::from_secs(5))
         .await;
@@ -492,7 +430,8 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
     for _ in 0..3 {
         assert_eq!(chat(&obleth, 40).await.status(), 200);
     }
-    until_answer(&ch, "SELECT count() FROM obleth.usage", "3").await;
+    ch.until_answer("SELECT count() FROM obleth.usage", "3")
+        .await;
     let before = until_settled(&obleth, 3, &["/tenants/acme/budget"])
         .await
         .remove(0);
@@ -501,19 +440,7 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
     drop(obleth);
 
     // Redis loses the spend (a flush, a restart without persistence).
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}budget:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!keys.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    assert!(forget_budgets(&prefix).await > 0);
 
     let restarted = Obleth::start(&body).await;
     let admin = Admin::of(&restarted);

@@ -57,13 +57,9 @@ prefix="obleth-correctness-$$:"
 start() { # name -> sets STARTED_PORT STARTED_ADMIN
   local p a
   p=$(port); a=$(port)
-  cat >"$work/$1.yaml" <<YAML
-server: { threads: 1, grace: 1s }
-listeners: [{ address: "127.0.0.1:$p" }]
-admin: { address: "127.0.0.1:$a" }
-metrics: { address: "127.0.0.1:$(port)" }
-access_log: { format: "off" }
-store: { database_url: "postgres://postgres@127.0.0.1:5432/$db" }
+  {
+    obleth_head "$p" "$a" "postgres://postgres@127.0.0.1:5432/$db"
+    cat <<YAML
 redis: { url: "redis://127.0.0.1:6379", prefix: "$prefix" }
 pools: [{ name: p, servers: [{ address: "127.0.0.1:$UP" }] }]
 seed:
@@ -72,6 +68,7 @@ seed:
   keys: [{ tenant: acme, name: k, secret: $KEY }]
 routes: [{ name: llm, match: { path: { prefix: /v1/ } }, llm: {} }]
 YAML
+  } >"$work/$1.yaml"
   OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 $bin/obleth run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
   pids+=($!)
   wait_port "$p"

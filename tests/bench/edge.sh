@@ -13,13 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-PROXY_CORE=${PROXY_CORE:-0}
-LOAD_CORE=${LOAD_CORE:-1}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-
 source tests/bench/lib.sh
 build_edge_targets
 
@@ -49,19 +42,10 @@ admin: { address: "127.0.0.1:$a" }
 metrics: { address: "127.0.0.1:$m" }
 access_log: { format: $format, path: "$work/$name-access.log" }
 store: { database_url: "sqlite://$work/$name.db" }
-pools:
-  - name: bench
-    retries: 0
-    servers: [{ address: "127.0.0.1:$UP" }]
-routes:
-  - name: all
-    proxy: { pool: bench }
 EOF
-  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-    taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/$name.yaml" >/dev/null 2>"$work/$name.err" &
-  pids+=($!)
-  STARTED_PID=$!
-  wait_port "$p"
+  bench_proxy_sections >>"$work/$name.yaml"
+  start_obleth_release "$name" "$p"
+  STARTED_PID=$OBLETH_PID
   STARTED_PORT=$p
 }
 

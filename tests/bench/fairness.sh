@@ -30,13 +30,9 @@ run_once() {
   local p a pid out
   p=$(port); a=$(port)
   IFS=, read -r ka kb kc <<<"$KEYS"
-  cat >"$work/obleth.yaml" <<YAML
-server: { threads: 1, grace: 1s }
-listeners: [{ address: "127.0.0.1:$p" }]
-admin: { address: "127.0.0.1:$a" }
-metrics: { address: "127.0.0.1:$(port)" }
-access_log: { format: "off" }
-store: { database_url: "sqlite://$work/obleth-$1.db" }
+  {
+    obleth_head "$p" "$a" "sqlite://$work/obleth-$1.db"
+    cat <<YAML
 admission: { order: $1, brownout_wait: 0, timeout: 120s }
 pools: [{ name: p, servers: [{ address: "127.0.0.1:$UP" }] }]
 seed:
@@ -45,6 +41,7 @@ seed:
   keys: [{ tenant: a, name: k, secret: $ka }, { tenant: b, name: k, secret: $kb }, { tenant: c, name: k, secret: $kc }]
 routes: [{ name: llm, match: { path: { prefix: /v1/ } }, llm: {} }]
 YAML
+  } >"$work/obleth.yaml"
   OBLETH_ADMIN_TOKEN=$TOKEN target/release/obleth run -c "$work/obleth.yaml" >/dev/null 2>"$work/obleth.err" &
   pid=$!
   wait_port "$p"

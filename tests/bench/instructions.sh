@@ -12,11 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-8}
-CONNECTIONS=${CONNECTIONS:-8}
-WARMUP=${WARMUP:-3}
+# This harness's own defaults (lib.sh's are the wrk comparisons').
+DURATION=${DURATION:-8} CONNECTIONS=${CONNECTIONS:-8} WARMUP=${WARMUP:-3}
 PROFILE=${PROFILE:-0}
-LOAD_CORE=${LOAD_CORE:-1}
 
 source tests/bench/lib.sh
 build_edge_targets
@@ -62,22 +60,11 @@ BARE=$(port)
 count pingora-bare "$BARE" target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$UP"
 
 OB=$(port)
-cat >"$work/obleth.yaml" <<EOF
-server: { threads: 1, grace: 1s }
-listeners: [{ name: bench, address: "127.0.0.1:$OB" }]
-admin: { address: "127.0.0.1:$(port)" }
-metrics: { address: "127.0.0.1:$(port)" }
-access_log: { format: off }
-store: { database_url: "sqlite://$work/obleth.db" }
-telemetry: { wal_path: "$work/wal" }
-pools:
-  - name: bench
-    retries: 0
-    servers: [{ address: "127.0.0.1:$UP" }]
-routes:
-  - name: all
-    proxy: { pool: bench }
-EOF
+{
+  obleth_head "$OB" "$(port)" "sqlite://$work/obleth.db" bench
+  echo "telemetry: { wal_path: \"$work/wal\" }"
+  bench_proxy_sections
+} >"$work/obleth.yaml"
 OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
   count obleth "$OB" target/release/obleth run -c "$work/obleth.yaml"
 

@@ -1,7 +1,15 @@
 # Shared by the benchmark harnesses: a work directory and the processes to
-# stop on exit, ports, waiting, wrk runs and tables. Source it after setting
-# DURATION, CONNECTIONS, WARMUP and LOAD_CORE; add every started process's
-# pid to `pids`.
+# stop on exit, ports, waiting, wrk runs and tables. DURATION, CONNECTIONS,
+# WARMUP, LOAD_CORE, PROXY_CORE and ROUNDS default to what the wrk
+# comparisons use; a harness that wants others sets them before sourcing.
+# Add every started process's pid to `pids`.
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
 
 work=$(mktemp -d)
 pids=()
@@ -39,6 +47,46 @@ start_upstream() {
   UP_PID=$!
   pids+=("$UP_PID")
   wait_port "$UP"
+}
+
+# start_obleth_release NAME PORT: the release obleth with $work/NAME.yaml on
+# PROXY_CORE (stderr to $work/NAME.err), waited for until PORT opens; sets
+# OBLETH_PID.
+start_obleth_release() {
+  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+    taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
+  OBLETH_PID=$!
+  pids+=("$OBLETH_PID")
+  wait_port "$2"
+}
+
+# obleth_head PORT ADMIN_PORT DATABASE_URL [LISTENER_NAME]: the first
+# sections of a one-thread obleth configuration with the access log off, for
+# harnesses that write the pools, seed and routes themselves.
+obleth_head() {
+  local name=${4:+"name: $4, "}
+  cat <<YAML
+server: { threads: 1, grace: 1s }
+listeners: [{ ${name}address: "127.0.0.1:$1" }]
+admin: { address: "127.0.0.1:$2" }
+metrics: { address: "127.0.0.1:$(port)" }
+access_log: { format: "off" }
+store: { database_url: "$3" }
+YAML
+}
+
+# bench_proxy_sections: the pool `bench` on the upstream UP, without
+# retries, and the catch-all route to it that the edge comparisons proxy.
+bench_proxy_sections() {
+  cat <<YAML
+pools:
+  - name: bench
+    retries: 0
+    servers: [{ address: "127.0.0.1:$UP" }]
+routes:
+  - name: all
+    proxy: { pool: bench }
+YAML
 }
 
 # haproxy_config FILE PORT UPSTREAM_PORT: HAProxy as the edge comparisons run

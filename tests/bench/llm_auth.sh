@@ -11,12 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-PROXY_CORE=${PROXY_CORE:-0}
-LOAD_CORE=${LOAD_CORE:-1}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
 KEY=obk_bench_000000000000000000000000
 BUDGET_KEY=obk_bench_budget_0000000000000000
 
@@ -29,13 +23,9 @@ source tests/bench/lib.sh
 start_upstream
 
 OB=$(port)
-cat >"$work/obleth.yaml" <<YAML
-server: { threads: 1, grace: 1s }
-listeners: [{ name: bench, address: "127.0.0.1:$OB" }]
-admin: { address: "127.0.0.1:$(port)" }
-metrics: { address: "127.0.0.1:$(port)" }
-access_log: { format: "off" }
-store: { database_url: "sqlite://$work/obleth.db" }
+{
+  obleth_head "$OB" "$(port)" "sqlite://$work/obleth.db" bench
+  cat <<YAML
 redis: { url: "redis://127.0.0.1:6379", prefix: "obleth-bench-$$:" }
 pools:
   - name: p
@@ -53,11 +43,9 @@ routes:
     match: { path: { prefix: /plain/ } }
     proxy: { pool: p, rewrite_prefix: { from: /plain, to: / } }
 YAML
-OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-  taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/obleth.yaml" >/dev/null 2>"$work/obleth.err" &
-pids+=($!)
-OB_PID=$!
-wait_port "$OB"
+} >"$work/obleth.yaml"
+start_obleth_release obleth "$OB"
+OB_PID=$OBLETH_PID
 
 cat >"$work/chat.lua" <<LUA
 wrk.method = "POST"

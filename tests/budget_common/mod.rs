@@ -82,6 +82,28 @@ pub async fn until_settled(obleth: &Obleth, expected: u64, scopes: &[&str]) -> V
     }
 }
 
+/// A chat completion of `max_tokens` for model `m` with a three-word prompt.
+pub fn chat(max_tokens: u64) -> Value {
+    serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "one two three" }], "max_tokens": max_tokens })
+}
+
+/// Bytes of `body` as sent: what obleth reserves for the prompt.
+pub fn body_len(body: &Value) -> u64 {
+    serde_json::to_vec(body).expect("json").len() as u64
+}
+
+/// Settlements with `outcome` (`charged`, `refunded`, `estimated`) so far.
+pub async fn settled_as(obleth: &Obleth, outcome: &str) -> f64 {
+    let sample = format!("obleth_budget_settlements_total{{outcome=\"{outcome}\"}}");
+    obleth.metric(&sample).await
+}
+
+/// Tokens metered in `direction` (`input` or `output`) so far.
+pub async fn tokens_metered(obleth: &Obleth, direction: &str) -> f64 {
+    let sample = format!("obleth_tokens_total{{direction=\"{direction}\"}}");
+    obleth.metric(&sample).await
+}
+
 /// A standing field of a budget view as a number.
 pub fn standing(view: &Value, field: &str) -> u64 {
     view["standing"][field]

@@ -3,6 +3,8 @@
 //! sockets.
 #![allow(dead_code)]
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use obleth_mock_upstream::{MockConfig, MockUpstream};
+use serde_json::{json, Value};
 
 /// The admin token every test instance runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
@@ -223,6 +226,11 @@ impl Obleth {
         format!("http://{}{path}", self.http)
     }
 
+    /// The URL of `path` on the admin listener (`/healthz`, `/api/v1/…`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
@@ -322,6 +330,12 @@ impl Obleth {
         }
     }
 
+    /// Waits until `sample` is at least `n`: what most waits on a counter or
+    /// gauge ask for.
+    pub async fn wait_at_least(&self, sample: &str, n: f64, limit: Duration) {
+        self.wait_metric(sample, |v| v >= n, limit).await;
+    }
+
     /// The value of one sample, or `None` while it has never been set
     /// (a labelled counter appears on its first increment).
     pub async fn try_metric(&self, sample: &str) -> Option<f64> {
@@ -383,20 +397,122 @@ pub fn pool(name: &str, servers: &[&MockUpstream], extra: &str) -> String {
     text
 }
 
-/// Starts obleth with one pool `p` of `servers` (plus `extra` pool lines)
-/// behind a catch-all proxy route.
+/// One pool `p` of `servers` (plus `extra` pool lines) behind a catch-all
+/// proxy route: what [`proxy_to`] starts, for tests that reload it or add
+/// sections of their own.
+pub fn proxy_config(servers: &[&MockUpstream], extra: &str) -> String {
+    format!("pools:\n{}{}", pool("p", servers, extra), catch_all("p"))
+}
+
+/// Starts obleth on [`proxy_config`].
 pub async fn proxy_to(servers: &[&MockUpstream], extra: &str) -> Obleth {
-    Obleth::start(&format!(
-        "pools:\n{}{}",
-        pool("p", servers, extra),
-        catch_all("p")
-    ))
-    .await
+    Obleth::start(&proxy_config(servers, extra)).await
 }
 
 /// A `routes` section with one catch-all route proxying to `pool`.
 pub fn catch_all(pool: &str) -> String {
     format!("routes:\n  - name: all\n    proxy: {{ pool: {pool} }}\n")
+}
+
+/// GETs `path` of obleth with one header, mostly an `x-mock-*` instruction
+/// for the mock behind it.
+pub async fn get_with(obleth: &Obleth, path: &str, header: (&str, &str)) -> reqwest::Response {
+    client()
+        .get(obleth.url(path))
+        .header(header.0, header.1)
+        .send()
+        .await
+        .expect("obleth answers")
+}
+
+/// Starts a GET of /echo the mock answers after `latency_ms` and returns
+/// once obleth counts it in flight: the request a drain has to wait for.
+pub async fn slow_request_in_flight(
+    obleth: &Obleth,
+    latency_ms: u64,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let url = obleth.url("/echo");
+    let slow = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("x-mock-latency-ms", latency_ms.to_string())
+            .send()
+            .await
+    });
+    obleth
+        .wait_at_least("obleth_http_in_flight", 1.0, Duration::from_secs(10))
+        .await;
+    slow
+}
+
+/// Asserts that a drain ended cleanly: `slow`, the request it waited for,
+/// was answered 200, and obleth then exited with success within 4 s.
+pub async fn assert_drained(
+    obleth: &mut Obleth,
+    slow: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let r = slow
+        .await
+        .expect("joined")
+        .expect("the request in flight completes");
+    assert_eq!(r.status(), 200);
+    let status = obleth
+        .wait_exit(Duration::from_secs(4))
+        .await
+        .expect("exits after the drain");
+    assert!(status.success(), "{status}");
+}
+
+/// The body of a GET of `url`, for tests that only look at what came back.
+pub async fn get_text(url: &str) -> String {
+    let resp = client().get(url).send().await.expect("an answer");
+    resp.text().await.expect("a body")
+}
+
+/// A POST to obleth's chat completions with `key`, for the caller to add
+/// headers and a body to.
+pub fn chat_request(obleth: &Obleth, key: &str) -> reqwest::RequestBuilder {
+    client()
+        .post(obleth.url("/v1/chat/completions"))
+        .bearer_auth(key)
+}
+
+/// POSTs `body` to obleth's chat completions with `key`.
+pub async fn post_chat(obleth: &Obleth, key: &str, body: &Value) -> reqwest::Response {
+    chat_request(obleth, key)
+        .json(body)
+        .send()
+        .await
+        .expect("obleth answers")
+}
+
+/// A chat completion of at most two tokens for `model`: the request of the
+/// admin and replica tests, which only care whether it is served.
+pub fn two_token_chat(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 })
+}
+
+/// Polls `probe` every 20 ms until it returns `expected`, failing the test
+/// with the last value after `limit`: how a test waits for a change to reach
+/// a running instance.
+pub async fn wait_for<T, F, Fut>(what: &str, expected: T, limit: Duration, mut probe: F)
+where
+    T: PartialEq + Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = probe().await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {got:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Which mock server answered, from its `x-mock-server` header.
@@ -471,6 +587,56 @@ impl Drop for PgDatabase {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A connection to the Redis every test shares, for looking at or seeding
+/// what obleth keeps there.
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis on 127.0.0.1:6379")
+}
+
+/// Deletes every budget key under `prefix` from Redis, as a flush or a
+/// restart without persistence would; returns how many there were.
+pub async fn forget_budgets(prefix: &str) -> usize {
+    let mut conn = redis_connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}budget:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("list budget keys");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("delete budget keys");
+    }
+    keys.len()
+}
+
+/// A mock upstream `vllm`, a Postgres database and a Redis prefix of the
+/// test's own: what the replicas of one test share.
+pub async fn shared_state() -> (MockUpstream, PgDatabase, String) {
+    (
+        mock("vllm").await,
+        PgDatabase::create().await,
+        redis_prefix(),
+    )
+}
+
+/// One pool `p` on `upstream`, the store on `db`, Redis under `prefix` and
+/// one `llm` route: how replicas sharing their state are configured.
+pub fn shared_store_config(upstream: &MockUpstream, db: &PgDatabase, prefix: &str) -> String {
+    format!(
+        "pools:\n{}store:\n  database_url: '{}'\nredis:\n  url: redis://127.0.0.1:6379\n  prefix: '{prefix}'\n\
+         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
+        pool("p", &[upstream], ""),
+        db.url
+    )
 }
 
 /// A Redis key prefix no other test uses.
@@ -548,6 +714,31 @@ impl Admin {
         }
     }
 
+    /// `POST path` with `body`, asserting the status; returns the answer.
+    pub async fn post(&self, path: &str, body: Value, expected: u16) -> Value {
+        self.ok("POST", path, Some(body), expected).await
+    }
+
+    /// `PATCH path` with `body`, asserting the status; returns the answer.
+    pub async fn patch(&self, path: &str, body: Value, expected: u16) -> Value {
+        self.ok("PATCH", path, Some(body), expected).await
+    }
+
+    /// `PUT path` with `body`, asserting the status; returns the answer.
+    pub async fn put(&self, path: &str, body: Value, expected: u16) -> Value {
+        self.ok("PUT", path, Some(body), expected).await
+    }
+
+    /// Creates tenant `tenant`, model `model` on pool `p` and a key of the
+    /// tenant; returns the key's secret.
+    pub async fn tenant_model_and_key(&self, tenant: &str, model: &str) -> String {
+        self.post("/tenants", json!({ "name": tenant }), 201).await;
+        self.post("/models", json!({ "name": model, "pool": "p" }), 201)
+            .await;
+        let key = self.create_key(tenant, json!({ "name": "k" })).await;
+        key.secret
+    }
+
     /// Asserts the status and returns the body.
     pub async fn ok(
         &self,
@@ -620,6 +811,22 @@ impl ClickHouse {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// Waits (30 s at most) until `sql` answers `expected`.
+    pub async fn until_answer(&self, sql: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.query(sql).await;
+            if got.as_deref() == Ok(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: {got:?}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts the server (again) on the same ports and data.

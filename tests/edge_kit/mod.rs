@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::common::Obleth;
+use crate::common::{catch_all, Obleth};
 
 /// How long any wait of these tests may take before it fails: generous, so
 /// a loaded machine is slow rather than red, and bounded, so a hang fails.
@@ -60,6 +60,19 @@ pub async fn wait_sample(obleth: &Obleth, name: &str, want: f64) {
 /// `obleth_upstream_server_healthy` of one server of pool `pool`.
 pub fn healthy(pool: &str, server: impl std::fmt::Display) -> String {
     format!("obleth_upstream_server_healthy{{pool=\"{pool}\",server=\"{server}\"}}")
+}
+
+/// A pool `p` of `servers` (addresses, for upstreams that are not mocks)
+/// with extra pool lines, behind a catch-all route.
+pub fn pool_of(servers: &[String], extra: &str) -> String {
+    let mut text = String::from("pools:\n  - name: p\n    servers:\n");
+    for s in servers {
+        text.push_str(&format!("      - address: '{s}'\n"));
+    }
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str(&format!("    {line}\n"));
+    }
+    text + &catch_all("p")
 }
 
 /// Waits until a SIGHUP reload was applied `n` times in all.
@@ -351,17 +364,26 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 // ------------------------------------------------------- misbehaving upstreams
 
-/// Reads one request head from `stream`; false when it closed first.
-async fn read_head(stream: &mut TcpStream) -> bool {
+/// Reads from `stream` until `end` has arrived; `None` when it closed
+/// first.
+async fn read_through(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    end: &[u8],
+) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    while find(&buf, b"\r\n\r\n").is_none() {
+    while find(&buf, end).is_none() {
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    true
+    Some(buf)
+}
+
+/// Reads one request head from `stream`; false when it closed first.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    read_through(stream, b"\r\n\r\n").await.is_some()
 }
 
 /// A server that reads each request head and closes the connection without
@@ -493,14 +515,7 @@ impl SteppedStream {
 
 /// The status line's code of a raw HTTP/1.1 response read from `stream`.
 pub async fn read_status(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u16> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while find(&buf, b"\r\n").is_none() {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let buf = read_through(stream, b"\r\n").await?;
     let line = String::from_utf8_lossy(&buf);
     line.split(' ').nth(1).and_then(|s| s.parse().ok())
 }

@@ -77,13 +77,35 @@ async fn exchange(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Raw {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(request(method, path, headers, body).as_bytes())
-        .await
-        .unwrap();
+    let mut stream = send(addr, &request(method, path, headers, body)).await;
     let bytes = read_until_closed(&mut stream).await;
     parse(bytes)
+}
+
+/// Connects and writes `raw`, for the tests that read the answer (or its
+/// absence) themselves.
+async fn send(addr: SocketAddr, raw: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A bodiless GET through [`exchange`].
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Raw {
+    exchange(addr, "GET", path, headers, "").await
+}
+
+/// An 8-token chat completion (`stream`ed or not) that the mock cuts off
+/// mid-body: the two `close-mid-body` tests start from it.
+async fn cut_mid_body(mock: &MockUpstream, stream: bool) -> Raw {
+    let fault = [("x-mock-fault", "close-mid-body")];
+    post_chat(mock, &fault, chat_body(8, stream, false)).await
+}
+
+/// POSTs `body` (see [`chat_body`]) to the mock's chat completions: what
+/// most tests here send.
+async fn post_chat(mock: &MockUpstream, headers: &[(&str, &str)], body: String) -> Raw {
+    exchange(mock.addr, "POST", "/v1/chat/completions", headers, &body).await
 }
 
 async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
@@ -181,21 +203,20 @@ fn chat_body(max_tokens: u64, stream: bool, include_usage: bool) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn chat_completion_reports_usage() {
-    let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body(5, false, false),
-    )
-    .await;
+/// Asserts a complete 200 answer of `content_type` from the `alpha` mock:
+/// the head both plain and streamed chat completions must have.
+fn assert_whole_answer(response: &Raw, content_type: &str) {
     assert_eq!(response.status, 200);
     assert!(response.complete);
     assert_eq!(response.header("x-mock-server"), Some("alpha"));
-    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.header("content-type"), Some(content_type));
+}
+
+#[tokio::test]
+async fn chat_completion_reports_usage() {
+    let mock = mock().await;
+    let response = post_chat(&mock, &[], chat_body(5, false, false)).await;
+    assert_whole_answer(&response, "application/json");
     let body = response.json();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gpt-test");
@@ -217,18 +238,8 @@ async fn chat_completion_reports_usage() {
 #[tokio::test]
 async fn stream_sends_one_event_per_token() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body(4, true, false),
-    )
-    .await;
-    assert_eq!(response.status, 200);
-    assert!(response.complete);
-    assert_eq!(response.header("content-type"), Some("text/event-stream"));
-    assert_eq!(response.header("x-mock-server"), Some("alpha"));
+    let response = post_chat(&mock, &[], chat_body(4, true, false)).await;
+    assert_whole_answer(&response, "text/event-stream");
     // Each event travels in its own HTTP chunk.
     for chunk in &response.chunks {
         let chunk = std::str::from_utf8(chunk).unwrap();
@@ -268,14 +279,7 @@ async fn stream_sends_one_event_per_token() {
 #[tokio::test]
 async fn stream_has_usage_event_only_with_include_usage() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &chat_body(3, true, true),
-    )
-    .await;
+    let response = post_chat(&mock, &[], chat_body(3, true, true)).await;
     assert!(response.complete);
     let events = response.events();
     assert_eq!(events.len(), 1 + 3 + 1 + 1 + 1, "{events:#?}");
@@ -297,14 +301,7 @@ async fn stream_has_usage_event_only_with_include_usage() {
 async fn stream_is_paced_by_tokens_per_second() {
     let mock = mock().await;
     let started = Instant::now();
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-tps", "50")],
-        &chat_body(5, true, false),
-    )
-    .await;
+    let response = post_chat(&mock, &[("x-mock-tps", "50")], chat_body(5, true, false)).await;
     assert!(response.complete);
     // 5 tokens at 20 ms each.
     assert!(
@@ -360,7 +357,7 @@ async fn embeddings_and_models() {
         assert_eq!(item["embedding"].as_array().unwrap().len(), 8);
     }
 
-    let response = exchange(mock.addr, "GET", "/v1/models", &[], "").await;
+    let response = get(mock.addr, "/v1/models", &[]).await;
     assert_eq!(
         response.json(),
         json!({"object": "list", "data": [
@@ -383,12 +380,10 @@ async fn malformed_json_is_an_openai_400() {
 #[tokio::test]
 async fn status_overrides() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
+    let response = post_chat(
+        &mock,
         &[("x-mock-status", "429")],
-        &chat_body(1, false, false),
+        chat_body(1, false, false),
     )
     .await;
     assert_eq!(response.status, 429);
@@ -401,20 +396,13 @@ async fn status_overrides() {
     })
     .await
     .unwrap();
-    let response = exchange(failing.addr, "GET", "/v1/models", &[], "").await;
+    let response = get(failing.addr, "/v1/models", &[]).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.json()["error"]["type"], "server_error");
-    let response = exchange(failing.addr, "GET", "/health", &[], "").await;
+    let response = get(failing.addr, "/health", &[]).await;
     assert_eq!(response.status, 200);
     // The header wins over the configured status.
-    let response = exchange(
-        failing.addr,
-        "GET",
-        "/v1/models",
-        &[("x-mock-status", "200")],
-        "",
-    )
-    .await;
+    let response = get(failing.addr, "/v1/models", &[("x-mock-status", "200")]).await;
     assert_eq!(response.status, 200);
 }
 
@@ -422,14 +410,7 @@ async fn status_overrides() {
 async fn latency_delays_the_headers() {
     let mock = mock().await;
     let started = Instant::now();
-    let response = exchange(
-        mock.addr,
-        "GET",
-        "/bench",
-        &[("x-mock-latency-ms", "150")],
-        "",
-    )
-    .await;
+    let response = get(mock.addr, "/bench", &[("x-mock-latency-ms", "150")]).await;
     assert_eq!(response.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
 }
@@ -437,14 +418,7 @@ async fn latency_delays_the_headers() {
 #[tokio::test]
 async fn invalid_override_is_a_400() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "GET",
-        "/bench",
-        &[("x-mock-fault", "explode")],
-        "",
-    )
-    .await;
+    let response = get(mock.addr, "/bench", &[("x-mock-fault", "explode")]).await;
     assert_eq!(response.status, 400);
     assert!(response.json()["error"]["message"]
         .as_str()
@@ -455,14 +429,13 @@ async fn invalid_override_is_a_400() {
 #[tokio::test]
 async fn close_fault_sends_nothing() {
     let mock = mock().await;
-    let mut stream = TcpStream::connect(mock.addr).await.unwrap();
     let raw = request(
         "POST",
         "/v1/chat/completions",
         &[("x-mock-fault", "close")],
         &chat_body(2, false, false),
     );
-    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut stream = send(mock.addr, &raw).await;
     let bytes = read_until_closed(&mut stream).await;
     assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
     assert_eq!(mock.requests(), 1);
@@ -471,14 +444,7 @@ async fn close_fault_sends_nothing() {
 #[tokio::test]
 async fn close_mid_body_cuts_a_stream_after_two_events() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-fault", "close-mid-body")],
-        &chat_body(8, true, false),
-    )
-    .await;
+    let response = cut_mid_body(&mock, true).await;
     assert_eq!(response.status, 200);
     assert!(!response.complete, "the stream must not end cleanly");
     let events = response.events();
@@ -489,14 +455,7 @@ async fn close_mid_body_cuts_a_stream_after_two_events() {
 #[tokio::test]
 async fn close_mid_body_cuts_a_json_body() {
     let mock = mock().await;
-    let response = exchange(
-        mock.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-fault", "close-mid-body")],
-        &chat_body(8, false, false),
-    )
-    .await;
+    let response = cut_mid_body(&mock, false).await;
     assert_eq!(response.status, 200);
     assert!(!response.complete);
     let body = response.body();
@@ -508,14 +467,7 @@ async fn close_mid_body_cuts_a_json_body() {
 async fn slow_body_sends_spaced_chunks() {
     let mock = mock().await;
     let started = Instant::now();
-    let response = exchange(
-        mock.addr,
-        "GET",
-        "/echo",
-        &[("x-mock-fault", "slow-body-ms:100")],
-        "",
-    )
-    .await;
+    let response = get(mock.addr, "/echo", &[("x-mock-fault", "slow-body-ms:100")]).await;
     assert!(response.complete);
     assert!(response.chunks.len() >= 3, "{:?}", response.chunks);
     assert!(started.elapsed() >= Duration::from_millis(200));
@@ -525,11 +477,8 @@ async fn slow_body_sends_spaced_chunks() {
 #[tokio::test]
 async fn hang_never_answers_until_stopped() {
     let mock = mock().await;
-    let mut stream = TcpStream::connect(mock.addr).await.unwrap();
-    stream
-        .write_all(request("GET", "/bench", &[("x-mock-fault", "hang")], "").as_bytes())
-        .await
-        .unwrap();
+    let raw = request("GET", "/bench", &[("x-mock-fault", "hang")], "");
+    let mut stream = send(mock.addr, &raw).await;
     let mut buf = [0; 64];
     assert!(timeout(Duration::from_millis(300), stream.read(&mut buf))
         .await
@@ -541,11 +490,8 @@ async fn hang_never_answers_until_stopped() {
 #[tokio::test]
 async fn hang_ends_when_the_client_leaves() {
     let mock = mock().await;
-    let mut stream = TcpStream::connect(mock.addr).await.unwrap();
-    stream
-        .write_all(request("GET", "/bench", &[("x-mock-fault", "hang")], "").as_bytes())
-        .await
-        .unwrap();
+    let raw = request("GET", "/bench", &[("x-mock-fault", "hang")], "");
+    let stream = send(mock.addr, &raw).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(mock.open_connections(), 1);
     drop(stream);
@@ -559,14 +505,14 @@ async fn hang_ends_when_the_client_leaves() {
 #[tokio::test]
 async fn health_follows_set_healthy() {
     let mock = mock().await;
-    let response = exchange(mock.addr, "GET", "/health", &[], "").await;
+    let response = get(mock.addr, "/health", &[]).await;
     assert_eq!((response.status, response.body()), (200, b"ok".to_vec()));
     mock.set_healthy(false);
-    let response = exchange(mock.addr, "GET", "/health", &[], "").await;
+    let response = get(mock.addr, "/health", &[]).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.header("x-mock-server"), Some("alpha"));
     mock.set_healthy(true);
-    let response = exchange(mock.addr, "GET", "/health", &[], "").await;
+    let response = get(mock.addr, "/health", &[]).await;
     assert_eq!(response.status, 200);
 }
 
@@ -574,7 +520,7 @@ async fn health_follows_set_healthy() {
 async fn bench_is_plain_ok() {
     let mock = mock().await;
     for path in ["/", "/bench"] {
-        let response = exchange(mock.addr, "GET", path, &[], "").await;
+        let response = get(mock.addr, path, &[]).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.body(), b"ok\n");
         assert!(response
@@ -582,7 +528,7 @@ async fn bench_is_plain_ok() {
             .unwrap()
             .starts_with("text/plain"));
     }
-    let response = exchange(mock.addr, "GET", "/nowhere", &[], "").await;
+    let response = get(mock.addr, "/nowhere", &[]).await;
     assert_eq!(response.status, 404);
 }
 
@@ -612,13 +558,9 @@ async fn echo_reports_the_request() {
 #[tokio::test]
 async fn keeps_connections_alive() {
     let mock = mock().await;
-    let mut stream = TcpStream::connect(mock.addr).await.unwrap();
     let first = "GET /bench HTTP/1.1\r\nhost: mock\r\n\r\n";
     let second = request("GET", "/health", &[], "");
-    stream
-        .write_all(format!("{first}{second}").as_bytes())
-        .await
-        .unwrap();
+    let mut stream = send(mock.addr, &format!("{first}{second}")).await;
     let bytes = read_until_closed(&mut stream).await;
     let text = String::from_utf8(bytes).unwrap();
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
@@ -629,10 +571,7 @@ async fn keeps_connections_alive() {
 #[tokio::test]
 async fn stop_closes_the_listener_and_open_connections() {
     let mock = mock().await;
-    let mut idle = TcpStream::connect(mock.addr).await.unwrap();
-    idle.write_all(b"GET /bench HTTP/1.1\r\nhost: mock\r\n\r\n")
-        .await
-        .unwrap();
+    let mut idle = send(mock.addr, "GET /bench HTTP/1.1\r\nhost: mock\r\n\r\n").await;
     let mut reader = BufReader::new(&mut idle);
     let mut status = String::new();
     reader.read_line(&mut status).await.unwrap();
@@ -669,7 +608,7 @@ async fn binary_prints_its_address_and_serves() {
         .unwrap()
         .parse()
         .unwrap();
-    let response = exchange(addr, "GET", "/health", &[], "").await;
+    let response = get(addr, "/health", &[]).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-mock-server"), Some("bin"));
     child.kill().await.unwrap();

@@ -19,6 +19,10 @@ const MAX_COMPLETION_TOKENS: u64 = 4096;
 const MESSAGE_OVERHEAD_TOKENS: u64 = 3;
 const FINISH_REASON: &str = "length";
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+/// The `object` of a chat stream chunk.
+const CHAT_CHUNK: &str = "chat.completion.chunk";
+/// The `object` of a text completion and of each of its stream chunks.
+const TEXT_COMPLETION: &str = "text_completion";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -73,14 +77,20 @@ struct ContentPart {
     text: Option<String>,
 }
 
+/// What a chat completion, a text completion and each of their stream
+/// chunks have around their choices (`C`).
 #[derive(Serialize)]
-struct ChatCompletion<'a> {
+struct Envelope<'a, C> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [ChatChoice<'a>; 1],
-    usage: Usage,
+    choices: &'a [C],
+    /// The totals on a whole answer. On a stream chunk absent unless
+    /// `stream_options.include_usage`; then `null` on every chunk but the
+    /// last, which carries the totals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<Usage>>,
 }
 
 #[derive(Serialize)]
@@ -96,19 +106,6 @@ struct AssistantMessage<'a> {
     role: &'static str,
     content: &'a str,
     refusal: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ChatChunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: &'a [ChunkChoice<'a>],
-    /// Absent unless `stream_options.include_usage`; then `null` on every
-    /// chunk but the last, which carries the totals.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<Usage>>,
 }
 
 #[derive(Serialize)]
@@ -134,18 +131,6 @@ pub(super) struct CompletionRequest {
     max_tokens: Option<u64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
-}
-
-/// Both the non-streamed `text_completion` and each of its stream chunks.
-#[derive(Serialize)]
-struct TextCompletion<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: &'a [TextChoice<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<Usage>>,
 }
 
 #[derive(Serialize)]
@@ -190,6 +175,28 @@ impl Generation {
                 .and_then(|options| options.include_usage)
                 .unwrap_or(false),
         }
+    }
+
+    /// This generation's `object` around `choices`, with `usage` as given.
+    fn envelope<'a, C>(
+        &'a self,
+        object: &'static str,
+        choices: &'a [C],
+        usage: Option<Option<Usage>>,
+    ) -> Envelope<'a, C> {
+        Envelope {
+            id: &self.id,
+            object,
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        }
+    }
+
+    /// The usage event closing a stream that asked for it.
+    fn usage_event(&self, object: &'static str) -> Bytes {
+        sse(&self.envelope::<()>(object, &[], Some(Some(self.usage))))
     }
 
     /// The `usage` field of a chunk that does not carry the totals.
@@ -251,23 +258,18 @@ pub(super) fn chat(request: ChatRequest, seq: u64) -> Result<Reply, String> {
     );
     if request.stream != Some(true) {
         let content = generated_text(generation.usage.completion_tokens);
-        let completion = ChatCompletion {
-            id: &generation.id,
-            object: "chat.completion",
-            created: generation.created,
-            model: &generation.model,
-            choices: [ChatChoice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: &content,
-                    refusal: None,
-                },
-                logprobs: None,
-                finish_reason: FINISH_REASON,
-            }],
-            usage: generation.usage,
-        };
+        let choices = [ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: &content,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: FINISH_REASON,
+        }];
+        let completion =
+            generation.envelope("chat.completion", &choices, Some(Some(generation.usage)));
         return Ok(Reply::json(StatusCode::OK, to_json(&completion)));
     }
 
@@ -276,19 +278,13 @@ pub(super) fn chat(request: ChatRequest, seq: u64) -> Result<Reply, String> {
         delta: Delta<'_>,
         finish_reason: Option<&'static str>,
     ) -> Bytes {
-        sse(&ChatChunk {
-            id: &generation.id,
-            object: "chat.completion.chunk",
-            created: generation.created,
-            model: &generation.model,
-            choices: &[ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-            usage: generation.chunk_usage(),
-        })
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }];
+        sse(&generation.envelope(CHAT_CHUNK, &choices, generation.chunk_usage()))
     }
     let role = Delta {
         role: Some("assistant"),
@@ -306,16 +302,7 @@ pub(super) fn chat(request: ChatRequest, seq: u64) -> Result<Reply, String> {
             chunk(generation, delta, None)
         },
         tail,
-        |generation| {
-            sse(&ChatChunk {
-                id: &generation.id,
-                object: "chat.completion.chunk",
-                created: generation.created,
-                model: &generation.model,
-                choices: &[],
-                usage: Some(Some(generation.usage)),
-            })
-        },
+        |generation| generation.usage_event(CHAT_CHUNK),
     );
     Ok(Reply::events(events))
 }
@@ -338,19 +325,14 @@ pub(super) fn completion(request: CompletionRequest, seq: u64) -> Result<Reply, 
 
     if request.stream != Some(true) {
         let text = generated_text(generation.usage.completion_tokens);
-        let completion = TextCompletion {
-            id: &generation.id,
-            object: "text_completion",
-            created: generation.created,
-            model: &generation.model,
-            choices: &[TextChoice {
-                text: &text,
-                index: 0,
-                logprobs: None,
-                finish_reason: Some(FINISH_REASON),
-            }],
-            usage: Some(Some(generation.usage)),
-        };
+        let choices = [TextChoice {
+            text: &text,
+            index: 0,
+            logprobs: None,
+            finish_reason: Some(FINISH_REASON),
+        }];
+        let completion =
+            generation.envelope(TEXT_COMPLETION, &choices, Some(Some(generation.usage)));
         return Ok(Reply::json(StatusCode::OK, to_json(&completion)));
     }
 
@@ -359,35 +341,20 @@ pub(super) fn completion(request: CompletionRequest, seq: u64) -> Result<Reply, 
         text: &str,
         finish_reason: Option<&'static str>,
     ) -> Bytes {
-        sse(&TextCompletion {
-            id: &generation.id,
-            object: "text_completion",
-            created: generation.created,
-            model: &generation.model,
-            choices: &[TextChoice {
-                text,
-                index: 0,
-                logprobs: None,
-                finish_reason,
-            }],
-            usage: generation.chunk_usage(),
-        })
+        let choices = [TextChoice {
+            text,
+            index: 0,
+            logprobs: None,
+            finish_reason,
+        }];
+        sse(&generation.envelope(TEXT_COMPLETION, &choices, generation.chunk_usage()))
     }
     let tail = text_chunk(&generation, "", Some(FINISH_REASON));
     let events = generation.events(
         None,
         |generation, token| text_chunk(generation, token, None),
         tail,
-        |generation| {
-            sse(&TextCompletion {
-                id: &generation.id,
-                object: "text_completion",
-                created: generation.created,
-                model: &generation.model,
-                choices: &[],
-                usage: Some(Some(generation.usage)),
-            })
-        },
+        |generation| generation.usage_event(TEXT_COMPLETION),
     );
     Ok(Reply::events(events))
 }
