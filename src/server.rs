@@ -206,7 +206,9 @@ impl BackgroundService for Lifecycle {
         ) {
             (Ok(hup), Ok(usr1)) => (hup, usr1),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::error!("cannot listen for SIGHUP and SIGUSR1, reload and log reopening disabled: {e}");
+                tracing::error!(
+                    "cannot listen for SIGHUP and SIGUSR1, reload and log reopening disabled: {e}"
+                );
                 return;
             }
         };

@@ -211,7 +211,9 @@ fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>, path: Option<P
                             tracing::info!("access log reopened");
                         }
                         Some(Err(e)) => {
-                            tracing::error!("cannot reopen the access log, writing on to the old file: {e}")
+                            tracing::error!(
+                                "cannot reopen the access log, writing on to the old file: {e}"
+                            )
                         }
                         None => {}
                     }

@@ -123,7 +123,12 @@ impl LlmState {
         if store_pending {
             crate::supervision::spawn(
                 "store",
-                wait_for_store(state.clone(), url, config.store.migrate, config.seed.clone()),
+                wait_for_store(
+                    state.clone(),
+                    url,
+                    config.store.migrate,
+                    config.seed.clone(),
+                ),
             );
         } else {
             state.reload_models().await;
