@@ -98,7 +98,7 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     .expect("metric registers once"),
     settlements: register_int_counter_vec!(
         "obleth_budget_settlements_total",
-        "Settlements, by outcome (charged, refunded, estimated, repeated, failed)",
+        "Settlements, by outcome (charged, refunded, estimated, repeated, deferred until Redis is back, failed)",
         &["outcome"]
     )
     .expect("metric registers once"),

@@ -9,7 +9,6 @@
 mod budget_common;
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use budget_common::*;
@@ -266,49 +265,6 @@ async fn streams_are_metered_and_the_added_usage_event_is_removed() {
     until_settled(&obleth, 3, &[TENANT]).await;
     assert_eq!(committed(&prefix, &obleth).await.0, 18);
     assert_eq!(settled_as(&obleth, "refunded").await, 1.0);
-}
-
-/// A redis-server of the test's own, to be killed.
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        // Waits without blocking the runtime the in-process mock runs on.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use moka::Expiry;
 use redis::aio::ConnectionManager;
+
+use crate::redis_link::{Outcome, RedisLink};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
@@ -141,19 +143,49 @@ enum HotEntry {
     Missing,
 }
 
-/// The Redis hot cache shared by all replicas.
+/// The Redis hot cache shared by all replicas. While Redis is known down
+/// it is skipped without a word (the link logs the outage once).
 #[derive(Clone)]
 pub struct HotCache {
-    conn: ConnectionManager,
+    link: RedisLink,
     prefix: String,
 }
 
 impl HotCache {
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+    pub fn new(link: RedisLink, prefix: impl Into<String>) -> Self {
         Self {
-            conn,
+            link,
             prefix: prefix.into(),
         }
+    }
+
+    /// Runs `call` on the connection within [`HOT_DEADLINE`], telling the
+    /// breaker how it went; `None` while Redis is known down.
+    async fn call<T, F>(
+        &self,
+        call: impl FnOnce(ConnectionManager) -> F,
+    ) -> Option<redis::RedisResult<T>>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.link.connection()?;
+        Some(match tokio::time::timeout(HOT_DEADLINE, call(conn)).await {
+            Ok(Ok(v)) => {
+                self.link.observe(Outcome::Answered);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.link.observe(Outcome::Failed(&e));
+                Err(e)
+            }
+            Err(_) => {
+                self.link.observe(Outcome::TimedOut);
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "redis timed out",
+                )))
+            }
+        })
     }
 
     fn key(&self, hash: &str) -> String {
@@ -161,12 +193,11 @@ impl HotCache {
     }
 
     async fn get(&self, hash: &str) -> redis::RedisResult<Option<HotEntry>> {
-        let mut conn = self.conn.clone();
-        let text: Option<String> = tokio::time::timeout(HOT_DEADLINE, conn.get(self.key(hash)))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::IoError, "redis timed out"))
-            })??;
+        let key = self.key(hash);
+        let text: Option<String> = match self.call(|mut c| async move { c.get(key).await }).await {
+            Some(result) => result?,
+            None => None,
+        };
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
@@ -175,24 +206,27 @@ impl HotCache {
             HotEntry::Found(_) => FOUND_TTL,
             HotEntry::Missing => MISSING_TTL,
         };
-        let text = serde_json::to_string(entry).unwrap_or_default();
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(
-            HOT_DEADLINE,
-            conn.set_ex(self.key(hash), text, ttl.as_secs()),
-        )
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "redis timed out")))?
+        let Ok(text) = serde_json::to_string(entry) else {
+            return Ok(());
+        };
+        let key = self.key(hash);
+        self.call(|mut c| async move { c.set_ex(key, text, ttl.as_secs()).await })
+            .await
+            .unwrap_or(Ok(()))
     }
 
-    /// Forgets the given key hashes (after a change to them or their tenant).
+    /// Forgets the given key hashes (after a change to them or their
+    /// tenant). While Redis is down there is nothing to forget from: its
+    /// entries expire, and a change made meanwhile is refreshed by every
+    /// replica's invalidation listener when it reconnects.
     pub async fn forget(&self, hashes: &[String]) -> redis::RedisResult<()> {
         if hashes.is_empty() {
             return Ok(());
         }
         let keys: Vec<String> = hashes.iter().map(|h| self.key(h)).collect();
-        let mut conn = self.conn.clone();
-        conn.del(keys).await
+        self.call(|mut c| async move { c.del(keys).await })
+            .await
+            .unwrap_or(Ok(()))
     }
 }
 

@@ -10,14 +10,17 @@ use obleth_filters::budget::{
 
 async fn redis_store() -> RedisBudgets {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
-    let conn = redis::aio::ConnectionManager::new(client)
+    let link = obleth_filters::redis_link::RedisLink::connect("redis://127.0.0.1:6379")
         .await
-        .expect("redis on 127.0.0.1:6379 (scripts/services.sh)");
+        .expect("url");
+    assert!(
+        link.is_up(),
+        "redis on 127.0.0.1:6379 (scripts/services.sh)"
+    );
     let n = N.fetch_add(1, Ordering::Relaxed);
     let started = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos());
     let prefix = format!("obleth-budget-test-{}-{n}-{started}:", std::process::id());
-    RedisBudgets::new(conn, prefix)
+    RedisBudgets::new(link, prefix)
 }
 
 fn scope(

@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use obleth_filters::admission::{Capacity, Scheduler};
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
 use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets};
-use redis::aio::ConnectionManager;
+use obleth_filters::redis_link::RedisLink;
 
-use crate::config::{AdmissionSettings, BudgetSettings, Config, RedisConfig, Seed};
+use crate::config::{AdmissionSettings, BudgetSettings, Config, Seed};
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
 
@@ -53,7 +53,7 @@ pub struct LlmState {
     pub admission: AdmissionSettings,
     pub telemetry: Telemetry,
     hot: Option<HotCache>,
-    publisher: Option<ConnectionManager>,
+    publisher: Option<RedisLink>,
     channel: String,
 }
 
@@ -85,18 +85,23 @@ impl LlmState {
 
         let (hot, publisher, channel) = match &config.redis {
             Some(redis) => {
-                let conn = connect_redis(redis).await?;
+                let link = RedisLink::connect(&redis.url).await.map_err(|source| {
+                    LlmStartError::Redis {
+                        url: crate::config::redact_url(&redis.url),
+                        source,
+                    }
+                })?;
                 (
-                    Some(HotCache::new(conn.clone(), redis.prefix.clone())),
-                    Some(conn),
+                    Some(HotCache::new(link.clone(), redis.prefix.clone())),
+                    Some(link),
                     format!("{}invalidate", redis.prefix),
                 )
             }
             None => (None, None, String::new()),
         };
         let budgets: Arc<dyn BudgetStore> = match (&publisher, &config.redis) {
-            (Some(conn), Some(redis)) => Arc::new(RedisBudgets::new(
-                conn.clone(),
+            (Some(link), Some(redis)) => Arc::new(RedisBudgets::new(
+                link.clone(),
                 format!("{}budget:", redis.prefix),
             )),
             _ => Arc::new(LocalBudgets::default()),
@@ -157,8 +162,7 @@ impl LlmState {
             }
         }
         self.refresh_local().await;
-        if let Some(conn) = &self.publisher {
-            let mut conn = conn.clone();
+        if let Some(mut conn) = self.publisher.as_ref().and_then(RedisLink::connection) {
             let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
                 .arg(&self.channel)
                 .arg("changed")
@@ -221,33 +225,6 @@ async fn wait_for_store(state: Arc<LlmState>, url: String, migrate: bool, seed: 
     state.reload_models().await;
     crate::supervision::set_reachable("store", true);
     tracing::info!(store = %url, "store reachable; ready");
-}
-
-async fn connect_redis(redis: &RedisConfig) -> Result<ConnectionManager, LlmStartError> {
-    let err = |source| LlmStartError::Redis {
-        url: crate::config::redact_url(&redis.url),
-        source,
-    };
-    let client = redis::Client::open(redis.url.as_str()).map_err(err)?;
-    // Fail fast while Redis is away: the request path applies fail_open
-    // rather than waiting for reconnects.
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_millis(500))
-        .set_response_timeout(Duration::from_millis(500))
-        .set_number_of_retries(1)
-        .set_max_delay(200);
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        ConnectionManager::new_with_config(client, config),
-    )
-    .await
-    .map_err(|_| {
-        err(redis::RedisError::from((
-            redis::ErrorKind::IoError,
-            "connect timed out",
-        )))
-    })?
-    .map_err(err)
 }
 
 /// Follows the invalidation channel, reconnecting with a pause when Redis

@@ -7,11 +7,12 @@
 //! check could read the spend before it landed.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{pool, Admin, MockUpstream, Obleth};
+use crate::common::{free_port, pool, Admin, MockUpstream, Obleth};
 
 /// How long settlement may take after the response before a test fails.
 pub const SETTLEMENT_DEADLINE: Duration = Duration::from_secs(15);
@@ -123,4 +124,60 @@ pub fn budget_config(upstream: &MockUpstream, tenant: &str, key: &str, sections:
          routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
         pool("p", &[upstream], "")
     )
+}
+
+/// A redis-server of the test's own (empty, keeping nothing on disk), to
+/// be killed and started again.
+pub struct OwnRedis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts it on `port`, where obleth may already be told to find it.
+    pub async fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        // Waits without blocking the runtime the in-process mock runs on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnRedis {
+    /// Kills it as an outage would, at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

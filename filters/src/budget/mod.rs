@@ -12,9 +12,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
+
+use crate::redis_link::{Outcome, RedisLink};
 
 /// How long an unsettled reservation is kept (a crashed replica's
 /// reservations stop counting after this).
@@ -24,15 +29,29 @@ pub const SETTLED_TTL_SECS: u64 = 86_400;
 /// Longest wait for Redis on the request path before `fail_open` applies.
 pub const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(750);
 
+/// Settlements kept for replay while Redis is down; beyond this the oldest
+/// are given up (and counted by the caller as failed).
+const PENDING_SETTLEMENTS: usize = 100_000;
+
 async fn within_deadline<T>(
+    link: &RedisLink,
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BudgetUnavailable> {
     match tokio::time::timeout(REDIS_DEADLINE, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(BudgetUnavailable(e.to_string())),
-        Err(_) => Err(BudgetUnavailable(format!(
-            "no answer within {REDIS_DEADLINE:?}"
-        ))),
+        Ok(Ok(v)) => {
+            link.observe(Outcome::Answered);
+            Ok(v)
+        }
+        Ok(Err(e)) => {
+            link.observe(Outcome::Failed(&e));
+            Err(BudgetUnavailable(e.to_string()))
+        }
+        Err(_) => {
+            link.observe(Outcome::TimedOut);
+            Err(BudgetUnavailable(format!(
+                "no answer within {REDIS_DEADLINE:?}"
+            )))
+        }
     }
 }
 
@@ -87,6 +106,17 @@ pub enum Decision {
 #[derive(Debug, thiserror::Error)]
 #[error("budget store unavailable: {0}")]
 pub struct BudgetUnavailable(pub String);
+
+/// What a call says while the breaker is open.
+const STORE_DOWN: &str = "budget store down";
+
+impl BudgetUnavailable {
+    /// Whether the call was skipped because Redis is known down (the link
+    /// has logged that once; callers need not log each request).
+    pub fn is_store_down(&self) -> bool {
+        self.0 == STORE_DOWN
+    }
+}
 
 /// Reserve and settle, with the same semantics in every store.
 #[async_trait]
@@ -149,31 +179,63 @@ fn limit_arg(v: Option<u64>) -> i64 {
     v.map_or(-1, |v| v as i64)
 }
 
+/// A settlement that could not reach Redis, replayed when it is back.
+struct PendingSettlement {
+    scope: Scope,
+    request_id: String,
+    actual: Cost,
+    now_ms: i64,
+}
+
 /// Budgets in Redis.
 pub struct RedisBudgets {
-    conn: ConnectionManager,
+    link: RedisLink,
     prefix: String,
     reserve: Script,
-    settle: Script,
     raise: Script,
     reservation_ttl: u64,
+    settler: Arc<Settler>,
+}
+
+/// Settles in Redis, keeping what could not reach it for replay.
+struct Settler {
+    link: RedisLink,
+    prefix: String,
+    settle: Script,
+    pending: Mutex<VecDeque<PendingSettlement>>,
+}
+
+/// Keys of one scope share the hash tag `{scope}`.
+fn scope_key(prefix: &str, scope: &Scope, suffix: &str) -> String {
+    format!("{prefix}{{{}}}:{suffix}", scope.id)
 }
 
 impl RedisBudgets {
-    pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
-        Self {
-            conn,
-            prefix: prefix.into(),
-            reserve: Script::new(concat!(
-                include_str!("scope.lua"),
-                include_str!("reserve.lua")
-            )),
+    /// Budgets on `link`; settlements made while Redis is down are replayed
+    /// once it is back (the scripts make a repeated settlement a no-op).
+    /// Must run on a Tokio runtime.
+    pub fn new(link: RedisLink, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let settler = Arc::new(Settler {
+            link: link.clone(),
+            prefix: prefix.clone(),
             settle: Script::new(concat!(
                 include_str!("scope.lua"),
                 include_str!("settle.lua")
             )),
+            pending: Mutex::default(),
+        });
+        tokio::spawn(replay_when_back(Arc::downgrade(&settler)));
+        Self {
+            link,
+            prefix,
+            reserve: Script::new(concat!(
+                include_str!("scope.lua"),
+                include_str!("reserve.lua")
+            )),
             raise: Script::new(include_str!("raise.lua")),
             reservation_ttl: RESERVATION_TTL_SECS,
+            settler,
         }
     }
 
@@ -184,9 +246,101 @@ impl RedisBudgets {
         self
     }
 
-    /// Keys of one scope share the hash tag `{scope}`.
+    /// The connection, or at once an error while Redis is known down.
+    fn conn(&self) -> Result<ConnectionManager, BudgetUnavailable> {
+        connection(&self.link)
+    }
+
+    /// Settlements waiting for Redis to come back.
+    pub fn pending_settlements(&self) -> usize {
+        self.settler
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     fn key(&self, scope: &Scope, suffix: &str) -> String {
-        format!("{}{{{}}}:{suffix}", self.prefix, scope.id)
+        scope_key(&self.prefix, scope, suffix)
+    }
+}
+
+fn connection(link: &RedisLink) -> Result<ConnectionManager, BudgetUnavailable> {
+    link.connection()
+        .ok_or_else(|| BudgetUnavailable(STORE_DOWN.into()))
+}
+
+impl Settler {
+    fn defer(&self, settlement: PendingSettlement) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= PENDING_SETTLEMENTS {
+            pending.pop_front();
+        }
+        pending.push_back(settlement);
+    }
+
+    async fn settle_now(
+        &self,
+        scope: &Scope,
+        request_id: &str,
+        actual: Cost,
+        now_ms: i64,
+    ) -> Result<bool, BudgetUnavailable> {
+        let mut conn = connection(&self.link)?;
+        let key = |suffix: &str| scope_key(&self.prefix, scope, suffix);
+        let mut invocation = self.settle.key(key("bucket"));
+        invocation
+            .key(key("spend"))
+            .key(key(&format!("res:{request_id}")))
+            .key(key(&format!("done:{request_id}")))
+            .key(key("open"))
+            .arg(now_ms)
+            .arg(scope.limits.tokens_per_minute)
+            .arg(actual.tokens)
+            .arg(actual.usd_micros)
+            .arg(&scope.limits.period)
+            .arg(SETTLED_TTL_SECS)
+            .arg(request_id);
+        let reply: Vec<i64> =
+            within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
+        Ok(reply.first() == Some(&1))
+    }
+}
+
+/// Replays the deferred settlements each time Redis comes back, until the
+/// budgets are dropped.
+async fn replay_when_back(settler: std::sync::Weak<Settler>) {
+    let Some(mut up) = settler.upgrade().map(|s| s.link.watch()) else {
+        return;
+    };
+    while up.changed().await.is_ok() {
+        if !*up.borrow_and_update() {
+            continue;
+        }
+        let Some(settler) = settler.upgrade() else {
+            return;
+        };
+        let waiting: Vec<_> = settler
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        let mut replayed = 0usize;
+        for s in waiting {
+            match settler
+                .settle_now(&s.scope, &s.request_id, s.actual, s.now_ms)
+                .await
+            {
+                Ok(_) => replayed += 1,
+                Err(_) => settler.defer(s),
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                "{replayed} settlements made while the budget store was down are applied"
+            );
+        }
     }
 }
 
@@ -200,7 +354,7 @@ impl BudgetStore for RedisBudgets {
         now_ms: i64,
     ) -> Result<Decision, BudgetUnavailable> {
         let l = &scope.limits;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let mut invocation = self.reserve.key(self.key(scope, "bucket"));
         invocation
             .key(self.key(scope, "spend"))
@@ -215,7 +369,8 @@ impl BudgetStore for RedisBudgets {
             .arg(&l.period)
             .arg(self.reservation_ttl)
             .arg(request_id);
-        let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
+        let reply: Vec<i64> =
+            within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
         Ok(match reply.as_slice() {
             [1, remaining] | [2, remaining] => Decision::Admitted {
                 remaining_tokens: (*remaining >= 0).then_some(*remaining as u64),
@@ -239,27 +394,25 @@ impl BudgetStore for RedisBudgets {
         actual: Cost,
         now_ms: i64,
     ) -> Result<bool, BudgetUnavailable> {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.settle.key(self.key(scope, "bucket"));
-        invocation
-            .key(self.key(scope, "spend"))
-            .key(self.key(scope, &format!("res:{request_id}")))
-            .key(self.key(scope, &format!("done:{request_id}")))
-            .key(self.key(scope, "open"))
-            .arg(now_ms)
-            .arg(scope.limits.tokens_per_minute)
-            .arg(actual.tokens)
-            .arg(actual.usd_micros)
-            .arg(&scope.limits.period)
-            .arg(SETTLED_TTL_SECS)
-            .arg(request_id);
-        let reply: Vec<i64> = within_deadline(invocation.invoke_async(&mut conn)).await?;
-        Ok(reply.first() == Some(&1))
+        let result = self
+            .settler
+            .settle_now(scope, request_id, actual, now_ms)
+            .await;
+        if result.is_err() {
+            self.settler.defer(PendingSettlement {
+                scope: scope.clone(),
+                request_id: request_id.to_string(),
+                actual,
+                now_ms,
+            });
+        }
+        result
     }
 
     async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let bucket: (Option<f64>, Option<i64>) = within_deadline(
+            &self.link,
             redis::cmd("HMGET")
                 .arg(self.key(scope, "bucket"))
                 .arg("level")
@@ -274,6 +427,7 @@ impl BudgetStore for RedisBudgets {
             Option<u64>,
             Option<u64>,
         ) = within_deadline(
+            &self.link,
             redis::cmd("HMGET")
                 .arg(self.key(scope, "spend"))
                 .arg(&["period", "tokens", "usd", "rtokens", "rusd"])
@@ -298,8 +452,9 @@ impl BudgetStore for RedisBudgets {
     }
 
     async fn reset_term(&self, scope: &Scope) -> Result<(), BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         within_deadline(
+            &self.link,
             redis::cmd("HSET")
                 .arg(self.key(scope, "spend"))
                 .arg(&[
@@ -324,14 +479,14 @@ impl BudgetStore for RedisBudgets {
         ledger: Cost,
         since_ms: u64,
     ) -> Result<bool, BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let mut invocation = self.raise.key(self.key(scope, "spend"));
         invocation
             .arg(&scope.limits.period)
             .arg(ledger.tokens)
             .arg(ledger.usd_micros)
             .arg(since_ms);
-        let raised: i64 = within_deadline(invocation.invoke_async(&mut conn)).await?;
+        let raised: i64 = within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
         Ok(raised == 1)
     }
 }

@@ -152,7 +152,9 @@ pub(super) async fn reserve(
             }
             Err(e) if llm.budget_settings.fail_open => {
                 FAMILIES.budget_fail_open.inc();
-                tracing::warn!("admitting without a reservation (fail_open): {e}");
+                if !e.is_store_down() {
+                    tracing::warn!("admitting without a reservation (fail_open): {e}");
+                }
                 continue;
             }
             Err(e) => {
@@ -160,7 +162,9 @@ pub(super) async fn reserve(
                     .budget_rejections
                     .with_label_values(&["unavailable"])
                     .inc();
-                tracing::error!("refusing (fail_open is off): {e}");
+                if !e.is_store_down() {
+                    tracing::error!("refusing (fail_open is off): {e}");
+                }
                 Rejection::new(
                     503,
                     "budget_unavailable",

@@ -147,6 +147,8 @@ impl LlmCall {
             let label = match llm.budgets.settle(scope, &self.hold.id, actual, now).await {
                 Ok(true) => outcome,
                 Ok(false) => "repeated",
+                // Redis-backed budgets replay it when Redis is back.
+                Err(e) if e.is_store_down() => "deferred",
                 Err(e) => {
                     tracing::error!(scope = %scope.id, "settlement failed: {e}");
                     "failed"
