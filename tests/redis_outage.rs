@@ -168,3 +168,43 @@ async fn a_dead_redis_costs_fail_open_requests_nothing_and_fail_closed_answers_a
         );
     }
 }
+
+#[tokio::test]
+async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
+    let upstream = mock("u").await;
+    let mut redis = OwnRedis::start().await;
+    let port = redis.port;
+    let obleth = Obleth::start(&budget_config(
+        &upstream,
+        "{ name: acme, budget_tokens: 100000 }",
+        KEY,
+        &format!("redis:\n  url: redis://127.0.0.1:{port}\n  prefix: 'replay:'\n"),
+    ))
+    .await;
+    let request = chat_request(&obleth, KEY)
+        .header("x-mock-latency-ms", "1500")
+        .json(&chat(20))
+        .send();
+    let in_flight = tokio::spawn(request);
+    obleth
+        .wait_metric("obleth_in_flight", |n| n >= 1.0, Duration::from_secs(10))
+        .await;
+    redis.kill();
+    let resp = in_flight.await.expect("joined").expect("answers");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    let charged = body["usage"]["total_tokens"].as_u64().expect("usage");
+    // Redis comes back empty (it keeps nothing on disk): the settlement
+    // made while it was down is applied to it.
+    let _redis = OwnRedis::start_on(port).await;
+    obleth
+        .wait_stderr(
+            "settlements made while the budget store was down are applied",
+            Duration::from_secs(15),
+        )
+        .await;
+    let view = Admin::of(&obleth)
+        .ok("GET", "/tenants/acme/budget", None, 200)
+        .await;
+    assert_eq!(standing(&view, "committed_tokens"), charged, "{view}");
+}

@@ -32,6 +32,8 @@ pub const REDIS_DEADLINE: std::time::Duration = std::time::Duration::from_millis
 /// Settlements kept for replay while Redis is down; beyond this the oldest
 /// are given up (and counted by the caller as failed).
 const PENDING_SETTLEMENTS: usize = 100_000;
+/// How often deferred settlements are retried while Redis is up.
+const REPLAY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn within_deadline<T>(
     link: &RedisLink,
@@ -313,7 +315,13 @@ async fn replay_when_back(settler: std::sync::Weak<Settler>) {
     let Some(mut up) = settler.upgrade().map(|s| s.link.watch()) else {
         return;
     };
-    while up.changed().await.is_ok() {
+    loop {
+        // On every return of Redis, and now and then for a settlement
+        // that failed without Redis being taken for down (a timeout).
+        tokio::select! {
+            changed = up.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(REPLAY_EVERY) => {}
+        }
         if !*up.borrow_and_update() {
             continue;
         }
