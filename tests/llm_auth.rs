@@ -118,13 +118,22 @@ async fn every_gate_answers_with_its_status_and_an_openai_error() {
     let huge =
         json!({ "model": "small", "messages": [{ "role": "user", "content": "x".repeat(5000) }] });
     expect_error(post(GOOD, huge).await.unwrap(), 413, "request_too_large").await;
+    // Any POST is passed through (with a model to route by); a method no
+    // endpoint takes is unknown.
     let unknown = c
-        .post(obleth.url("/v1/images/generations"))
+        .get(obleth.url("/v1/images/generations"))
         .bearer_auth(GOOD)
         .send()
         .await
         .unwrap();
     expect_error(unknown, 404, "unknown_url").await;
+    let modelless = c
+        .post(obleth.url("/v1/images/generations"))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(modelless.status(), 400, "nothing to route by");
     assert_eq!(
         upstream.requests(),
         0,

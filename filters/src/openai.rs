@@ -41,6 +41,12 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// `POST /v1/responses`, OpenAI's Responses API.
+    Responses,
+    /// Any other `POST` of an LLM route (`/v1/rerank`, `/v1/score`,
+    /// `/v1/audio/transcriptions`, …): passed through with auth, admission
+    /// and an estimated charge, settled at the usage it reports if any.
+    Other,
     Models,
     /// `GET /v1/models/{id}`: one model (see [`Endpoint::model_id`]).
     Model,
@@ -55,6 +61,8 @@ impl Endpoint {
             "POST" if path.ends_with("/chat/completions") => Some(Endpoint::ChatCompletions),
             "POST" if path.ends_with("/completions") => Some(Endpoint::Completions),
             "POST" if path.ends_with("/embeddings") => Some(Endpoint::Embeddings),
+            "POST" if path.ends_with("/responses") => Some(Endpoint::Responses),
+            "POST" => Some(Endpoint::Other),
             "GET" if path.ends_with("/models") => Some(Endpoint::Models),
             "GET" if Self::model_id(path).is_some() => Some(Endpoint::Model),
             _ => None,
@@ -90,7 +98,7 @@ pub enum BodyError {
 /// A parsed LLM request body; the JSON is kept so it can be rewritten.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmRequest {
-    body: Map<String, Value>,
+    body: Form,
     /// Bytes of the body as received.
     received_len: usize,
     pub model: String,
@@ -100,6 +108,18 @@ pub struct LlmRequest {
     /// Completions the upstream generates: the larger of `n` and `best_of`
     /// (1 when neither is given). Each may run up to `max_tokens`.
     pub choices: u64,
+}
+
+/// A request body as obleth reads and rewrites it.
+#[derive(Debug, Clone, PartialEq)]
+enum Form {
+    Json(Map<String, Value>),
+    /// `multipart/form-data` (an audio upload): the bytes as received and
+    /// where the `model` field's value lies in them.
+    Multipart {
+        bytes: Vec<u8>,
+        model_at: std::ops::Range<usize>,
+    },
 }
 
 /// The field's value when it is present and not null: a whole number of at
@@ -140,22 +160,54 @@ impl LlmRequest {
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let max_completion_tokens = whole_number(&body, "max_completion_tokens", 0)?;
         let max_tokens = whole_number(&body, "max_tokens", 0)?;
+        let max_output_tokens = whole_number(&body, "max_output_tokens", 0)?;
         let n = whole_number(&body, "n", 1)?.unwrap_or(1);
         let best_of = whole_number(&body, "best_of", 1)?.unwrap_or(1);
         Ok(LlmRequest {
-            body,
+            body: Form::Json(body),
             received_len: bytes.len(),
             model,
             stream,
-            max_tokens: max_completion_tokens.or(max_tokens),
+            max_tokens: max_completion_tokens.or(max_tokens).or(max_output_tokens),
             choices: n.max(best_of),
         })
     }
 
+    /// Parses a body of `content_type`: `multipart/form-data` by its
+    /// `model` field, anything else as JSON.
+    pub fn parse_as(bytes: &[u8], content_type: Option<&str>) -> Result<LlmRequest, BodyError> {
+        match content_type.and_then(multipart_boundary) {
+            Some(boundary) => {
+                let model_at =
+                    multipart_field(bytes, boundary, "model").ok_or(BodyError::MissingModel)?;
+                let model = std::str::from_utf8(&bytes[model_at.clone()])
+                    .map_err(|_| BodyError::MissingModel)?
+                    .to_string();
+                if model.is_empty() {
+                    return Err(BodyError::MissingModel);
+                }
+                Ok(LlmRequest {
+                    body: Form::Multipart {
+                        bytes: bytes.to_vec(),
+                        model_at,
+                    },
+                    received_len: bytes.len(),
+                    model,
+                    stream: false,
+                    max_tokens: None,
+                    choices: 1,
+                })
+            }
+            None => Self::parse(bytes),
+        }
+    }
+
     /// Whether a streamed request asked for the final usage event itself.
     pub fn asks_for_usage(&self) -> bool {
-        self.body
-            .get("stream_options")
+        let Form::Json(body) = &self.body else {
+            return false;
+        };
+        body.get("stream_options")
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false)
@@ -165,7 +217,16 @@ impl LlmRequest {
     /// with `request_usage`, `stream_options.include_usage` set so a stream
     /// reports its usage.
     pub fn into_upstream(self, upstream_model: &str, request_usage: bool) -> Vec<u8> {
-        let mut body = self.body;
+        let mut body = match self.body {
+            Form::Json(body) => body,
+            Form::Multipart {
+                mut bytes,
+                model_at,
+            } => {
+                bytes.splice(model_at, upstream_model.bytes());
+                return bytes;
+            }
+        };
         body.insert("model".into(), Value::String(upstream_model.into()));
         if request_usage {
             let options = body
@@ -178,13 +239,17 @@ impl LlmRequest {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    /// Lowers the output limit to `cap` (brownout): each of `max_tokens`
-    /// and `max_completion_tokens` that is present and larger is capped,
-    /// and `max_tokens` is set when the request gave neither.
-    pub fn cap_max_tokens(&mut self, cap: u64) {
+    /// Lowers the output limit to `cap` (brownout): each output limit that
+    /// is present and larger is capped, and `absent_field` (the endpoint's
+    /// name for it) is set when the request gave none. A form upload has no
+    /// output limit to lower.
+    pub fn cap_max_tokens(&mut self, cap: u64, absent_field: &str) {
+        let Form::Json(body) = &mut self.body else {
+            return;
+        };
         let mut present = false;
-        for field in ["max_tokens", "max_completion_tokens"] {
-            if let Some(v) = self.body.get_mut(field) {
+        for field in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+            if let Some(v) = body.get_mut(field) {
                 present = true;
                 if v.as_u64().is_none_or(|n| n > cap) {
                     *v = Value::from(cap);
@@ -192,7 +257,7 @@ impl LlmRequest {
             }
         }
         if !present {
-            self.body.insert("max_tokens".into(), Value::from(cap));
+            body.insert(absent_field.into(), Value::from(cap));
         }
         self.max_tokens = Some(self.max_tokens.map_or(cap, |n| n.min(cap)));
     }
@@ -212,6 +277,49 @@ impl LlmRequest {
     }
 }
 
+/// The boundary of a `multipart/form-data` content type.
+fn multipart_boundary(content_type: &str) -> Option<&str> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (name, value) = p.trim().split_once('=')?;
+        name.eq_ignore_ascii_case("boundary")
+            .then(|| value.trim_matches('"'))
+            .filter(|b| !b.is_empty())
+    })
+}
+
+/// Where the value of the form field `name` lies in a multipart body.
+fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let delimiter = format!("--{boundary}");
+    let wanted = format!("name=\"{name}\"");
+    let mut at = find(body, delimiter.as_bytes(), 0)?;
+    loop {
+        let part = at + delimiter.len();
+        let head_end = find(body, b"\r\n\r\n", part)?;
+        let value_start = head_end + 4;
+        let next = find(body, format!("\r\n{delimiter}").as_bytes(), value_start)?;
+        let head = String::from_utf8_lossy(&body[part..head_end]);
+        let names_field = head.lines().any(|l| {
+            l.to_ascii_lowercase().starts_with("content-disposition:") && l.contains(&wanted)
+        });
+        if names_field {
+            return Some(value_start..next);
+        }
+        at = next + 2;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn a_multipart_upload_is_routed_by_its_model_field_and_rewritten_in_place() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01model\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n";
+        let r = LlmRequest::parse_as(body, Some("multipart/form-data; boundary=XyZ")).unwrap();
+        assert_eq!(r.model, "whisper");
+        assert!(!r.stream);
+        let out = r.into_upstream("openai/whisper-large-v3", true);
+        let expected = String::from_utf8_lossy(body)
+            .replace("\r\n\r\nwhisper\r\n", "\r\n\r\nopenai/whisper-large-v3\r\n");
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+        let none =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--XyZ--\r\n";
+        assert_eq!(
+            LlmRequest::parse_as(none, Some("multipart/form-data; boundary=XyZ")).unwrap_err(),
+            BodyError::MissingModel
+        );
+        assert!(LlmRequest::parse_as(b"{\"model\":\"m\"}", Some("application/json")).is_ok());
+    }
+
+    #[test]
     fn endpoints_by_method_and_path() {
         for (method, path, endpoint) in [
             (
@@ -236,6 +363,8 @@ mod tests {
             ("POST", "/v1/completions", Some(Endpoint::Completions)),
             ("POST", "/openai/v1/embeddings/", Some(Endpoint::Embeddings)),
             ("GET", "/v1/models", Some(Endpoint::Models)),
+            ("POST", "/v1/responses", Some(Endpoint::Responses)),
+            ("POST", "/v1/rerank", Some(Endpoint::Other)),
             (
                 "GET",
                 "/v1/models/meta-llama/Llama-3",
@@ -285,7 +414,7 @@ mod tests {
     fn brownout_caps_the_output_limit_in_the_upstream_body() {
         let capped = |body: &[u8]| {
             let mut r = LlmRequest::parse(body).unwrap();
-            r.cap_max_tokens(256);
+            r.cap_max_tokens(256, "max_tokens");
             let limit = r.max_tokens;
             let up: Value = serde_json::from_slice(&r.into_upstream("m", false)).unwrap();
             (up, limit)

@@ -16,17 +16,25 @@ impl Usage {
         self.prompt_tokens + self.completion_tokens
     }
 
+    /// The `usage` of a response body or stream event: chat and completions
+    /// name its fields `prompt_tokens`/`completion_tokens`, the Responses API
+    /// `input_tokens`/`output_tokens`, and its stream carries it in the
+    /// `response` of the `response.completed` event.
     fn from_json(v: &Value) -> Option<Usage> {
         // Streams with include_usage carry `"usage": null` on every chunk.
-        let u = v.get("usage").filter(|u| u.is_object())?;
-        let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-        let completion = u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let u = v
+            .get("usage")
+            .or_else(|| v.pointer("/response/usage"))
+            .filter(|u| u.is_object())?;
+        let count = |a: &str, b: &str| {
+            u.get(a)
+                .or_else(|| u.get(b))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         Some(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
+            prompt_tokens: count("prompt_tokens", "input_tokens"),
+            completion_tokens: count("completion_tokens", "output_tokens"),
         })
     }
 }
@@ -96,9 +104,10 @@ impl UsageMeter {
                     }
                     #[derive(serde::Deserialize)]
                     struct Counts {
-                        #[serde(default)]
+                        /// `input_tokens` in the Responses API.
+                        #[serde(default, alias = "input_tokens")]
                         prompt_tokens: u64,
-                        #[serde(default)]
+                        #[serde(default, alias = "output_tokens")]
                         completion_tokens: u64,
                     }
                     if let Ok(WithUsage { usage: Some(c) }) = serde_json::from_slice(&self.pending)
@@ -184,7 +193,17 @@ impl UsageMeter {
                         self.streamed_chunks += 1;
                     }
                 }
-                None => {}
+                None => {
+                    let delta =
+                        v.get("type").and_then(Value::as_str) == Some("response.output_text.delta");
+                    if delta
+                        && v.get("delta")
+                            .and_then(Value::as_str)
+                            .is_some_and(|d| !d.is_empty())
+                    {
+                        self.streamed_chunks += 1;
+                    }
+                }
             }
         }
         usage_only && self.strip_usage_event
@@ -230,6 +249,36 @@ mod tests {
             }
         }
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn responses_usage_is_read_from_the_body_and_the_completed_event() {
+        let mut meter = UsageMeter::new(false, false);
+        feed(
+            &mut meter,
+            r#"{"object":"response","usage":{"input_tokens":5,"output_tokens":9,"total_tokens":14}}"#,
+            7,
+        );
+        assert_eq!(
+            meter.usage(),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 9
+            })
+        );
+        let mut meter = UsageMeter::new(true, false);
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\"}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi \"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n";
+        assert_eq!(feed(&mut meter, stream, 11), stream, "bytes pass unchanged");
+        assert_eq!(
+            meter.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1
+            })
+        );
+        assert_eq!(meter.streamed_chunks(), 1);
     }
 
     #[test]

@@ -176,7 +176,13 @@ impl LlmCall {
                 Endpoint::ChatCompletions => "/chat/completions",
                 Endpoint::Completions => "/completions",
                 Endpoint::Embeddings => "/embeddings",
+                Endpoint::Responses => "/responses",
                 Endpoint::Models | Endpoint::Model => "/models",
+                // What follows the client's `/v1`, query included.
+                Endpoint::Other => {
+                    let target = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+                    target.rsplit_once("/v1").map_or(target, |(_, tail)| tail)
+                }
             };
             let path = format!("{}{suffix}", direct.base_path);
             let uri = path

@@ -112,7 +112,12 @@ async fn admit(
     }
 
     let body = read_body(session, ctx, action.max_body).await?;
-    let mut request = LlmRequest::parse(&body)?;
+    let content_type = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mut request = LlmRequest::parse_as(&body, content_type)?;
     let model = llm.catalog.lookup(&request.model).ok_or_else(|| {
         Rejection::new(
             404,
@@ -150,12 +155,19 @@ async fn admit(
         .into());
     };
     let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
-    let brownout_cap = (permit.admission() == Admission::Brownout
-        && endpoint != Endpoint::Embeddings)
-        .then_some(llm.admission.brownout_max_tokens);
-    if let Some(cap) = brownout_cap {
-        request.cap_max_tokens(cap);
+    // Brownout lowers the output of generating endpoints only.
+    let output_field = match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => Some("max_tokens"),
+        Endpoint::Responses => Some("max_output_tokens"),
+        _ => None,
+    };
+    let brownout_cap = output_field
+        .filter(|_| permit.admission() == Admission::Brownout)
+        .map(|field| (field, llm.admission.brownout_max_tokens));
+    if let Some((field, cap)) = brownout_cap {
+        request.cap_max_tokens(cap, field);
     }
+    let brownout_cap = brownout_cap.map(|(_, cap)| cap);
     let hold = match reserve(llm, &principal, &model, &request).await {
         Ok(hold) => hold,
         Err(refused) => {
@@ -167,8 +179,10 @@ async fn admit(
     };
     // A stream that did not ask for usage gets it anyway (for settlement);
     // the extra event is removed again on the way back.
-    let strip_usage =
-        request.stream && !request.asks_for_usage() && endpoint != Endpoint::Embeddings;
+    // (The Responses API always reports usage in its last event.)
+    let strip_usage = request.stream
+        && !request.asks_for_usage()
+        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
     ctx.pool = Some(pool);
     ctx.llm = Some(Box::new(LlmCall {
         body: Bytes::from(request.into_upstream(&model.model.upstream_model, strip_usage)),

@@ -254,7 +254,12 @@ fn route(parts: &Parts, body: &Bytes, shared: &Shared, seq: u64) -> Reply {
         "/" | "/bench" | "/health" => Reply::method_not_allowed("GET, HEAD"),
         _ if path == "/echo" || path.starts_with("/echo/") => echo(parts, body),
         _ if path == "/v1" || path.starts_with("/v1/") => {
-            openai::route(&parts.method, path, body, seq)
+            let content_type = parts
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            openai::route(&parts.method, path, body, content_type, seq)
         }
         _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
     }

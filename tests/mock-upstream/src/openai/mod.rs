@@ -15,6 +15,7 @@
 
 mod completions;
 mod embeddings;
+mod responses;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -27,11 +28,27 @@ use crate::handler::Reply;
 /// `/v1/models` lists.
 const DEFAULT_MODEL: &str = "mock-model";
 
-/// Answers a request under `/v1`.
-pub(crate) fn route(method: &Method, path: &str, body: &[u8], seq: u64) -> Reply {
+/// Answers a request under `/v1`; `content_type` is the request's.
+pub(crate) fn route(
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    content_type: &str,
+    seq: u64,
+) -> Reply {
     let allowed = match path {
         "/v1/models" => Method::GET,
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" => Method::POST,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses" => {
+            Method::POST
+        }
+        "/v1/rerank" | "/v1/score" | "/v1/audio/transcriptions" if *method == Method::POST => {
+            return responses::acknowledge(
+                path,
+                body,
+                content_type,
+                path != "/v1/audio/transcriptions",
+            )
+        }
         _ => {
             return error_reply(
                 StatusCode::NOT_FOUND,
@@ -55,6 +72,7 @@ pub(crate) fn route(method: &Method, path: &str, body: &[u8], seq: u64) -> Reply
         "/v1/chat/completions" => parse(body).and_then(|request| completions::chat(request, seq)),
         "/v1/completions" => parse(body).and_then(|request| completions::completion(request, seq)),
         "/v1/embeddings" => parse(body).and_then(embeddings::embeddings),
+        "/v1/responses" => responses::responses(body, seq),
         _ => Ok(models()),
     };
     result.unwrap_or_else(|message| error_reply(StatusCode::BAD_REQUEST, message))
