@@ -459,8 +459,10 @@ mod tests {
             "shipped segments are deleted"
         );
         shipping.abort();
+        let _ = shipping.await;
 
-        // A restart resumes from the checkpoint and ships only what is new.
+        // A restart resumes from the checkpoint and ships only what is new
+        // (the old log is closed first: one writer per directory).
         drop(wal);
         let wal = Arc::new(Wal::open(config(&dir)).unwrap());
         wal.append(record(80)).unwrap();

@@ -112,6 +112,8 @@ impl Counters {
 
 /// The log's writing end; cheap to share.
 pub struct Wal {
+    /// Held while the log is open: one writer per directory.
+    _lock: File,
     tx: SyncSender<UsageRecord>,
     log_id: String,
     config: WalConfig,
@@ -125,6 +127,7 @@ impl Wal {
     /// tail stays in a sealed segment.
     pub fn open(config: WalConfig) -> io::Result<Wal> {
         fs::create_dir_all(&config.dir)?;
+        let lock = lock_dir(&config.dir)?;
         let log_id = log_id(&config.dir)?;
         let segments = segments(&config.dir)?;
         let disk_bytes = segments
@@ -157,6 +160,7 @@ impl Wal {
             .name("obleth-wal".into())
             .spawn(move || writer.run())?;
         Ok(Wal {
+            _lock: lock,
             tx,
             log_id,
             config,
@@ -337,6 +341,38 @@ fn encode(record: &UsageRecord) -> serde_json::Result<Vec<u8>> {
     frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     frame.extend_from_slice(&payload);
     Ok(frame)
+}
+
+/// Takes the directory's lock, so two processes given one `wal_path` (a
+/// shared volume under `docker compose --scale`) cannot both write segments
+/// and checkpoints into it: the second is refused, naming the holder.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "the usage log {} is in use by process {}; give each replica its own telemetry.wal_path",
+                    dir.display(),
+                    holder.trim()
+                ),
+            ))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// The id kept in `dir/id`, created on first use.
@@ -592,5 +628,23 @@ pub(super) mod tests {
         assert!(wal.under_pressure());
         assert_eq!(all_records(&dir).len() as u64, stats.durable);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_writer_of_one_directory_is_refused_naming_the_holder() {
+        let dir = temp_dir("lock");
+        let first = Wal::open(config(&dir)).expect("first writer");
+        let err = Wal::open(config(&dir))
+            .err()
+            .expect("second writer refused");
+        let message = err.to_string();
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        assert!(
+            message.contains(&std::process::id().to_string()),
+            "{message}"
+        );
+        drop(first);
+        assert!(Wal::open(config(&dir)).is_ok(), "free again once closed");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
