@@ -68,6 +68,14 @@ impl Wal {
     }
 }
 
+/// What one step of the shipper did.
+enum Step {
+    /// Shipped a batch or moved past a finished segment.
+    Progressed,
+    /// Waited for records or for a partial batch to fill.
+    Waited,
+}
+
 struct Shipper {
     dir: PathBuf,
     sink: Arc<dyn UsageSink>,
@@ -105,7 +113,10 @@ impl Shipper {
             let durable = *self.durable.borrow_and_update();
             let step = self.step(durable, &mut waiting_since).await;
             match step {
-                Ok(()) => {
+                // Only shipping proves the sink is back: waiting for records
+                // or for a batch to fill keeps the backoff and the warning.
+                Ok(Step::Waited) => {}
+                Ok(Step::Progressed) => {
                     backoff = Duration::from_millis(100);
                     if last_warning.take().is_some() {
                         tracing::warn!("usage shipping recovered");
@@ -132,7 +143,7 @@ impl Shipper {
         &mut self,
         durable: Position,
         waiting_since: &mut Option<Instant>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Step, SinkError> {
         self.skip_missing_segments(durable).await?;
         let until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
         let path = segment_path(&self.dir, self.checkpoint.segment);
@@ -152,16 +163,16 @@ impl Shipper {
                         "skipping a torn record at the end of a write-ahead log segment"
                     );
                 }
-                return self
-                    .advance(Position {
-                        segment: self.checkpoint.segment + 1,
-                        offset: 0,
-                    })
-                    .await;
+                self.advance(Position {
+                    segment: self.checkpoint.segment + 1,
+                    offset: 0,
+                })
+                .await?;
+                return Ok(Step::Progressed);
             }
             *waiting_since = None;
             let _ = self.durable.changed().await;
-            return Ok(());
+            return Ok(Step::Waited);
         }
         // A partial batch waits out batch_interval (once: not re-read on
         // every commit meanwhile); a full one goes at once.
@@ -170,10 +181,11 @@ impl Shipper {
         let rest = self.config.batch_interval.saturating_sub(since.elapsed());
         if !full && !rest.is_zero() {
             tokio::time::sleep(rest).await;
-            return Ok(());
+            return Ok(Step::Waited);
         }
         *waiting_since = None;
-        self.ship(&read.records).await
+        self.ship(&read.records).await?;
+        Ok(Step::Progressed)
     }
 
     /// Inserts one batch and moves the checkpoint past it. After a start
@@ -343,12 +355,15 @@ mod tests {
         /// Rows of the first batch asked about that an earlier run
         /// inserted (its acknowledgement lost in a crash).
         held_from_before: Mutex<Option<u64>>,
+        /// Calls made while down.
+        refused: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
     impl UsageSink for Memory {
         async fn insert(&self, batch: &str, rows: &[UsageRecord]) -> Result<(), SinkError> {
             if self.down.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(SinkError("down".into()));
             }
             let mut held = self.rows.lock().unwrap();
@@ -361,6 +376,7 @@ mod tests {
 
         async fn inserted(&self, batch: &str, _rows: &[UsageRecord]) -> Result<u64, SinkError> {
             if self.down.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(SinkError("down".into()));
             }
             if let Some(held) = self.held_from_before.lock().unwrap().take() {
@@ -395,6 +411,40 @@ mod tests {
             replica: "r".into(),
             max_backoff: Duration::from_millis(50),
         }
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_waiting_out_its_interval_does_not_reset_the_backoff() {
+        let dir = temp_dir("backoff");
+        let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+        let sink = Arc::new(Memory::default());
+        sink.down.store(true, Ordering::SeqCst);
+        // A partial batch (fewer than batch_rows) against a sink that is
+        // down: each retry must wait longer than the last, up to the cap.
+        for n in 0..3 {
+            wal.append(record(n)).unwrap();
+        }
+        let config = ShipperConfig {
+            max_backoff: Duration::from_secs(10),
+            ..shipper_config()
+        };
+        let shipping = {
+            let (wal, sink) = (wal.clone(), sink.clone());
+            tokio::spawn(async move { wal.ship(sink, config).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        // 100, 200, 400, 800 ms: at most five calls in 1.6 s. Reset on every
+        // wait it would be one call per batch_interval plus 100 ms, a dozen.
+        let calls = sink.refused.load(Ordering::SeqCst);
+        assert!(
+            (2..=5).contains(&calls),
+            "{calls} calls to a sink that is down"
+        );
+        sink.down.store(false, Ordering::SeqCst);
+        until(|| sink.rows.lock().unwrap().len() == 3).await;
+        shipping.abort();
+        let _ = shipping.await;
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
