@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use obleth_filters::budget::{BudgetStore, BudgetUnavailable, Cost};
-use obleth_filters::telemetry::{ClickHouseSink, SinkError};
+use obleth_filters::telemetry::{ClickHouseSink, SinkError, Wal};
 
 use super::scopes::{key_scope, period_start, tenant_scope};
 use crate::store::{Store, StoreError};
@@ -18,17 +18,25 @@ enum LedgerError {
     Ledger(#[from] SinkError),
     #[error("budget store: {0}")]
     Budgets(#[from] BudgetUnavailable),
+    #[error("usage log: {0}")]
+    Log(#[from] std::io::Error),
 }
 
 /// Restores committed spend the budget store lost (a Redis flush or a
 /// restart without persistence; in-process budgets after any restart) from
 /// the usage ledger: at start-up and every few minutes, each scope with a
 /// term budget is raised to what ClickHouse holds for its current period
-/// (since its last audited reset). Raising never lowers spend, so a ledger
-/// that lags the live spend by the records not yet shipped changes nothing.
-pub async fn restore_budgets(store: Store, budgets: Arc<dyn BudgetStore>, ledger: ClickHouseSink) {
+/// (since its last audited reset) plus the records of the local usage log
+/// not shipped yet, so a Redis that lost everything gets back all of it.
+/// Raising never lowers spend.
+pub async fn restore_budgets(
+    store: Store,
+    budgets: Arc<dyn BudgetStore>,
+    ledger: ClickHouseSink,
+    wal: Arc<Wal>,
+) {
     loop {
-        match restore_once(&store, budgets.as_ref(), &ledger).await {
+        match restore_once(&store, budgets.as_ref(), &ledger, &wal).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 "restored the committed spend of {n} budget scopes from the usage ledger"
@@ -43,6 +51,7 @@ async fn restore_once(
     store: &Store,
     budgets: &dyn BudgetStore,
     ledger: &ClickHouseSink,
+    wal: &Arc<Wal>,
 ) -> Result<usize, LedgerError> {
     let now = jiff::Timestamp::now();
     let mut restored = 0;
@@ -61,7 +70,15 @@ async fn restore_once(
             }
             let since =
                 period_start(&tenant, now).max(last_reset(store, entity, &id, &l.period).await?);
-            let (tokens, usd_micros) = ledger.spent(entity, &id, since).await?;
+            let (shipped, shipped_usd) = ledger.spent(entity, &id, since).await?;
+            // What the local log has not shipped yet is spent too.
+            let (wal, who, key) = (wal.clone(), entity, id.clone());
+            let (unshipped, unshipped_usd) =
+                tokio::task::spawn_blocking(move || wal.unshipped_spend(who, &key, since))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)?;
+            let (tokens, usd_micros) = (shipped + unshipped, shipped_usd + unshipped_usd);
             if tokens == 0 && usd_micros == 0 {
                 continue;
             }

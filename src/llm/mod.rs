@@ -147,7 +147,12 @@ impl LlmState {
         if let Some(ledger) = state.telemetry.clickhouse.clone() {
             crate::supervision::spawn(
                 "ledger restore",
-                ledger::restore_budgets(state.store.clone(), state.budgets.clone(), ledger),
+                ledger::restore_budgets(
+                    state.store.clone(),
+                    state.budgets.clone(),
+                    ledger,
+                    state.telemetry.wal.clone(),
+                ),
             );
         }
         Ok(state)

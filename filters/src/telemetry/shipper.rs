@@ -68,6 +68,44 @@ impl Wal {
     }
 }
 
+impl Wal {
+    /// Tokens and USD micros of the records not shipped yet whose `by`
+    /// (`tenant` or `key`) is `id`, since `since_ms`: what the ledger in
+    /// ClickHouse does not hold yet. Records of a batch inserted but not
+    /// yet checkpointed count in both (at most one batch): restored spend
+    /// errs towards charging, never towards forgetting. Blocking file reads.
+    pub fn unshipped_spend(&self, by: &str, id: &str, since_ms: u64) -> io::Result<(u64, u64)> {
+        let from = load_checkpoint(self.dir());
+        let durable = *self.durable().borrow();
+        let (mut tokens, mut usd) = (0u64, 0f64);
+        for (segment, path) in segments(self.dir())? {
+            if segment < from.segment || segment > durable.segment {
+                continue;
+            }
+            let start = if segment == from.segment {
+                from.offset
+            } else {
+                0
+            };
+            let until = (segment == durable.segment).then_some(durable.offset);
+            let read = match read_segment(&path, start, until, usize::MAX) {
+                Ok(read) => read,
+                // Shipped and deleted meanwhile: the ledger has it now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for (r, _) in read.records {
+                let owner = if by == "key" { &r.key } else { &r.tenant };
+                if owner == id && r.time_ms >= since_ms {
+                    tokens += r.input_tokens + r.output_tokens;
+                    usd += r.cost_usd;
+                }
+            }
+        }
+        Ok((tokens, (usd * 1e6).round().max(0.0) as u64))
+    }
+}
+
 /// What one step of the shipper did.
 enum Step {
     /// Shipped a batch or moved past a finished segment.
@@ -411,6 +449,37 @@ mod tests {
             replica: "r".into(),
             max_backoff: Duration::from_millis(50),
         }
+    }
+
+    #[tokio::test]
+    async fn unshipped_spend_counts_what_the_ledger_does_not_hold_yet() {
+        let dir = temp_dir("unshipped");
+        let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+        let sink = Arc::new(Memory::default());
+        let shipping = start_shipping(&wal, &sink);
+        for n in 0..7 {
+            wal.append(record(n)).unwrap();
+        }
+        until(|| sink.rows.lock().unwrap().len() == 7).await;
+        until(|| wal.stats().backlog_bytes == 0).await;
+        sink.down.store(true, Ordering::SeqCst);
+        for n in 7..10 {
+            wal.append(record(n)).unwrap();
+        }
+        assert!(wal.sync(Duration::from_secs(5)));
+        let tenant = record(0).tenant;
+        let expected: u64 = (7..10)
+            .map(|n| record(n).input_tokens + record(n).output_tokens)
+            .sum();
+        let (tokens, _) = wal.unshipped_spend("tenant", &tenant, 0).unwrap();
+        assert_eq!(tokens, expected, "only the three not shipped");
+        assert_eq!(
+            wal.unshipped_spend("tenant", "someone-else", 0).unwrap(),
+            (0, 0)
+        );
+        shipping.abort();
+        let _ = shipping.await;
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
