@@ -32,16 +32,6 @@ async fn start(upstream: &MockUpstream, tenant: &str, redis: bool) -> Obleth {
     Obleth::start(&budget_config(upstream, tenant, KEY, &redis)).await
 }
 
-async fn call(obleth: &Obleth, secret: &str, path: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(obleth.url(path))
-        .bearer_auth(secret)
-        .json(body)
-        .send()
-        .await
-        .expect("obleth answers")
-}
-
 /// Creates a key of `acme` with `spec`; returns its id and secret.
 async fn new_key(obleth: &Obleth, spec: Value) -> (String, String) {
     let key = Admin::of(obleth).create_key("acme", spec).await;
@@ -92,7 +82,7 @@ async fn a_keys_token_rate(redis: bool) {
     let body = chat(400);
     let estimate = body_len(&body) + 400;
 
-    let first = ok(call(&obleth, &secret, "/v1/chat/completions", &body).await).await;
+    let first = ok(post_json(&obleth, &secret, "/v1/chat/completions", &body).await).await;
     assert_eq!(
         header(&first, "x-ratelimit-limit-tokens").as_deref(),
         Some("1000")
@@ -104,11 +94,11 @@ async fn a_keys_token_rate(redis: bool) {
     let charged = total_tokens(first).await;
     // The tenant has no limits, so the key is the only scope settled.
     until_settled(&obleth, 1, &[&key]).await;
-    let second = ok(call(&obleth, &secret, "/v1/chat/completions", &body).await).await;
+    let second = ok(post_json(&obleth, &secret, "/v1/chat/completions", &body).await).await;
     let charged = charged + total_tokens(second).await;
     until_settled(&obleth, 2, &[&key]).await;
 
-    let limited = call(&obleth, &secret, "/v1/chat/completions", &body).await;
+    let limited = post_json(&obleth, &secret, "/v1/chat/completions", &body).await;
     assert_eq!(limited.status(), 429);
     assert_eq!(
         header(&limited, "x-ratelimit-limit-tokens").as_deref(),
@@ -128,7 +118,7 @@ async fn a_keys_token_rate(redis: bool) {
 
     // The tenant's other key is not held to it, and the tenant has no
     // bucket, so no rate-limit headers either.
-    let other = ok(call(&obleth, KEY, "/v1/chat/completions", &body).await).await;
+    let other = ok(post_json(&obleth, KEY, "/v1/chat/completions", &body).await).await;
     assert_eq!(header(&other, "x-ratelimit-limit-tokens"), None);
     other.bytes().await.expect("a body");
 
@@ -173,7 +163,7 @@ async fn a_keys_token_budget(redis: bool) {
     let estimate = body_len(&body) + 300;
     let (mut spent, mut settled) = (0, 0);
     loop {
-        let resp = call(&obleth, &secret, "/v1/chat/completions", &body).await;
+        let resp = post_json(&obleth, &secret, "/v1/chat/completions", &body).await;
         if resp.status() != 200 {
             assert_eq!(resp.status(), 403);
             assert_eq!(error_code(resp).await, "budget_exhausted");
@@ -210,7 +200,7 @@ async fn a_keys_token_budget(redis: bool) {
     assert_eq!(key_view["limits"]["period"], "lifetime", "{key_view}");
 
     // The tenant's budget is far from spent: its other key is served.
-    let other = ok(call(&obleth, KEY, "/v1/chat/completions", &body).await).await;
+    let other = ok(post_json(&obleth, KEY, "/v1/chat/completions", &body).await).await;
     let spent = spent + total_tokens(other).await;
     let views = until_settled(&obleth, settled + 1, &[TENANT]).await;
     assert_eq!(standing(&views[0], "committed_tokens"), spent);
@@ -256,7 +246,7 @@ async fn spend_usd(
             &admin.ok("GET", scope, None, 200).await,
             "committed_usd_micros",
         );
-        let resp = call(obleth, secret, "/v1/chat/completions", &body).await;
+        let resp = post_json(obleth, secret, "/v1/chat/completions", &body).await;
         if resp.status() != 200 {
             assert_eq!(resp.status(), 403);
             assert_eq!(error_code(resp).await, "budget_exhausted");
@@ -335,7 +325,7 @@ async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usag
 
     // prompt: 4 words; completion: max_tokens.
     let completion = json!({ "model": "m", "prompt": "a b c d", "max_tokens": 7 });
-    let resp = call(&obleth, KEY, "/v1/completions", &completion).await;
+    let resp = post_json(&obleth, KEY, "/v1/completions", &completion).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("a text completion");
     assert_eq!(body["object"], "text_completion", "{body}");
@@ -350,7 +340,7 @@ async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usag
     // Streamed without asking for usage: obleth asks, meters and strips it.
     let mut streamed = completion.clone();
     streamed["stream"] = json!(true);
-    let resp = call(&obleth, KEY, "/v1/completions", &streamed).await;
+    let resp = post_json(&obleth, KEY, "/v1/completions", &streamed).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("a stream");
     assert_eq!(text.matches("\"text\":\"tok").count(), 7, "{text}");
@@ -364,7 +354,7 @@ async fn completions_and_embeddings_are_metered_and_settled_at_the_reported_usag
 
     // Embeddings: prompt tokens only (2 + 1 words).
     let embeddings = json!({ "model": "m", "input": ["a b", "c"] });
-    let resp = call(&obleth, KEY, "/v1/embeddings", &embeddings).await;
+    let resp = post_json(&obleth, KEY, "/v1/embeddings", &embeddings).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("embeddings");
     assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");

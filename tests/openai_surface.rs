@@ -67,7 +67,7 @@ async fn responses_api_json_and_stream_are_charged_their_reported_usage() {
     let upstream = mock("u").await;
     let obleth = start(&upstream).await;
     let request = json!({ "model": "m", "input": "one two three four", "max_output_tokens": 6 });
-    let resp = post_chat_to(&obleth, "/v1/responses", &request).await;
+    let resp = post_json(&obleth, KEY, "/v1/responses", &request).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["usage"]["input_tokens"], 4, "{body}");
@@ -77,7 +77,7 @@ async fn responses_api_json_and_stream_are_charged_their_reported_usage() {
 
     let streamed =
         json!({ "model": "m", "input": "one two", "max_output_tokens": 5, "stream": true });
-    let resp = post_chat_to(&obleth, "/v1/responses", &streamed).await;
+    let resp = post_json(&obleth, KEY, "/v1/responses", &streamed).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("stream");
     assert_eq!(
@@ -102,7 +102,7 @@ async fn other_v1_endpoints_pass_through_with_auth_admission_and_a_charge() {
 
     // vLLM's rerank reports usage: it is charged what it reports.
     let rerank = json!({ "model": "m", "query": "a", "documents": ["b", "c"] });
-    let resp = post_chat_to(&obleth, "/v1/rerank", &rerank).await;
+    let resp = post_json(&obleth, KEY, "/v1/rerank", &rerank).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["path"], "/v1/rerank", "{body}");
@@ -145,16 +145,6 @@ async fn other_v1_endpoints_pass_through_with_auth_admission_and_a_charge() {
         .await
         .expect("answers");
     assert_eq!(resp.status(), 401);
-}
-
-async fn post_chat_to(obleth: &Obleth, path: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(obleth.url(path))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("answers")
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

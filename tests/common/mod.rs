@@ -477,6 +477,17 @@ pub fn chat_request(obleth: &Obleth, key: &str) -> reqwest::RequestBuilder {
         .bearer_auth(key)
 }
 
+/// POSTs the JSON `body` to `path` of obleth's data plane with `key`.
+pub async fn post_json(obleth: &Obleth, key: &str, path: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(obleth.url(path))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("obleth answers")
+}
+
 /// POSTs `body` to obleth's chat completions with `key`.
 pub async fn post_chat(obleth: &Obleth, key: &str, body: &Value) -> reqwest::Response {
     chat_request(obleth, key)
