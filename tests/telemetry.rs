@@ -499,3 +499,23 @@ async fn migrate_creates_the_usage_schema_in_clickhouse() {
         ".inner.usage_daily\nusage\nusage_daily"
     );
 }
+
+#[tokio::test]
+async fn against_a_fresh_clickhouse_the_ledger_check_waits_for_the_schema() {
+    let ch = ClickHouse::start().await;
+    let upstream = mock("vllm").await;
+    let body = config(&upstream, &shipping_to(&ch)).replace(
+        "tenants: [{ name: acme }]",
+        "tenants: [{ name: acme, budget_tokens: 100000 }]",
+    );
+    let obleth = Obleth::start(&body).await;
+    ch.until_answer("EXISTS TABLE obleth.usage", "1").await;
+    assert_eq!(chat(&obleth, 5).await.status(), 200);
+    ch.until_answer("SELECT count() FROM obleth.usage", "1")
+        .await;
+    let stderr = obleth.stderr();
+    assert!(
+        !stderr.contains("cannot check budgets against the usage ledger"),
+        "the check ran before the schema existed:\n{stderr}"
+    );
+}

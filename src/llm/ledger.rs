@@ -34,7 +34,11 @@ pub async fn restore_budgets(
     budgets: Arc<dyn BudgetStore>,
     ledger: ClickHouseSink,
     wal: Arc<Wal>,
+    mut schema_ready: tokio::sync::watch::Receiver<bool>,
 ) {
+    if schema_ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
     loop {
         match restore_once(&store, budgets.as_ref(), &ledger, &wal).await {
             Ok(0) => {}

@@ -152,6 +152,7 @@ impl LlmState {
                     state.budgets.clone(),
                     ledger,
                     state.telemetry.wal.clone(),
+                    state.telemetry.schema_ready.clone(),
                 ),
             );
         }

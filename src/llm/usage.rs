@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use obleth_filters::telemetry::{ClickHouseSink, UsageRecord, UsageSink, Wal};
+use tokio::sync::watch;
 
 use crate::config::{ClickHouseSettings, OnFull, TelemetrySettings};
 
@@ -16,6 +17,9 @@ pub struct Telemetry {
     pub replica: String,
     /// Answers the admin API's usage queries.
     pub clickhouse: Option<ClickHouseSink>,
+    /// Turns true once the ClickHouse schema exists, so the ledger check
+    /// against a fresh ClickHouse waits for it instead of failing.
+    pub schema_ready: watch::Receiver<bool>,
 }
 
 impl Telemetry {
@@ -27,11 +31,12 @@ impl Telemetry {
                 format!("write-ahead log {}: {e}", settings.wal.dir.display()),
             )
         })?);
+        let (schema_tx, schema_ready) = watch::channel(false);
         let clickhouse = settings.clickhouse.as_ref().map(|ch| {
             let sink = ClickHouseSink::new(ch.connection.clone());
             crate::supervision::spawn(
                 "usage shipping",
-                ship(wal.clone(), sink.clone(), ch.clone()),
+                ship(wal.clone(), sink.clone(), ch.clone(), schema_tx),
             );
             sink
         });
@@ -40,6 +45,7 @@ impl Telemetry {
             on_full: settings.on_full,
             replica: settings.replica.clone(),
             clickhouse,
+            schema_ready,
         })
     }
 
@@ -59,13 +65,19 @@ impl Telemetry {
 
 /// Creates the schema (retrying while ClickHouse is away), then ships the
 /// log for as long as the process runs, dropping old partitions hourly.
-async fn ship(wal: Arc<Wal>, sink: ClickHouseSink, settings: ClickHouseSettings) {
+async fn ship(
+    wal: Arc<Wal>,
+    sink: ClickHouseSink,
+    settings: ClickHouseSettings,
+    schema_ready: watch::Sender<bool>,
+) {
     let mut pause = Duration::from_millis(200);
     while let Err(e) = sink.migrate().await {
         tracing::warn!("cannot create the ClickHouse usage schema, retrying: {e}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));
     }
+    schema_ready.send_replace(true);
     if settings.retention_days > 0 {
         let sink = sink.clone();
         crate::supervision::spawn("usage retention", async move {
