@@ -1,7 +1,11 @@
 //! The OpenAI wire format as the filters need it: the error body every LLM
 //! route answers with, and the few request fields obleth acts on.
 
-use serde::Serialize;
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// `{"error":{"message","type","code"}}`, as the OpenAI API answers.
@@ -95,7 +99,9 @@ pub enum BodyError {
     },
 }
 
-/// A parsed LLM request body; the JSON is kept so it can be rewritten.
+/// A parsed LLM request body, kept as received so that what goes upstream is
+/// the client's bytes with only the `model` value (and what obleth must add)
+/// changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlmRequest {
     body: Form,
@@ -108,28 +114,59 @@ pub struct LlmRequest {
     /// Completions the upstream generates: the larger of `n` and `best_of`
     /// (1 when neither is given). Each may run up to `max_tokens`.
     pub choices: u64,
+    /// `stream_options.include_usage` is `true`.
+    asks_for_usage: bool,
 }
 
 /// A request body as obleth reads and rewrites it.
 #[derive(Debug, Clone, PartialEq)]
 enum Form {
-    Json(Map<String, Value>),
+    /// A JSON object as received: where the `model` value (quotes included)
+    /// lies in it, and whether it has `stream_options`.
+    Json {
+        bytes: Bytes,
+        model_at: Range<usize>,
+        has_stream_options: bool,
+    },
+    /// A JSON object being edited as a whole (brownout's output cap).
+    Object(Map<String, Value>),
     /// `multipart/form-data` (an audio upload): the bytes as received and
     /// where the `model` field's value lies in them.
     Multipart {
-        bytes: Vec<u8>,
-        model_at: std::ops::Range<usize>,
+        bytes: Bytes,
+        model_at: Range<usize>,
     },
+}
+
+/// The top-level fields obleth reads; the rest of the body is checked for
+/// syntax but not copied.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    stream: Option<Value>,
+    /// Present even when `null` (which `Option` alone would hide).
+    #[serde(default, borrow, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+    max_completion_tokens: Option<Value>,
+    max_tokens: Option<Value>,
+    max_output_tokens: Option<Value>,
+    n: Option<Value>,
+    best_of: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The field's value when it is present and not null: a whole number of at
 /// least `min`, else the error naming the field.
 fn whole_number(
-    body: &Map<String, Value>,
+    value: Option<&Value>,
     field: &'static str,
     min: u64,
 ) -> Result<Option<u64>, BodyError> {
-    match body.get(field) {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n >= min => Ok(Some(n)),
@@ -147,96 +184,158 @@ fn whole_number(
 }
 
 impl LlmRequest {
-    pub fn parse(bytes: &[u8]) -> Result<LlmRequest, BodyError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
-        let Value::Object(body) = value else {
+    /// Parses a JSON request body.
+    pub fn parse(body: impl Into<Bytes>) -> Result<LlmRequest, BodyError> {
+        let bytes: Bytes = body.into();
+        // A struct also deserializes from an array; only an object is a request.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(BodyError::NotJson("expected an object".into()));
-        };
-        let model = match body.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        }
+        let head: Head =
+            serde_json::from_slice(&bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        let raw_model = head.model.ok_or(BodyError::MissingModel)?.get();
+        let model = match serde_json::from_str::<Value>(raw_model) {
+            Ok(Value::String(m)) if !m.is_empty() => m,
             _ => return Err(BodyError::MissingModel),
         };
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let max_completion_tokens = whole_number(&body, "max_completion_tokens", 0)?;
-        let max_tokens = whole_number(&body, "max_tokens", 0)?;
-        let max_output_tokens = whole_number(&body, "max_output_tokens", 0)?;
-        let n = whole_number(&body, "n", 1)?.unwrap_or(1);
-        let best_of = whole_number(&body, "best_of", 1)?.unwrap_or(1);
+        // The raw value borrows from `bytes`: its offset is its place.
+        let start = raw_model.as_ptr() as usize - bytes.as_ptr() as usize;
+        let model_at = start..start + raw_model.len();
+        let max_completion_tokens = whole_number(
+            head.max_completion_tokens.as_ref(),
+            "max_completion_tokens",
+            0,
+        )?;
+        let max_tokens = whole_number(head.max_tokens.as_ref(), "max_tokens", 0)?;
+        let max_output_tokens =
+            whole_number(head.max_output_tokens.as_ref(), "max_output_tokens", 0)?;
+        let n = whole_number(head.n.as_ref(), "n", 1)?.unwrap_or(1);
+        let best_of = whole_number(head.best_of.as_ref(), "best_of", 1)?.unwrap_or(1);
+        let asks_for_usage = head
+            .stream_options
+            .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
+            .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
+            .unwrap_or(false);
         Ok(LlmRequest {
-            body: Form::Json(body),
             received_len: bytes.len(),
             model,
-            stream,
+            stream: head
+                .stream
+                .as_ref()
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             max_tokens: max_completion_tokens.or(max_tokens).or(max_output_tokens),
             choices: n.max(best_of),
+            asks_for_usage,
+            body: Form::Json {
+                has_stream_options: head.stream_options.is_some(),
+                bytes,
+                model_at,
+            },
         })
     }
 
     /// Parses a body of `content_type`: `multipart/form-data` by its
     /// `model` field, anything else as JSON.
-    pub fn parse_as(bytes: &[u8], content_type: Option<&str>) -> Result<LlmRequest, BodyError> {
-        match content_type.and_then(multipart_boundary) {
-            Some(boundary) => {
-                let model_at =
-                    multipart_field(bytes, boundary, "model").ok_or(BodyError::MissingModel)?;
-                let model = std::str::from_utf8(&bytes[model_at.clone()])
-                    .map_err(|_| BodyError::MissingModel)?
-                    .to_string();
-                if model.is_empty() {
-                    return Err(BodyError::MissingModel);
-                }
-                Ok(LlmRequest {
-                    body: Form::Multipart {
-                        bytes: bytes.to_vec(),
-                        model_at,
-                    },
-                    received_len: bytes.len(),
-                    model,
-                    stream: false,
-                    max_tokens: None,
-                    choices: 1,
-                })
-            }
-            None => Self::parse(bytes),
+    pub fn parse_as(
+        body: impl Into<Bytes>,
+        content_type: Option<&str>,
+    ) -> Result<LlmRequest, BodyError> {
+        let bytes: Bytes = body.into();
+        let Some(boundary) = content_type.and_then(multipart_boundary) else {
+            return Self::parse(bytes);
+        };
+        let model_at = multipart_field(&bytes, boundary, "model").ok_or(BodyError::MissingModel)?;
+        let model = std::str::from_utf8(&bytes[model_at.clone()])
+            .map_err(|_| BodyError::MissingModel)?
+            .to_string();
+        if model.is_empty() {
+            return Err(BodyError::MissingModel);
         }
+        Ok(LlmRequest {
+            received_len: bytes.len(),
+            body: Form::Multipart { bytes, model_at },
+            model,
+            stream: false,
+            max_tokens: None,
+            choices: 1,
+            asks_for_usage: false,
+        })
     }
 
     /// Whether a streamed request asked for the final usage event itself.
     pub fn asks_for_usage(&self) -> bool {
-        let Form::Json(body) = &self.body else {
-            return false;
-        };
-        body.get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.asks_for_usage
     }
 
     /// The body to send upstream: `model` replaced by `upstream_model`, and
     /// with `request_usage`, `stream_options.include_usage` set so a stream
-    /// reports its usage.
-    pub fn into_upstream(self, upstream_model: &str, request_usage: bool) -> Vec<u8> {
-        let mut body = match self.body {
-            Form::Json(body) => body,
-            Form::Multipart {
-                mut bytes,
+    /// reports its usage. The client's bytes are kept as they are
+    /// everywhere else (not re-serialized), and returned without a copy
+    /// when nothing changes.
+    pub fn into_upstream(self, upstream_model: &str, request_usage: bool) -> Bytes {
+        let (bytes, model_at, literal, add_usage) = match self.body {
+            Form::Multipart { bytes, model_at } => {
+                (bytes, model_at, upstream_model.to_owned(), false)
+            }
+            Form::Json {
+                bytes,
                 model_at,
+                has_stream_options,
             } => {
-                bytes.splice(model_at, upstream_model.bytes());
-                return bytes;
+                if request_usage && has_stream_options {
+                    // Merging into the client's object: edit it as a whole.
+                    return match serde_json::from_slice(&bytes) {
+                        Ok(body) => Self::object_upstream(body, upstream_model, request_usage),
+                        Err(_) => bytes,
+                    };
+                }
+                let literal = Value::String(upstream_model.into()).to_string();
+                if !request_usage && bytes[model_at.clone()] == *literal.as_bytes() {
+                    return bytes;
+                }
+                (bytes, model_at, literal, request_usage)
+            }
+            Form::Object(body) => {
+                return Self::object_upstream(body, upstream_model, request_usage)
             }
         };
+        const USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
+        let mut out = Vec::with_capacity(bytes.len() + literal.len() + USAGE.len());
+        let mut copied = 0;
+        if add_usage {
+            // Right after the object's opening brace (the first byte that is
+            // not whitespace); `model` follows, so the comma is right.
+            let brace = bytes.iter().position(|b| *b == b'{').unwrap_or(0);
+            out.extend_from_slice(&bytes[..=brace]);
+            out.extend_from_slice(USAGE);
+            copied = brace + 1;
+        }
+        out.extend_from_slice(&bytes[copied..model_at.start]);
+        out.extend_from_slice(literal.as_bytes());
+        out.extend_from_slice(&bytes[model_at.end..]);
+        Bytes::from(out)
+    }
+
+    fn object_upstream(
+        mut body: Map<String, Value>,
+        upstream_model: &str,
+        request_usage: bool,
+    ) -> Bytes {
         body.insert("model".into(), Value::String(upstream_model.into()));
         if request_usage {
             let options = body
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                // `null` (or nonsense) where the options go: replace it.
+                *options = Value::Object(Map::new());
+            }
             if let Value::Object(o) = options {
                 o.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        serde_json::to_vec(&body).unwrap_or_default()
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// Lowers the output limit to `cap` (brownout): each output limit that
@@ -244,7 +343,13 @@ impl LlmRequest {
     /// name for it) is set when the request gave none. A form upload has no
     /// output limit to lower.
     pub fn cap_max_tokens(&mut self, cap: u64, absent_field: &str) {
-        let Form::Json(body) = &mut self.body else {
+        if let Form::Json { bytes, .. } = &self.body {
+            match serde_json::from_slice(bytes) {
+                Ok(object) => self.body = Form::Object(object),
+                Err(_) => return,
+            }
+        }
+        let Form::Object(body) = &mut self.body else {
             return;
         };
         let mut present = false;
@@ -292,7 +397,7 @@ fn multipart_boundary(content_type: &str) -> Option<&str> {
 }
 
 /// Where the value of the form field `name` lies in a multipart body.
-fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<std::ops::Range<usize>> {
+fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<Range<usize>> {
     let delimiter = format!("--{boundary}");
     let wanted = format!("name=\"{name}\"");
     let mut at = find(body, delimiter.as_bytes(), 0)?;
@@ -313,16 +418,62 @@ fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<std::ops::
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(haystack.get(from..)?, needle).map(|i| i + from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(body: &[u8]) -> Result<LlmRequest, BodyError> {
+        LlmRequest::parse(Bytes::copy_from_slice(body))
+    }
+
+    #[test]
+    fn the_body_goes_upstream_as_received_with_only_the_model_changed() {
+        let body = Bytes::from_static(
+            br#" { "z": 1, "model" : "gpt", "messages": [{"content":"caf\u00e9"}], "a": 2.50 }"#,
+        );
+        let same = LlmRequest::parse(body.clone())
+            .unwrap()
+            .into_upstream("gpt", false);
+        assert_eq!(same.as_ptr(), body.as_ptr(), "unchanged: no copy");
+        let renamed = LlmRequest::parse(body.clone())
+            .unwrap()
+            .into_upstream("meta/llama\"3\"", false);
+        assert_eq!(
+            renamed,
+            &br#" { "z": 1, "model" : "meta/llama\"3\"", "messages": [{"content":"caf\u00e9"}], "a": 2.50 }"#[..]
+        );
+        let usage = LlmRequest::parse(body).unwrap().into_upstream("gpt", true);
+        let v: Value = serde_json::from_slice(&usage).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["a"], 2.5);
+    }
+
+    #[test]
+    fn existing_stream_options_are_merged_not_duplicated() {
+        for body in [
+            &br#"{"model":"m","stream_options":null}"#[..],
+            br#"{"model":"m","stream_options":{"include_usage":false,"x":1}}"#,
+        ] {
+            let up = parse(body).unwrap().into_upstream("m", true);
+            let text = std::str::from_utf8(&up).unwrap();
+            assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+            let v: Value = serde_json::from_slice(&up).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_model_field_is_refused() {
+        assert!(matches!(
+            parse(br#"{"model":"cheap","model":"dear"}"#),
+            Err(BodyError::NotJson(_))
+        ));
+        assert!(matches!(parse(br#"["m"]"#), Err(BodyError::NotJson(_))));
+        assert_eq!(parse(br#"{"model":7}"#), Err(BodyError::MissingModel));
+    }
 
     #[test]
     fn error_body_has_the_openai_shape() {
@@ -336,7 +487,11 @@ mod tests {
     #[test]
     fn a_multipart_upload_is_routed_by_its_model_field_and_rewritten_in_place() {
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01model\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--XyZ--\r\n";
-        let r = LlmRequest::parse_as(body, Some("multipart/form-data; boundary=XyZ")).unwrap();
+        let r = LlmRequest::parse_as(
+            Bytes::copy_from_slice(body),
+            Some("multipart/form-data; boundary=XyZ"),
+        )
+        .unwrap();
         assert_eq!(r.model, "whisper");
         assert!(!r.stream);
         let out = r.into_upstream("openai/whisper-large-v3", true);
@@ -346,10 +501,18 @@ mod tests {
         let none =
             b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--XyZ--\r\n";
         assert_eq!(
-            LlmRequest::parse_as(none, Some("multipart/form-data; boundary=XyZ")).unwrap_err(),
+            LlmRequest::parse_as(
+                Bytes::copy_from_slice(none),
+                Some("multipart/form-data; boundary=XyZ")
+            )
+            .unwrap_err(),
             BodyError::MissingModel
         );
-        assert!(LlmRequest::parse_as(b"{\"model\":\"m\"}", Some("application/json")).is_ok());
+        assert!(LlmRequest::parse_as(
+            Bytes::copy_from_slice(b"{\"model\":\"m\"}"),
+            Some("application/json")
+        )
+        .is_ok());
     }
 
     #[test]
@@ -383,8 +546,7 @@ mod tests {
 
     #[test]
     fn parse_reads_model_stream_and_limits_and_rewrites_model() {
-        let r = LlmRequest::parse(br#"{"messages":[],"model":"gpt","stream":true,"max_tokens":7}"#)
-            .unwrap();
+        let r = parse(br#"{"messages":[],"model":"gpt","stream":true,"max_tokens":7}"#).unwrap();
         assert_eq!(
             (r.model.as_str(), r.stream, r.max_tokens),
             ("gpt", true, Some(7))
@@ -396,24 +558,15 @@ mod tests {
         assert!(!r.asks_for_usage());
         let up: Value = serde_json::from_slice(&r.into_upstream("llama-3", true)).unwrap();
         assert_eq!(up["stream_options"]["include_usage"], true);
-        assert_eq!(
-            LlmRequest::parse(br#"{"messages":[]}"#),
-            Err(BodyError::MissingModel)
-        );
-        assert!(matches!(
-            LlmRequest::parse(b"[1]"),
-            Err(BodyError::NotJson(_))
-        ));
-        assert!(matches!(
-            LlmRequest::parse(b"{"),
-            Err(BodyError::NotJson(_))
-        ));
+        assert_eq!(parse(br#"{"messages":[]}"#), Err(BodyError::MissingModel));
+        assert!(matches!(parse(b"[1]"), Err(BodyError::NotJson(_))));
+        assert!(matches!(parse(b"{"), Err(BodyError::NotJson(_))));
     }
 
     #[test]
     fn brownout_caps_the_output_limit_in_the_upstream_body() {
         let capped = |body: &[u8]| {
-            let mut r = LlmRequest::parse(body).unwrap();
+            let mut r = parse(body).unwrap();
             r.cap_max_tokens(256, "max_tokens");
             let limit = r.max_tokens;
             let up: Value = serde_json::from_slice(&r.into_upstream("m", false)).unwrap();
@@ -441,21 +594,20 @@ mod tests {
             r#"{"model":"m","n":2.5}"#,
             r#"{"model":"m","best_of":"3"}"#,
         ] {
-            let e = LlmRequest::parse(body.as_bytes()).expect_err(body);
+            let e = parse(body.as_bytes()).expect_err(body);
             assert!(matches!(e, BodyError::InvalidField { .. }), "{body}: {e}");
         }
-        let r = LlmRequest::parse(br#"{"model":"m","max_tokens":null,"n":null}"#).unwrap();
+        let r = parse(br#"{"model":"m","max_tokens":null,"n":null}"#).unwrap();
         assert_eq!((r.max_tokens, r.choices), (None, 1));
     }
 
     #[test]
     fn every_choice_is_reserved_for() {
-        let r = LlmRequest::parse(br#"{"model":"m","max_tokens":10,"n":100}"#).unwrap();
+        let r = parse(br#"{"model":"m","max_tokens":10,"n":100}"#).unwrap();
         assert_eq!(r.completion_bound(4096), 1000);
-        let r = LlmRequest::parse(br#"{"model":"m","n":2,"best_of":5}"#).unwrap();
+        let r = parse(br#"{"model":"m","n":2,"best_of":5}"#).unwrap();
         assert_eq!(r.completion_bound(7), 35);
-        let r = LlmRequest::parse(br#"{"model":"m","max_completion_tokens":3,"max_tokens":9}"#)
-            .unwrap();
+        let r = parse(br#"{"model":"m","max_completion_tokens":3,"max_tokens":9}"#).unwrap();
         assert_eq!(r.completion_bound(7), 3);
     }
 }

@@ -33,6 +33,54 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
+/// A size in bytes: a number, or text with a unit (`64KiB`, `32MiB`,
+/// `1GiB`; `KB`/`MB`/`GB` are powers of ten).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawBytes(pub Result<u64, String>);
+
+impl RawBytes {
+    pub fn parse(text: &str) -> Self {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let factor: Option<u64> = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => Some(1),
+            "kib" | "k" => Some(1 << 10),
+            "mib" | "m" => Some(1 << 20),
+            "gib" | "g" => Some(1 << 30),
+            "kb" => Some(1_000),
+            "mb" => Some(1_000_000),
+            "gb" => Some(1_000_000_000),
+            _ => None,
+        };
+        let value = number
+            .parse::<u64>()
+            .ok()
+            .zip(factor)
+            .and_then(|(n, f)| n.checked_mul(f));
+        Self(value.ok_or_else(|| {
+            format!("{text:?} is not a size; write bytes or e.g. 64KiB, 32MiB, 1GiB")
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for RawBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Number(u64),
+            Text(String),
+        }
+        Ok(match Given::deserialize(d)? {
+            Given::Number(n) => Self(Ok(n)),
+            Given::Text(t) => Self::parse(&t),
+        })
+    }
+}
+
 /// `pools[].algorithm`; `consistent_hash` takes its key from `hash_key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +165,7 @@ pub struct RawAdmission {
     pub brownout_wait: Option<RawDuration>,
     pub brownout_max_tokens: Option<u64>,
     pub order: Option<QueueOrder>,
+    pub max_buffered_body: Option<RawBytes>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -295,7 +344,7 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLlm {
-    pub max_body: Option<usize>,
+    pub max_body: Option<RawBytes>,
 }
 
 #[derive(Debug, Deserialize, Default)]

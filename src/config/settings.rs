@@ -83,6 +83,8 @@ pub struct AdmissionSettings {
     pub brownout_max_tokens: u64,
     /// `fair`, or `fifo` to measure fairness against.
     pub order: QueueOrder,
+    /// Bytes of LLM request bodies held in memory at once, process-wide.
+    pub max_buffered_body: usize,
 }
 
 /// Where usage records go: the write-ahead log, and ClickHouse.
@@ -135,9 +137,15 @@ pub struct Seed {
     pub keys: Vec<raw::SeedKey>,
 }
 
-/// Pingora replays at most 64 KiB of request body, and an LLM route reads
-/// the body before choosing the upstream, so that is its ceiling.
-pub const LLM_MAX_BODY: usize = 64 * 1024;
+/// The largest `routes[].llm.max_body`: an LLM request's body is held in
+/// memory whole.
+pub const LLM_MAX_BODY: u64 = 1 << 30;
+
+/// `routes[].llm.max_body` when not given.
+pub const LLM_DEFAULT_BODY: u64 = 32 << 20;
+
+/// `admission.max_buffered_body` when not given.
+pub const DEFAULT_BUFFERED_BODY: u64 = 1 << 30;
 
 #[derive(Debug)]
 pub struct ServerSettings {

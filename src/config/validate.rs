@@ -47,6 +47,28 @@ impl Validator {
         }
     }
 
+    /// A size in bytes from `1` to `max`.
+    pub(super) fn size(
+        &mut self,
+        key: &str,
+        raw: Option<&RawBytes>,
+        default: u64,
+        max: u64,
+    ) -> u64 {
+        match raw {
+            None => default,
+            Some(RawBytes(Ok(n))) if (1..=max).contains(n) => *n,
+            Some(RawBytes(Ok(_))) => {
+                self.problem(key, format!("must be between 1 and {max} bytes"));
+                default
+            }
+            Some(RawBytes(Err(message))) => {
+                self.problem(key, message.clone());
+                default
+            }
+        }
+    }
+
     /// A duration where zero is meaningless (an interval, a timeout).
     pub(super) fn positive_duration(
         &mut self,
@@ -140,6 +162,19 @@ impl Validator {
             default_max_tokens: default_max_tokens.max(1),
         };
         let admission = self.admission(&raw.admission);
+        for (i, route) in routes.iter().enumerate() {
+            if let Action::Llm(llm) = &route.action {
+                if llm.max_body > admission.max_buffered_body {
+                    self.problem(
+                        &format!("routes[{i}].llm.max_body"),
+                        format!(
+                            "is larger than admission.max_buffered_body ({} bytes): such a body could never be read",
+                            admission.max_buffered_body
+                        ),
+                    );
+                }
+            }
+        }
         let telemetry = self.telemetry(&raw.telemetry);
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()

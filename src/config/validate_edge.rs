@@ -432,15 +432,14 @@ impl Validator {
         };
         match (proxy, redirect, respond, llm) {
             (None, None, None, Some(l)) => {
-                let max_body = l.max_body.unwrap_or(LLM_MAX_BODY);
-                if max_body == 0 || max_body > LLM_MAX_BODY {
-                    self.problem(
-                        &format!("{key}.llm.max_body"),
-                        format!("must be between 1 and {LLM_MAX_BODY} bytes"),
-                    );
-                }
+                let max_body = self.size(
+                    &format!("{key}.llm.max_body"),
+                    l.max_body.as_ref(),
+                    LLM_DEFAULT_BODY,
+                    LLM_MAX_BODY,
+                );
                 Action::Llm(LlmAction {
-                    max_body: max_body.clamp(1, LLM_MAX_BODY),
+                    max_body: max_body as usize,
                 })
             }
             (Some(p), None, None, None) => {

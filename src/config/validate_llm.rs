@@ -31,7 +31,14 @@ impl Validator {
             self.problem("admission.brownout_max_tokens", "must be at least 1");
         }
         let order = raw.order.unwrap_or(QueueOrder::Fair);
+        let max_buffered_body = self.size(
+            "admission.max_buffered_body",
+            raw.max_buffered_body.as_ref(),
+            DEFAULT_BUFFERED_BODY,
+            u32::MAX as u64 * 1024,
+        ) as usize;
         AdmissionSettings {
+            max_buffered_body,
             order,
             global_max_in_flight: global_max_in_flight.max(1),
             queue_per_pool,

@@ -15,11 +15,13 @@ use crate::config::{AdmissionSettings, BudgetSettings, Config, Seed};
 use crate::store::secrets::UpstreamKeyCipher;
 use crate::store::{KeySpec, ModelSpec, Store, StoreError};
 
+mod body_buffer;
 mod catalog;
 mod ledger;
 mod scopes;
 pub mod usage;
 
+pub use body_buffer::{BodyBuffer, BufferFull, HeldBytes};
 pub use catalog::{Catalog, CatalogModel, DirectUpstream};
 pub use scopes::{budget_period, key_scope, period_start, tenant_scope};
 use usage::Telemetry;
@@ -51,6 +53,8 @@ pub struct LlmState {
     /// Fair admission; each enabled model is a pool of `max_in_flight`.
     pub scheduler: Scheduler,
     pub admission: AdmissionSettings,
+    /// Bounds the LLM request bodies held in memory at once.
+    pub body_buffer: BodyBuffer,
     pub telemetry: Telemetry,
     hot: Option<HotCache>,
     publisher: Option<RedisLink>,
@@ -117,6 +121,7 @@ impl LlmState {
                 order: config.admission.order,
             }),
             admission: config.admission.clone(),
+            body_buffer: BodyBuffer::new(config.admission.max_buffered_body),
             telemetry: Telemetry::start(&config.telemetry).map_err(LlmStartError::Telemetry)?,
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),

@@ -26,11 +26,13 @@ mod context;
 mod errors;
 mod generation;
 mod llm_route;
+mod preset_body;
 
 use context::Active;
 pub use context::RequestCtx;
 use errors::{reason, status_for, termination};
 pub use generation::{Generation, Shared};
+use preset_body::PresetBody;
 
 use crate::config::Action;
 use crate::config::{Algorithm, ClientLimits};
@@ -420,10 +422,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The upstream answered: no attempt will need the body again.
+        PresetBody::remove(session);
         if let Some(Action::Proxy(action)) = ctx.route.as_ref().map(|r| &r.config.action) {
             action.response_headers.apply_to_response(response)?;
         }
@@ -491,6 +495,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        PresetBody::remove(session);
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
             // The connection is closed after this answer (`can_reuse_downstream`
@@ -514,6 +519,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        PresetBody::remove(session);
         if let Some(guard) = HeadGuard::of(session.stream()) {
             guard.request_done();
         }

@@ -8,6 +8,8 @@
 # core 0 alone (one thread); wrk and the mock upstream share core 1.
 #
 #   tests/bench/llm_auth.sh             # 3 rounds of 10 s per target
+#   OBLETH_BASELINE=path/to/obleth tests/bench/llm_auth.sh
+#                                       # plus that binary's llm rows, same run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -47,6 +49,23 @@ YAML
 start_obleth_release obleth "$OB"
 OB_PID=$OBLETH_PID
 
+# The same configuration served by another build (an earlier commit's), to
+# compare before and after in one run.
+BASE=${OBLETH_BASELINE:-}
+if [[ -n $BASE ]]; then
+  BASE_OB=$(port)
+  sed -e "s/127.0.0.1:$OB\"/127.0.0.1:$BASE_OB\"/" \
+    -e "s/^admin: .*/admin: { address: \"127.0.0.1:$(port)\" }/" \
+    -e "s/^metrics: .*/metrics: { address: \"127.0.0.1:$(port)\" }/" \
+    -e "s#$work/obleth.db#$work/baseline.db#" \
+    -e "s/obleth-bench-$$:/obleth-bench-base-$$:/" "$work/obleth.yaml" >"$work/baseline.yaml"
+  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 OBLETH_WAL_PATH="$work/baseline-wal" \
+    taskset -c "$PROXY_CORE" "$BASE" run -c "$work/baseline.yaml" >/dev/null 2>"$work/baseline.err" &
+  BASE_PID=$!
+  pids+=("$BASE_PID")
+  wait_port "$BASE_OB"
+fi
+
 cat >"$work/chat.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":2}'
@@ -54,9 +73,11 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
 sed "s/$KEY/$BUDGET_KEY/" "$work/chat.lua" >"$work/chat-budget.lua"
-for k in "$KEY" "$BUDGET_KEY"; do
-  curl -fsS -o /dev/null "http://127.0.0.1:$OB/v1/chat/completions" -H "authorization: Bearer $k" \
-    -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+for port in "$OB" ${BASE_OB:-}; do
+  for k in "$KEY" "$BUDGET_KEY"; do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/v1/chat/completions" -H "authorization: Bearer $k" \
+      -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+  done
 done
 
 for _ in $(seq "$ROUNDS"); do
@@ -64,11 +85,16 @@ for _ in $(seq "$ROUNDS"); do
   run proxy-route "http://127.0.0.1:$OB/plain/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
   run llm-route "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/chat.lua"
   run llm-route+budget "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/chat-budget.lua"
+  if [[ -n $BASE ]]; then
+    run baseline:llm-route "http://127.0.0.1:$BASE_OB/v1/chat/completions" "$BASE_PID" -s "$work/chat.lua"
+    run baseline:llm-route+budget "http://127.0.0.1:$BASE_OB/v1/chat/completions" "$BASE_PID" -s "$work/chat-budget.lua"
+  fi
 done
 
 echo
 echo "LLM route benchmark: wrk -t1 -c$CONNECTIONS -d${DURATION}s POST /v1/chat/completions (max_tokens 2), median of $ROUNDS rounds"
 echo "proxy-route: plain proxy, no auth; llm-route: key auth (cached), body parse, model + credential rewrite;"
 echo "llm-route+budget: the same for a tenant with limits: Lua reserve before and settle after, Redis on loopback"
+[[ -z $BASE ]] || echo "baseline:*: the same rows served by $BASE"
 echo
 table "$ROUNDS" proxy-route

@@ -13,7 +13,7 @@ use obleth_filters::usage::UsageMeter;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
-use crate::llm::{CatalogModel, LlmState};
+use crate::llm::{CatalogModel, HeldBytes, LlmState};
 use crate::metrics::FAMILIES;
 
 use super::budget::{usd_micros, BudgetHold};
@@ -27,6 +27,8 @@ pub struct LlmCall {
     pub(super) body: Bytes,
     /// Whether this attempt already sent `body`; reset for each retry.
     pub body_sent: bool,
+    /// `body`'s share of the process-wide buffer, given back with the call.
+    pub(super) _held: HeldBytes,
     /// What was reserved, to be settled in `logging`.
     pub(super) hold: BudgetHold,
     /// Remove the usage event obleth asked for on the client's behalf.

@@ -18,9 +18,10 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::json;
 
+use super::preset_body::PresetBody;
 use super::{respond, Generation, RequestCtx};
 use crate::config::LlmAction;
-use crate::llm::{CatalogModel, LlmState};
+use crate::llm::{BodyBuffer, CatalogModel, HeldBytes, LlmState};
 use crate::metrics::FAMILIES;
 
 use budget::reserve;
@@ -111,13 +112,13 @@ async fn admit(
         return Ok(true);
     }
 
-    let body = read_body(session, ctx, action.max_body).await?;
+    let (body, held) = read_body(session, ctx, action.max_body, &llm.body_buffer).await?;
     let content_type = session
         .req_header()
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let mut request = LlmRequest::parse_as(&body, content_type)?;
+    let mut request = LlmRequest::parse_as(body, content_type)?;
     let model = llm.catalog.lookup(&request.model).ok_or_else(|| {
         Rejection::new(
             404,
@@ -183,9 +184,15 @@ async fn admit(
     let strip_usage = request.stream
         && !request.asks_for_usage()
         && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+    let body = request.into_upstream(&model.model.upstream_model, strip_usage);
+    if session.get_retry_buffer().is_none() {
+        // Larger than Pingora's retry buffer: replay it from here.
+        PresetBody::install(session, body.clone());
+    }
     ctx.pool = Some(pool);
     ctx.llm = Some(Box::new(LlmCall {
-        body: Bytes::from(request.into_upstream(&model.model.upstream_model, strip_usage)),
+        body,
+        _held: held,
         principal,
         model,
         endpoint,
@@ -265,19 +272,28 @@ async fn wait_for_slot(
     }
 }
 
-/// Reads the whole body (bounded); Pingora keeps it for the upstream and
-/// `LlmCall::replace_body` swaps in the rewritten one.
+/// How long a body whose length is declared may wait for room in the
+/// process-wide buffer before it is refused.
+const BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the whole body, bounded by `max` and by the process-wide buffer:
+/// a declared length is refused or held before a byte is read, a chunked
+/// body as soon as it passes either bound.
 async fn read_body(
     session: &mut Session,
     ctx: &mut RequestCtx,
     max: usize,
-) -> Result<Bytes, Rejection> {
+    buffer: &BodyBuffer,
+) -> Result<(Bytes, HeldBytes), Rejection> {
     let too_large = || {
         Rejection::new(
             413,
             "request_too_large",
             format!("request body larger than {max} bytes"),
         )
+    };
+    let full = |e: crate::llm::BufferFull| {
+        Rejection::new(503, "body_buffer_full", format!("{e}; retry shortly"))
     };
     let declared = session
         .req_header()
@@ -288,13 +304,24 @@ async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+    let mut held = HeldBytes::default();
+    if let Some(n) = declared {
+        buffer.hold(&mut held, n, BUFFER_WAIT).await.map_err(full)?;
+    }
     session.enable_retry_buffering();
-    let mut body = BytesMut::new();
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > max {
+                let len = body.len() + chunk.len();
+                if len > max {
                     return Err(too_large());
+                }
+                if let Some(more) = len.checked_sub(held.bytes()).filter(|n| *n > 0) {
+                    buffer
+                        .hold(&mut held, more, std::time::Duration::ZERO)
+                        .await
+                        .map_err(full)?;
                 }
                 if ctx.check_body_rate(chunk.len()).is_err() {
                     return Err(Rejection::new(
@@ -305,7 +332,7 @@ async fn read_body(
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(body.freeze()),
+            Ok(None) => return Ok((body.freeze(), held)),
             Err(e) => {
                 return Err(Rejection::new(
                     400,

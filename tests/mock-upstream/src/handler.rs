@@ -28,6 +28,10 @@ const X_MOCK_FAULT: HeaderName = HeaderName::from_static("x-mock-fault");
 /// Echoes the `Authorization` the mock received, so tests can check which
 /// credential a proxy sent upstream.
 const X_MOCK_SAW_AUTHORIZATION: HeaderName = HeaderName::from_static("x-mock-saw-authorization");
+/// The length of the request body received, on every response.
+const X_MOCK_RECEIVED_BYTES: HeaderName = HeaderName::from_static("x-mock-received-bytes");
+/// The FNV-1a digest (16 hex digits) of the request body received.
+const X_MOCK_RECEIVED_FNV1A: HeaderName = HeaderName::from_static("x-mock-received-fnv1a");
 
 pub(crate) const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 pub(crate) const APPLICATION_JSON: &str = "application/json";
@@ -214,6 +218,11 @@ pub(crate) async fn handle(
         response
             .headers_mut()
             .insert(X_MOCK_SAW_AUTHORIZATION, credential.clone());
+    }
+    let headers = response.headers_mut();
+    headers.insert(X_MOCK_RECEIVED_BYTES, HeaderValue::from(body.len()));
+    if let Ok(digest) = HeaderValue::from_str(&format!("{:016x}", openai::fnv1a(&body))) {
+        headers.insert(X_MOCK_RECEIVED_FNV1A, digest);
     }
     Ok(response)
 }

@@ -20,8 +20,10 @@
 //! | `POST /v1/completions` | `text_completion`, or a stream of them |
 //! | `POST /v1/embeddings` | an embedding list (8 dimensions unless `dimensions` is given) |
 //!
-//! Every response carries `x-mock-server: <name>`, and
-//! `x-mock-saw-authorization` echoes the `Authorization` header received. How tokens are counted is
+//! Every response carries `x-mock-server: <name>`,
+//! `x-mock-saw-authorization` echoes the `Authorization` header received,
+//! and `x-mock-received-bytes` / `x-mock-received-fnv1a` give the length and
+//! FNV-1a digest (16 hex digits) of the request body received. How tokens are counted is
 //! described on the `openai` module; in short, `completion_tokens` is
 //! `max_tokens` (default 16, at most 4096) and `prompt_tokens` is the words of
 //! the prompt plus 3 per chat message.

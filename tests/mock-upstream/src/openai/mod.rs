@@ -196,7 +196,7 @@ fn inputs(value: &Value, field: &str) -> Result<Vec<Input>, String> {
 }
 
 /// FNV-1a: a stable hash (unlike std's), so embeddings never change.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
