@@ -95,6 +95,24 @@ async fn ledger(ch: &ClickHouse) -> Ledger {
     }
 }
 
+/// Sends one request to a (re)started obleth and waits until its row is in
+/// ClickHouse and the backlog is empty: the log ships in order, so by then
+/// everything logged before it (and the crashed rows of earlier runs) is in.
+async fn ship_everything(obleth: &Obleth, ch: &ClickHouse) {
+    let last = chat(obleth, 2).await;
+    assert_eq!(last.status(), 200);
+    let last_id = last.headers()["x-request-id"]
+        .to_str()
+        .expect("a request id")
+        .to_string();
+    ch.until_answer(
+        &format!("SELECT count() > 0 FROM obleth.usage WHERE request_id = '{last_id}'"),
+        "1",
+    )
+    .await;
+    obleth.wait_metric(BACKLOG, |b| b == 0.0, SHIPPING).await;
+}
+
 /// Asserts every one of `expected` records is in the ledger exactly once.
 async fn assert_exactly_once(ch: &ClickHouse, expected: u64, when: &str) {
     let held = ledger(ch).await;
@@ -271,20 +289,7 @@ async fn obleth_killed_mid_load_and_restarted_leaves_one_row_per_answered_reques
     drop(obleth);
 
     let restarted = start_logging_to(&body, &wal).await;
-    // One request after the restart: the log ships in order, so once its
-    // row is in and the backlog is empty, everything before it was shipped.
-    let last = chat(&restarted, 2).await;
-    assert_eq!(last.status(), 200);
-    let last_id = last.headers()["x-request-id"]
-        .to_str()
-        .expect("a request id")
-        .to_string();
-    ch.until_answer(
-        &format!("SELECT count() > 0 FROM obleth.usage WHERE request_id = '{last_id}'"),
-        "1",
-    )
-    .await;
-    restarted.wait_metric(BACKLOG, |b| b == 0.0, SHIPPING).await;
+    ship_everything(&restarted, &ch).await;
     // Records of answered requests were durable at most a group commit
     // after their response; requests cut by the kill may have been logged
     // too, so there may be more rows than answers, but no duplicates.
@@ -518,4 +523,173 @@ async fn against_a_fresh_clickhouse_the_ledger_check_waits_for_the_schema() {
         !stderr.contains("cannot check budgets against the usage ledger"),
         "the check ran before the schema existed:\n{stderr}"
     );
+}
+
+/// One client of the kill test: streamed requests with ids of its own until
+/// obleth dies; the ids of the responses that arrived whole.
+async fn stream_until_killed(url: String, prefix: String) -> Vec<String> {
+    let mut completed = Vec::new();
+    for n in 0.. {
+        let id = format!("{prefix}-{n}");
+        let body = json!({ "model": "m", "messages": [], "max_tokens": 4, "stream": true });
+        let sent = client()
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("x-request-id", &id)
+            .header("x-mock-tps", "400")
+            .json(&body)
+            .send()
+            .await;
+        let Ok(resp) = sent else { break };
+        let whole = resp.status() == 200
+            && resp
+                .text()
+                .await
+                .is_ok_and(|text| text.ends_with("data: [DONE]\n\n"));
+        if !whole {
+            break;
+        }
+        completed.push(id);
+    }
+    completed
+}
+
+#[tokio::test]
+async fn every_request_the_client_saw_complete_has_one_row_whenever_obleth_is_killed() {
+    let ch = ClickHouse::start().await;
+    let upstream = mock("vllm").await;
+    let wal = TempDir::new();
+    let body = config(&upstream, &shipping_to(&ch));
+    let mut completed = Vec::new();
+    // Kills at instants spread over the request cycle, each one right after
+    // a response ended at the client (where a record written only after
+    // the response would not be on disk yet), with others in flight.
+    for (run, after_ms) in [110u64, 177, 252, 329, 401, 483, 548, 629, 702, 771]
+        .into_iter()
+        .enumerate()
+    {
+        let obleth = start_logging_to(&body, &wal).await;
+        // Warm (key and catalog cached), so the clients run at full pace.
+        assert_eq!(chat(&obleth, 1).await.status(), 200);
+        let url = obleth.url("/v1/chat/completions");
+        let clients: Vec<_> = (0..3)
+            .map(|c| tokio::spawn(stream_until_killed(url.clone(), format!("r{run}c{c}"))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let trigger = format!("r{run}-last");
+        let resp = client()
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("x-request-id", &trigger)
+            .json(&json!({ "model": "m", "messages": [], "max_tokens": 3, "stream": true }))
+            .send()
+            .await
+            .expect("answered");
+        let text = resp.text().await.expect("the stream");
+        // At once: spawning `kill` would give the log milliseconds more.
+        let pid = i32::try_from(obleth.pid()).expect("a pid");
+        // SAFETY: kill(2) on the child this test started; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        completed.push(trigger);
+        for c in clients {
+            completed.extend(c.await.expect("a client"));
+        }
+        drop(obleth);
+    }
+    assert!(completed.len() >= 10, "load ran: {}", completed.len());
+
+    // A last run ships everything: the crashed intents of the runs before,
+    // then its own request, in that order.
+    let last = start_logging_to(&body, &wal).await;
+    ship_everything(&last, &ch).await;
+    let rows = ch
+        .query("SELECT request_id, outcome FROM obleth.usage FORMAT TSV")
+        .await
+        .expect("rows");
+    let mut by_request: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in rows.lines() {
+        if let Some((id, outcome)) = line.split_once('\t') {
+            by_request.entry(id).or_default().push(outcome);
+        }
+    }
+    let mut problems = Vec::new();
+    for id in &completed {
+        match by_request.get(id.as_str()).map(Vec::len) {
+            Some(1) => {}
+            n => problems.push(format!("{id}: {} rows", n.unwrap_or(0))),
+        }
+    }
+    let twice: Vec<_> = by_request.iter().filter(|(_, r)| r.len() > 1).collect();
+    let crashed = by_request
+        .values()
+        .flatten()
+        .filter(|o| **o == "crashed")
+        .count();
+    assert!(
+        problems.is_empty() && twice.is_empty(),
+        "{} of {} completed requests without exactly one row: {problems:?}; rows twice: {twice:?}",
+        problems.len(),
+        completed.len()
+    );
+    eprintln!(
+        "{} completed requests through 10 kills: each has one row; {crashed} crashed rows for requests cut off",
+        completed.len()
+    );
+}
+
+#[tokio::test]
+async fn a_request_killed_mid_response_leaves_one_crashed_row_at_its_reservation() {
+    let ch = ClickHouse::start().await;
+    let upstream = mock("vllm").await;
+    let wal = TempDir::new();
+    let body = config(&upstream, &shipping_to(&ch));
+    let obleth = start_logging_to(&body, &wal).await;
+    // The response head arrives at once, its body over seconds: obleth is
+    // killed while the client reads it.
+    let resp = client()
+        .post(obleth.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-request-id", "cut-off")
+        .header("x-mock-fault", "slow-body-ms:2000")
+        .json(&json!({ "model": "m", "messages": [{ "role": "user", "content": "one two" }], "max_tokens": 9 }))
+        .send()
+        .await
+        .expect("the response head");
+    assert_eq!(resp.status(), 200);
+    obleth.signal("KILL");
+    assert!(resp.bytes().await.is_err(), "the body was cut off");
+    drop(obleth);
+
+    let restarted = start_logging_to(&body, &wal).await;
+    ch.until_answer(
+        "SELECT count() FROM obleth.usage WHERE request_id = 'cut-off'",
+        "1",
+    )
+    .await;
+    let row = ch
+        .query(
+            "SELECT outcome, status, input_tokens, output_tokens, estimated \
+             FROM obleth.usage WHERE request_id = 'cut-off' FORMAT TSV",
+        )
+        .await
+        .expect("the row");
+    // The reservation: the body's bytes bound the prompt, max_tokens the
+    // completion.
+    let request_bytes = serde_json::to_vec(
+        &json!({ "model": "m", "messages": [{ "role": "user", "content": "one two" }], "max_tokens": 9 }),
+    )
+    .expect("JSON")
+    .len();
+    assert_eq!(row, format!("crashed\t0\t{request_bytes}\t9\t1"));
+    // Restarted again, it is not shipped a second time.
+    drop(restarted);
+    let again = start_logging_to(&body, &wal).await;
+    assert_eq!(chat(&again, 1).await.status(), 200);
+    again.wait_metric(BACKLOG, |b| b == 0.0, SHIPPING).await;
+    ch.until_answer(
+        "SELECT count() FROM obleth.usage WHERE request_id = 'cut-off'",
+        "1",
+    )
+    .await;
 }

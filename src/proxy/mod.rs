@@ -428,6 +428,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // The upstream answered: no attempt will need the body again.
         PresetBody::remove(session);
+        if let Some(call) = ctx.llm.as_mut() {
+            call.wait_for_intent().await;
+        }
         if let Some(Action::Proxy(action)) = ctx.route.as_ref().map(|r| &r.config.action) {
             action.response_headers.apply_to_response(response)?;
         }
@@ -496,6 +499,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         PresetBody::remove(session);
+        if let Some(call) = ctx.llm.as_mut() {
+            call.wait_for_intent().await;
+        }
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
             // The connection is closed after this answer (`can_reuse_downstream`

@@ -13,6 +13,7 @@ use super::shipper::{SinkError, UsageSink};
 use super::UsageRecord;
 
 const SCHEMA: &str = include_str!("../../../migrations/clickhouse/0001_usage.sql");
+const OUTCOME: &str = include_str!("../../../migrations/clickhouse/0002_outcome.sql");
 
 /// How to reach ClickHouse.
 #[derive(Debug, Clone)]
@@ -49,6 +50,7 @@ struct UsageRow<'a> {
     upstream: &'a str,
     replica: &'a str,
     batch: &'a str,
+    outcome: &'a str,
 }
 
 /// Totals of one tenant, key or model over a time range.
@@ -128,6 +130,23 @@ impl ClickHouseSink {
         for statement in statements(SCHEMA) {
             self.bounded("migrate", self.client.query(&statement).execute())
                 .await?;
+        }
+        let has_outcome = self
+            .bounded(
+                "migrate",
+                self.client
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = currentDatabase() AND table = 'usage' AND name = 'outcome'",
+                    )
+                    .fetch_one::<u64>(),
+            )
+            .await?;
+        if has_outcome == 0 {
+            for statement in statements(OUTCOME) {
+                self.bounded("migrate", self.client.query(&statement).execute())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -255,6 +274,7 @@ impl UsageSink for ClickHouseSink {
                         upstream: &r.upstream,
                         replica: &r.replica,
                         batch,
+                        outcome: r.outcome.label(),
                     })
                     .await?;
             }

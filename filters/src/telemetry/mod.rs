@@ -3,6 +3,13 @@
 //! local disk ([`Wal`]) and shipped from there to ClickHouse ([`Shipper`],
 //! [`ClickHouseSink`]). The data plane only hands a record to a bounded
 //! queue; the disk and ClickHouse are dealt with behind it.
+//!
+//! A request bound for the upstream first logs an [`Outcome::Intent`]; its
+//! response is released once that is durable, and the completion record
+//! supersedes it. An intent whose process died before its completion was
+//! logged is shipped as an [`Outcome::Crashed`] row after the restart, so a
+//! request the client saw complete has exactly one row whenever the process
+//! dies.
 
 mod clickhouse;
 mod shipper;
@@ -12,7 +19,33 @@ use serde::{Deserialize, Serialize};
 
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseSink, RequestRow, UsageTotals};
 pub use shipper::{ShipperConfig, SinkError, UsageSink};
-pub use wal::{Dropped, Position, Wal, WalConfig, WalStats};
+pub use wal::{Dropped, Durable, Position, Wal, WalConfig, WalStats};
+
+/// What a record in the log stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The request ended and this is what it used (superseding its intent).
+    #[default]
+    Completed,
+    /// Appended when the request is admitted, before it reaches the
+    /// upstream, with the reserved tokens: never shipped itself, it becomes
+    /// a `Crashed` row if the process dies before the completion is logged.
+    Intent,
+    /// The process died between admission and completion; the tokens are
+    /// the reservation, so billing errs towards it, never towards nothing.
+    Crashed,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Intent => "intent",
+            Outcome::Crashed => "crashed",
+        }
+    }
+}
 
 /// What one LLM request used, as billing and capacity planning need it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,4 +78,7 @@ pub struct UsageRecord {
     pub upstream: String,
     /// The obleth process that served the request.
     pub replica: String,
+    /// Absent in records written before intents existed: completed.
+    #[serde(default)]
+    pub outcome: Outcome,
 }

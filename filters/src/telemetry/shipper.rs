@@ -6,6 +6,7 @@
 //! rows of that batch it already holds, so a batch that went through just
 //! before the error (a timeout, a crash) is never inserted twice.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::wal::{read_segment, segment_path, segments, Counters, Position};
-use super::{UsageRecord, Wal};
+use super::{Outcome, UsageRecord, Wal};
 
 /// Where usage records go.
 #[async_trait]
@@ -53,8 +55,15 @@ impl Wal {
     /// Ships this log to `sink` until the process ends.
     pub async fn ship(&self, sink: Arc<dyn UsageSink>, config: ShipperConfig) {
         let dir = self.dir().to_path_buf();
+        let saved = load_checkpoint(&dir);
         let mut shipper = Shipper {
-            checkpoint: load_checkpoint(&dir),
+            checkpoint: saved.at,
+            open: saved
+                .open
+                .into_iter()
+                .map(|o| (o.record.record_id.clone(), o))
+                .collect(),
+            started_at: self.started_at(),
             log_id: self.log_id().to_string(),
             skip: 0,
             dir,
@@ -75,9 +84,21 @@ impl Wal {
     /// yet checkpointed count in both (at most one batch): restored spend
     /// errs towards charging, never towards forgetting. Blocking file reads.
     pub fn unshipped_spend(&self, by: &str, id: &str, since_ms: u64) -> io::Result<(u64, u64)> {
-        let from = load_checkpoint(self.dir());
+        let saved = load_checkpoint(self.dir());
+        let from = saved.at;
         let durable = *self.durable().borrow();
         let (mut tokens, mut usd) = (0u64, 0f64);
+        // Intents read before the checkpoint whose completion was not seen:
+        // shipped later as completed or crashed rows, at their reservation
+        // until then.
+        for o in &saved.open {
+            let r = &o.record;
+            let owner = if by == "key" { &r.key } else { &r.tenant };
+            if owner == id && r.time_ms >= since_ms {
+                tokens += r.input_tokens + r.output_tokens;
+                usd += r.cost_usd;
+            }
+        }
         for (segment, path) in segments(self.dir())? {
             if segment < from.segment || segment > durable.segment {
                 continue;
@@ -95,6 +116,9 @@ impl Wal {
                 Err(e) => return Err(e),
             };
             for (r, _) in read.records {
+                if r.outcome == Outcome::Intent {
+                    continue;
+                }
                 let owner = if by == "key" { &r.key } else { &r.tenant };
                 if owner == id && r.time_ms >= since_ms {
                     tokens += r.input_tokens + r.output_tokens;
@@ -121,6 +145,12 @@ struct Shipper {
     counters: Arc<Counters>,
     durable: watch::Receiver<Position>,
     checkpoint: Position,
+    /// Intents behind the checkpoint whose completion was not read yet, by
+    /// record id; saved with the checkpoint.
+    open: HashMap<String, OpenIntent>,
+    /// Where this process's records begin: open intents from before it
+    /// will never complete.
+    started_at: Position,
     /// Names this log in batch ids, so a log started afresh never reuses
     /// an id an earlier log's batches have.
     log_id: String,
@@ -183,6 +213,10 @@ impl Shipper {
         waiting_since: &mut Option<Instant>,
     ) -> Result<Step, SinkError> {
         self.skip_missing_segments(durable).await?;
+        if self.checkpoint >= self.started_at && self.open.values().any(|o| self.orphaned(o)) {
+            self.ship_crashed().await?;
+            return Ok(Step::Progressed);
+        }
         let until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
         let path = segment_path(&self.dir, self.checkpoint.segment);
         let (from, max) = (self.checkpoint.offset, self.config.batch_rows);
@@ -230,46 +264,117 @@ impl Shipper {
     /// or a failure it first asks the sink how many of the batch's records
     /// it holds (an insert whose acknowledgement was lost), and moves past
     /// those without inserting them again.
-    async fn ship(&mut self, records: &[(UsageRecord, u64)]) -> Result<(), SinkError> {
+    async fn ship(&mut self, entries: &[(UsageRecord, u64)]) -> Result<(), SinkError> {
         let batch = format!(
             "{}:{}:{}:{}",
             self.config.replica, self.log_id, self.checkpoint.segment, self.checkpoint.offset
         );
-        let rows: Vec<UsageRecord> = records.iter().map(|(r, _)| r.clone()).collect();
+        // Intents are not rows; each row keeps the place just past it.
+        let (rows, ends): (Vec<UsageRecord>, Vec<u64>) = entries
+            .iter()
+            .filter(|(r, _)| r.outcome != Outcome::Intent)
+            .cloned()
+            .unzip();
+        let last = entries
+            .last()
+            .map_or(self.checkpoint.offset, |(_, end)| *end);
+        if rows.is_empty() {
+            return self.consume(entries, last).await;
+        }
         if self.verify || self.skip > 0 {
             let held = match self.skip {
                 0 => self.sink.inserted(&batch, &rows).await? as usize,
                 skip => skip,
             };
-            self.skip = held.saturating_sub(records.len());
-            let held = held.min(records.len());
+            self.skip = held.saturating_sub(rows.len());
+            let held = held.min(rows.len());
             if held > 0 {
                 // Already in: move past them; what follows is a new batch,
                 // checked the same way.
                 self.counters
                     .shipped
                     .fetch_add(held as u64, Ordering::Relaxed);
-                return self
-                    .advance(Position {
-                        segment: self.checkpoint.segment,
-                        offset: records[held - 1].1,
-                    })
-                    .await;
+                return self.consume(entries, ends[held - 1]).await;
             }
             self.verify = false;
         }
         self.sink.insert(&batch, &rows).await?;
         self.counters
             .shipped
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        let end = records
-            .last()
-            .map_or(self.checkpoint.offset, |(_, end)| *end);
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.consume(entries, last).await
+    }
+
+    /// Moves the checkpoint to `to` in the current segment, past the
+    /// entries that end there or before: their intents stay open until
+    /// their completion is read.
+    async fn consume(&mut self, entries: &[(UsageRecord, u64)], to: u64) -> Result<(), SinkError> {
+        for (record, _) in entries.iter().filter(|(_, end)| *end <= to) {
+            if record.outcome == Outcome::Intent {
+                self.open.insert(
+                    record.record_id.clone(),
+                    OpenIntent {
+                        segment: self.checkpoint.segment,
+                        record: record.clone(),
+                    },
+                );
+            } else {
+                self.open.remove(&record.record_id);
+            }
+        }
         self.advance(Position {
             segment: self.checkpoint.segment,
-            offset: end,
+            offset: to,
         })
         .await
+    }
+
+    /// Whether `intent` was written by a process that has ended.
+    fn orphaned(&self, intent: &OpenIntent) -> bool {
+        intent.segment < self.started_at.segment
+    }
+
+    /// Ships the intents of ended processes as `crashed` rows, once every
+    /// record those processes wrote has been read (no completion can
+    /// follow). One batch per segment the intents are in: that set never
+    /// changes, so a batch that went in before a crash is recognised by its
+    /// name and not inserted again, however many restarts it takes.
+    async fn ship_crashed(&mut self) -> Result<(), SinkError> {
+        let mut segments: Vec<u64> = self
+            .open
+            .values()
+            .filter(|o| self.orphaned(o))
+            .map(|o| o.segment)
+            .collect();
+        segments.sort_unstable();
+        segments.dedup();
+        for segment in segments {
+            let mut rows: Vec<UsageRecord> = self
+                .open
+                .values()
+                .filter(|o| o.segment == segment)
+                .map(|o| UsageRecord {
+                    outcome: Outcome::Crashed,
+                    status: 0,
+                    ..o.record.clone()
+                })
+                .collect();
+            rows.sort_by(|a, b| a.record_id.cmp(&b.record_id));
+            let batch = format!("{}:{}:crashed:{segment}", self.config.replica, self.log_id);
+            if self.sink.inserted(&batch, &rows).await? == 0 {
+                self.sink.insert(&batch, &rows).await?;
+            }
+            tracing::warn!(
+                rows = rows.len(),
+                "requests of an earlier run ended with its process; logged as crashed at their reservation"
+            );
+            self.counters
+                .shipped
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            self.open.retain(|_, o| o.segment != segment);
+            self.advance(self.checkpoint).await?;
+        }
+        Ok(())
     }
 
     /// Persists the checkpoint, then deletes segments wholly behind it. A
@@ -277,8 +382,12 @@ impl Shipper {
     /// saved one never lags by more than the batch in flight.
     async fn advance(&mut self, to: Position) -> Result<(), SinkError> {
         let (dir, counters) = (self.dir.clone(), self.counters.clone());
+        let saved = Checkpoint {
+            at: to,
+            open: self.open.values().cloned().collect(),
+        };
         blocking(move || {
-            save_checkpoint(&dir, to)?;
+            save_checkpoint(&dir, &saved)?;
             for (n, path) in segments(&dir)? {
                 if n >= to.segment {
                     break;
@@ -332,28 +441,45 @@ impl Shipper {
     }
 }
 
+/// Where shipping stopped, and the intents it passed that are still open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Checkpoint {
+    #[serde(flatten)]
+    at: Position,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    open: Vec<OpenIntent>,
+}
+
+/// An intent read before the checkpoint, and the segment it is in (which
+/// tells whether the process that wrote it has ended).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OpenIntent {
+    segment: u64,
+    record: UsageRecord,
+}
+
 /// Where shipping stopped; the log's start when nothing was shipped yet. An
 /// unreadable checkpoint is reported and shipping starts over from the
 /// oldest segment: rows carry their record id, so ClickHouse keeps one of
 /// each, where guessing a later position could lose rows.
-fn load_checkpoint(dir: &Path) -> Position {
+fn load_checkpoint(dir: &Path) -> Checkpoint {
     let path = dir.join(CHECKPOINT);
     let read = fs::read(&path).and_then(|bytes| {
         serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     });
     match read {
         Ok(at) => at,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Position::default(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Checkpoint::default(),
         Err(e) => {
             tracing::error!(path = %path.display(), "the shipping checkpoint is unreadable; shipping again from the oldest segment: {e}");
-            Position::default()
+            Checkpoint::default()
         }
     }
 }
 
-fn save_checkpoint(dir: &Path, at: Position) -> io::Result<()> {
+fn save_checkpoint(dir: &Path, at: &Checkpoint) -> io::Result<()> {
     let tmp = dir.join("checkpoint.tmp");
-    fs::write(&tmp, serde_json::to_vec(&at).map_err(io::Error::other)?)?;
+    fs::write(&tmp, serde_json::to_vec(at).map_err(io::Error::other)?)?;
     File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, dir.join(CHECKPOINT))?;
     File::open(dir)?.sync_all()
@@ -371,15 +497,30 @@ mod tests {
     fn a_checkpoint_that_cannot_be_read_ships_again_from_the_start() {
         let dir = temp_dir("checkpoint");
         fs::create_dir_all(&dir).expect("dir");
-        assert_eq!(load_checkpoint(&dir), Position::default(), "none yet");
-        let at = Position {
-            segment: 3,
-            offset: 120,
+        assert_eq!(load_checkpoint(&dir), Checkpoint::default(), "none yet");
+        let at = Checkpoint {
+            at: Position {
+                segment: 3,
+                offset: 120,
+            },
+            open: vec![OpenIntent {
+                segment: 2,
+                record: record(1),
+            }],
         };
-        save_checkpoint(&dir, at).expect("saved");
+        save_checkpoint(&dir, &at).expect("saved");
         assert_eq!(load_checkpoint(&dir), at);
+        // A checkpoint written before intents existed still reads.
+        fs::write(dir.join(CHECKPOINT), br#"{"segment":4,"offset":8}"#).expect("written");
+        assert_eq!(
+            load_checkpoint(&dir).at,
+            Position {
+                segment: 4,
+                offset: 8
+            }
+        );
         fs::write(dir.join(CHECKPOINT), b"{ torn").expect("written");
-        assert_eq!(load_checkpoint(&dir), Position::default());
+        assert_eq!(load_checkpoint(&dir), Checkpoint::default());
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -591,5 +732,117 @@ mod tests {
         assert_eq!(sink.rows.lock().unwrap().len(), 81);
         shipping.abort();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn intent(n: u64) -> UsageRecord {
+        UsageRecord {
+            outcome: Outcome::Intent,
+            status: 0,
+            ..record(n)
+        }
+    }
+
+    fn outcomes(sink: &Memory) -> Vec<(String, Outcome)> {
+        let mut rows: Vec<_> = sink
+            .rows
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| (r.request_id.clone(), r.outcome))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    #[tokio::test]
+    async fn an_intent_is_superseded_by_its_completion_and_a_dead_runs_intent_ships_as_crashed() {
+        let dir = temp_dir("intents");
+        let sink = Arc::new(Memory::default());
+        {
+            let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+            let shipping = start_shipping(&wal, &sink);
+            // 1 completes; 2 completes after a batch went out between its
+            // intent and its completion; 3 is cut off by the "crash".
+            wal.append(intent(1)).unwrap();
+            wal.append(intent(2)).unwrap();
+            wal.append(record(1)).unwrap();
+            until(|| sink.rows.lock().unwrap().len() == 1).await;
+            wal.append(intent(3)).unwrap();
+            wal.append(record(2)).unwrap();
+            until(|| sink.rows.lock().unwrap().len() == 2).await;
+            until(|| wal.stats().backlog_bytes == 0).await;
+            shipping.abort();
+            let _ = shipping.await;
+        }
+        assert_eq!(
+            outcomes(&sink),
+            [
+                ("req-1".into(), Outcome::Completed),
+                ("req-2".into(), Outcome::Completed)
+            ],
+            "intents are never rows while their run lives"
+        );
+        for _restart in 0..2 {
+            let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+            let shipping = start_shipping(&wal, &sink);
+            until(|| sink.rows.lock().unwrap().len() >= 3).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            shipping.abort();
+            let _ = shipping.await;
+        }
+        let rows = outcomes(&sink);
+        assert_eq!(
+            rows,
+            [
+                ("req-1".into(), Outcome::Completed),
+                ("req-2".into(), Outcome::Completed),
+                ("req-3".into(), Outcome::Crashed)
+            ],
+            "one crashed row, however often the process restarts"
+        );
+        let crashed = sink.rows.lock().unwrap()[2].1.clone();
+        assert_eq!(
+            (crashed.input_tokens, crashed.output_tokens),
+            (intent(3).input_tokens, intent(3).output_tokens),
+            "billed at the reservation"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_open_intent_survives_a_restart_in_the_checkpoint_until_its_completion_is_read() {
+        let dir = temp_dir("open-intent");
+        let sink = Arc::new(Memory::default());
+        {
+            let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+            let shipping = start_shipping(&wal, &sink);
+            wal.append(intent(5)).unwrap();
+            wal.append(record(4)).unwrap();
+            until(|| sink.rows.lock().unwrap().len() == 1).await;
+            until(|| wal.stats().backlog_bytes == 0).await;
+            shipping.abort();
+            let _ = shipping.await;
+            // The completion is logged after the checkpoint passed the
+            // intent, but not shipped before the process ends.
+            wal.append(record(5)).unwrap();
+            assert!(wal.sync(Duration::from_secs(5)));
+        }
+        let saved = load_checkpoint(&dir);
+        assert_eq!(saved.open.len(), 1, "the intent is kept in the checkpoint");
+        let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+        let shipping = start_shipping(&wal, &sink);
+        until(|| sink.rows.lock().unwrap().len() >= 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            outcomes(&sink),
+            [
+                ("req-4".into(), Outcome::Completed),
+                ("req-5".into(), Outcome::Completed)
+            ]
+        );
+        assert!(load_checkpoint(&dir).open.is_empty());
+        shipping.abort();
+        let _ = shipping.await;
+        let _ = fs::remove_dir_all(&dir);
     }
 }

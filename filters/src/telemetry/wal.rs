@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::UsageRecord;
 
@@ -110,11 +110,30 @@ impl Counters {
     }
 }
 
+/// A record on its way to the writer, and who waits for it to be durable.
+struct Entry {
+    record: UsageRecord,
+    durable: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once an appended record is on disk; an error when it was
+/// dropped after all (a write failed).
+pub struct Durable(oneshot::Receiver<()>);
+
+impl Durable {
+    pub async fn wait(self) -> bool {
+        self.0.await.is_ok()
+    }
+}
+
 /// The log's writing end; cheap to share.
 pub struct Wal {
     /// Held while the log is open: one writer per directory.
     _lock: File,
-    tx: SyncSender<UsageRecord>,
+    tx: SyncSender<Entry>,
+    /// Where this process's records begin: everything before it was
+    /// written by earlier runs.
+    started_at: Position,
     log_id: String,
     config: WalConfig,
     pub(super) counters: Arc<Counters>,
@@ -162,6 +181,7 @@ impl Wal {
         Ok(Wal {
             _lock: lock,
             tx,
+            started_at: start,
             log_id,
             config,
             counters,
@@ -172,6 +192,24 @@ impl Wal {
     /// Hands a record to the writer without waiting; a record that cannot
     /// be taken is dropped and counted.
     pub fn append(&self, record: UsageRecord) -> Result<(), Dropped> {
+        self.send(Entry {
+            record,
+            durable: None,
+        })
+    }
+
+    /// Appends like [`Wal::append`], with a way to wait until the record is
+    /// on disk.
+    pub fn append_durable(&self, record: UsageRecord) -> Result<Durable, Dropped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Entry {
+            record,
+            durable: Some(tx),
+        })?;
+        Ok(Durable(rx))
+    }
+
+    fn send(&self, entry: Entry) -> Result<(), Dropped> {
         if self.counters.disk_bytes.load(Ordering::Relaxed) >= self.config.disk_cap_bytes {
             self.counters.drop_record(Dropped::DiskFull, 1);
             return Err(Dropped::DiskFull);
@@ -179,7 +217,7 @@ impl Wal {
         // Counted before the writer can see it, so the count never dips
         // below zero.
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let dropped = match self.tx.try_send(record) {
+        let dropped = match self.tx.try_send(entry) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(_)) => Dropped::QueueFull,
             Err(TrySendError::Disconnected(_)) => Dropped::Io,
@@ -239,10 +277,15 @@ impl Wal {
     pub fn durable(&self) -> watch::Receiver<Position> {
         self.durable.clone()
     }
+
+    /// Where this process's records begin.
+    pub fn started_at(&self) -> Position {
+        self.started_at
+    }
 }
 
 struct Writer {
-    rx: Receiver<UsageRecord>,
+    rx: Receiver<Entry>,
     config: WalConfig,
     counters: Arc<Counters>,
     durable: watch::Sender<Position>,
@@ -259,8 +302,11 @@ impl Writer {
             buf.clear();
             let mut taken = 0u64;
             let mut framed = 0u64;
+            let mut waiting = Vec::new();
             let disk = self.counters.disk_bytes.load(Ordering::Relaxed);
-            for record in std::iter::once(first).chain(self.rx.try_iter().take(GROUP)) {
+            for Entry { record, durable } in
+                std::iter::once(first).chain(self.rx.try_iter().take(GROUP))
+            {
                 taken += 1;
                 let frame = match encode(&record) {
                     Ok(frame) => frame,
@@ -276,6 +322,7 @@ impl Writer {
                 }
                 buf.extend_from_slice(&frame);
                 framed += 1;
+                waiting.extend(durable);
             }
             if failing && self.rotate().is_ok() {
                 tracing::warn!("the write-ahead log writes again");
@@ -293,6 +340,9 @@ impl Writer {
                     failing = self.rotate().is_err();
                 } else {
                     self.counters.durable.fetch_add(framed, Ordering::Relaxed);
+                    for waiter in waiting {
+                        let _ = waiter.send(());
+                    }
                 }
             }
             self.counters
@@ -509,6 +559,7 @@ pub(super) mod tests {
             cost_usd: 0.5,
             upstream: "u".into(),
             replica: "r".into(),
+            outcome: super::super::Outcome::Completed,
         }
     }
 

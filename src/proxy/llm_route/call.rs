@@ -9,6 +9,7 @@ use obleth_filters::admission::Permit;
 use obleth_filters::budget::Cost;
 use obleth_filters::openai::Endpoint;
 use obleth_filters::records::Principal;
+use obleth_filters::telemetry::Durable;
 use obleth_filters::usage::UsageMeter;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -43,7 +44,15 @@ pub struct LlmCall {
     pub(super) brownout_cap: Option<u64>,
     /// What settlement charged, for the usage record.
     pub charged: Option<Charged>,
+    /// Shared by the intent and the completion record that supersedes it.
+    pub record_id: String,
+    /// Resolves once the intent is on disk; taken by the first wait.
+    pub(super) intent: Option<Durable>,
 }
+
+/// The longest a response waits for its intent to be durable; the group
+/// commit takes milliseconds, so only a failing disk makes it matter.
+const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Tokens and cost as settled.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,6 +65,22 @@ pub struct Charged {
 }
 
 impl LlmCall {
+    /// Waits until the intent is on disk before the response (or the
+    /// error answer) goes to the client: a request the client saw complete
+    /// has a durable record, whenever the process dies after that.
+    pub async fn wait_for_intent(&mut self) {
+        let Some(intent) = self.intent.take() else {
+            return;
+        };
+        match tokio::time::timeout(INTENT_WAIT, intent.wait()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("the usage intent was dropped"),
+            Err(_) => tracing::warn!(
+                "the usage intent is not durable after {INTENT_WAIT:?}; answering anyway"
+            ),
+        }
+    }
+
     /// How the call was admitted, as the metric label.
     pub fn admission(&self) -> &'static str {
         self.permit.admission().label()

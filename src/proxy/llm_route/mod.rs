@@ -184,6 +184,16 @@ async fn admit(
     let strip_usage = request.stream
         && !request.asks_for_usage()
         && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+    let record_id = record::record_id();
+    let intent = record::log_intent(
+        llm,
+        ctx,
+        &record_id,
+        &principal,
+        &model,
+        &request,
+        permit.admission().label(),
+    );
     let body = request.into_upstream(&model.model.upstream_model, strip_usage);
     if session.get_retry_buffer().is_none() {
         // Larger than Pingora's retry buffer: replay it from here.
@@ -205,6 +215,8 @@ async fn admit(
         permit,
         brownout_cap,
         charged: None,
+        record_id,
+        intent,
     }));
     Ok(false)
 }

@@ -1,11 +1,15 @@
-//! The `llm` route action in `logging`: settle the budget reservation, count
-//! the request and append its usage record.
+//! The usage records of an LLM request: its intent, appended when it is
+//! admitted, and, in `logging`, its settlement and completion record.
 
 use std::time::{Duration, SystemTime};
 
-use obleth_filters::telemetry::UsageRecord;
+use obleth_filters::openai::LlmRequest;
+use obleth_filters::records::Principal;
+use obleth_filters::telemetry::{Durable, Outcome, UsageRecord};
 
+use super::budget::usd_micros;
 use super::RequestCtx;
+use crate::llm::CatalogModel;
 use crate::llm::LlmState;
 use crate::metrics::{status_class, FAMILIES};
 use crate::proxy::errors::status_label;
@@ -23,6 +27,61 @@ pub async fn logging(llm: &LlmState, ctx: &mut RequestCtx, status: u16, elapsed:
     record_usage(llm, ctx, status, admission, elapsed);
 }
 
+fn ms(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+/// Unix milliseconds of the request's arrival, `elapsed` ago.
+fn arrival_ms(elapsed: Duration) -> u64 {
+    SystemTime::now()
+        .checked_sub(elapsed)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh record id: what tells one record from another in ClickHouse.
+pub(super) fn record_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Appends the intent of a request about to go upstream: the record a
+/// crash turns into a `crashed` row, at what was reserved for it.
+pub(super) fn log_intent(
+    llm: &LlmState,
+    ctx: &RequestCtx,
+    record_id: &str,
+    principal: &Principal,
+    model: &CatalogModel,
+    request: &LlmRequest,
+    admission: &str,
+) -> Option<Durable> {
+    let prompt = request.prompt_bound();
+    let completion = request.completion_bound(llm.budget_settings.default_max_tokens);
+    let intent = UsageRecord {
+        request_id: ctx.request_id.as_str().to_owned(),
+        record_id: record_id.to_owned(),
+        time_ms: arrival_ms(ctx.started.elapsed()),
+        tenant: principal.tenant.id.clone(),
+        key: principal.key.id.clone(),
+        model: model.model.name.clone(),
+        route: ctx.route.as_ref().map_or("", |r| r.name()).to_string(),
+        admission: admission.to_string(),
+        queue_wait_ms: 0,
+        ttfb_ms: 0,
+        total_ms: 0,
+        status: 0,
+        input_tokens: prompt,
+        output_tokens: completion,
+        estimated: true,
+        cost_usd: usd_micros(model, prompt, completion, true) as f64 / 1e6,
+        upstream: String::new(),
+        replica: llm.telemetry.replica.clone(),
+        outcome: Outcome::Intent,
+    };
+    llm.telemetry.wal.append_durable(intent).ok()
+}
+
 /// Appends the usage record of an LLM request whose key was resolved.
 fn record_usage(llm: &LlmState, ctx: &RequestCtx, status: u16, admission: &str, elapsed: Duration) {
     let Some(caller) = &ctx.caller else {
@@ -30,16 +89,14 @@ fn record_usage(llm: &LlmState, ctx: &RequestCtx, status: u16, admission: &str, 
     };
     let telemetry = &llm.telemetry;
     let charged = ctx.llm.as_ref().and_then(|c| c.charged).unwrap_or_default();
-    let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
-    let arrived = SystemTime::now()
-        .checked_sub(elapsed)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
     telemetry.record(UsageRecord {
         request_id: ctx.request_id.as_str().to_owned(),
-        record_id: format!("{:032x}", rand::random::<u128>()),
-        time_ms: arrived
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        // The intent's id, which this record supersedes.
+        record_id: ctx
+            .llm
+            .as_ref()
+            .map_or_else(record_id, |c| c.record_id.clone()),
+        time_ms: arrival_ms(elapsed),
         tenant: caller.tenant.id.clone(),
         key: caller.key.id.clone(),
         model: ctx.model.clone().unwrap_or_default(),
@@ -58,5 +115,6 @@ fn record_usage(llm: &LlmState, ctx: &RequestCtx, status: u16, admission: &str, 
             .as_ref()
             .map_or(String::new(), |s| s.server().config.name.clone()),
         replica: telemetry.replica.clone(),
+        outcome: Outcome::Completed,
     });
 }
