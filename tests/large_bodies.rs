@@ -357,3 +357,30 @@ async fn many_large_bodies_at_once_get_503_and_memory_stays_bounded() {
     let resp = post_raw(&obleth, body).await;
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn an_http2_client_sends_large_bodies_on_one_connection() {
+    let upstream = mock("u").await;
+    let listener = format!("listeners:\n  - name: h2c\n    address: {LISTEN}\n    h2c: true\n");
+    let obleth = Obleth::start(&config(&[upstream.addr.to_string()], "", "{}", &listener)).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    for size in [5 * MIB, 100, 3 * MIB] {
+        let body = long_document(size);
+        let resp = h2
+            .post(obleth.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(received(&resp), (body.len(), fnv1a(&body)));
+        let answer: Value = resp.json().await.expect("JSON");
+        assert!(answer["usage"]["total_tokens"].as_u64() > Some(0), "{answer}");
+    }
+}

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use budget_common::{standing, until_settled};
+use budget_common::{standing, until_settled, OwnRedis};
 use common::*;
 use serde_json::{json, Value};
 
@@ -465,6 +465,53 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
     assert!(restarted
         .stderr()
         .contains("restored the committed spend of 1 budget scopes"));
+}
+
+#[tokio::test]
+async fn a_redis_restarted_empty_under_a_running_obleth_gets_the_spend_back_at_once() {
+    let ch = ClickHouse::start().await;
+    let upstream = mock("vllm").await;
+    let mut redis = OwnRedis::start().await;
+    let body = config(&upstream, &shipping_to(&ch)).replace(
+        "tenants: [{ name: acme }]",
+        "tenants: [{ name: acme, budget_tokens: 100000 }]",
+    ) + &format!("redis: {{ url: 'redis://127.0.0.1:{}' }}\n", redis.port);
+    let obleth = Obleth::start(&body).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&obleth, 40).await.status(), 200);
+    }
+    ch.until_answer("SELECT count() FROM obleth.usage", "3")
+        .await;
+    let before = until_settled(&obleth, 3, &["/tenants/acme/budget"])
+        .await
+        .remove(0);
+    let committed = standing(&before, "committed_tokens");
+
+    // Redis dies and comes back empty while obleth runs: the spend is back
+    // as soon as obleth sees it (not at the next periodic check, minutes
+    // later, while the tenant could spend its budget again).
+    redis.kill();
+    // A request notices (fail-open serves it), and the breaker opens.
+    assert_eq!(chat(&obleth, 1).await.status(), 200);
+    obleth
+        .wait_stderr("budget store down", Duration::from_secs(10))
+        .await;
+    let _redis = OwnRedis::start_on(redis.port).await;
+    let admin = Admin::of(&obleth);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = admin.call("GET", "/tenants/acme/budget", None).await;
+        // The request served meanwhile is settled on top when replayed.
+        if now.1["standing"]["committed_tokens"].as_u64() >= Some(committed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored: {now:?}, expected {committed}\n{}",
+            obleth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use obleth_filters::budget::{BudgetStore, BudgetUnavailable, Cost};
 use obleth_filters::telemetry::{ClickHouseSink, SinkError, Wal};
 
@@ -28,13 +30,16 @@ enum LedgerError {
 /// term budget is raised to what ClickHouse holds for its current period
 /// (since its last audited reset) plus the records of the local usage log
 /// not shipped yet, so a Redis that lost everything gets back all of it.
-/// Raising never lowers spend.
+/// Raising never lowers spend. `redis_up` (with Redis) also triggers a pass
+/// the moment Redis is back after an outage: a Redis restarted empty would
+/// otherwise admit each tenant's whole budget again until the next pass.
 pub async fn restore_budgets(
     store: Store,
     budgets: Arc<dyn BudgetStore>,
     ledger: ClickHouseSink,
     wal: Arc<Wal>,
-    mut schema_ready: tokio::sync::watch::Receiver<bool>,
+    mut schema_ready: watch::Receiver<bool>,
+    mut redis_up: Option<watch::Receiver<bool>>,
 ) {
     if schema_ready.wait_for(|ready| *ready).await.is_err() {
         return;
@@ -47,7 +52,19 @@ pub async fn restore_budgets(
             ),
             Err(e) => tracing::warn!("cannot check budgets against the usage ledger: {e}"),
         }
-        tokio::time::sleep(Duration::from_secs(300)).await;
+        let back = async {
+            match redis_up.as_mut() {
+                Some(up) => {
+                    let _ = up.wait_for(|up| !*up).await;
+                    up.wait_for(|up| *up).await.is_ok()
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+            true = back => tracing::info!("budget store back: checking budgets against the usage ledger"),
+        }
     }
 }
 

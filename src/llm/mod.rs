@@ -158,6 +158,7 @@ impl LlmState {
                     ledger,
                     state.telemetry.wal.clone(),
                     state.telemetry.schema_ready.clone(),
+                    state.publisher.as_ref().map(RedisLink::watch),
                 ),
             );
         }
