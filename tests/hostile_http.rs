@@ -11,21 +11,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Sends `bytes`, half-closes nothing, and reads until the peer closes or
-/// two seconds pass.
+/// Sends `bytes` and reads until the peer closes or two seconds pass.
 async fn exchange(obleth: &Obleth, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(obleth.http).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = [0u8; 16 * 1024];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    raw_exchange(obleth.http, bytes, Duration::from_secs(2)).await
 }
 
 /// The status line of every response in `text`, in order.

@@ -14,26 +14,7 @@ use tokio::net::TcpStream;
 
 /// Sends `bytes` and reads until the peer closes or `limit` passes.
 async fn exchange(obleth: &Obleth, bytes: &[u8], limit: Duration) -> String {
-    exchange_at(obleth.http, bytes, limit).await
-}
-
-async fn exchange_at(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    read_until_closed(&mut stream, limit).await
-}
-
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 16 * 1024];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    raw_exchange(obleth.http, bytes, limit).await
 }
 
 #[tokio::test]

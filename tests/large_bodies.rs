@@ -381,6 +381,9 @@ async fn an_http2_client_sends_large_bodies_on_one_connection() {
         assert_eq!(resp.status(), 200);
         assert_eq!(received(&resp), (body.len(), fnv1a(&body)));
         let answer: Value = resp.json().await.expect("JSON");
-        assert!(answer["usage"]["total_tokens"].as_u64() > Some(0), "{answer}");
+        assert!(
+            answer["usage"]["total_tokens"].as_u64() > Some(0),
+            "{answer}"
+        );
     }
 }

@@ -416,6 +416,49 @@ async fn the_disk_cap_drops_and_counts_and_refusing_is_a_choice() {
     assert_eq!(body["error"]["code"], "usage_log_full");
 }
 
+/// The test configuration with a 100,000-token budget for `acme`, plus
+/// `extra` sections.
+fn budgeted(upstream: &MockUpstream, ch: &ClickHouse, extra: &str) -> String {
+    config(upstream, &shipping_to(ch)).replace(
+        "tenants: [{ name: acme }]",
+        "tenants: [{ name: acme, budget_tokens: 100000 }]",
+    ) + extra
+}
+
+/// Three charged requests, shipped and settled: their committed spend.
+async fn spend_three(obleth: &Obleth, ch: &ClickHouse) -> u64 {
+    for _ in 0..3 {
+        assert_eq!(chat(obleth, 40).await.status(), 200);
+    }
+    ch.until_answer("SELECT count() FROM obleth.usage", "3")
+        .await;
+    let before = until_settled(obleth, 3, &["/tenants/acme/budget"])
+        .await
+        .remove(0);
+    let committed = standing(&before, "committed_tokens");
+    assert!(committed > 120, "{before}");
+    committed
+}
+
+/// Waits (15 s at most) until `acme`'s committed spend is at least `committed`.
+async fn until_restored(obleth: &Obleth, committed: u64) {
+    let admin = Admin::of(obleth);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // 503 while the budget store is still known down.
+        let now = admin.call("GET", "/tenants/acme/budget", None).await;
+        if now.1["standing"]["committed_tokens"].as_u64() >= Some(committed) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored: {now:?}, expected {committed}\n{}",
+            obleth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
     let ch = ClickHouse::start().await;
@@ -423,45 +466,31 @@ async fn committed_spend_lost_by_redis_is_restored_from_the_usage_ledger() {
     let prefix = redis_prefix();
     // The store outlives the process, as in production.
     let store = TempDir::new();
-    let body = config(&upstream, &shipping_to(&ch)).replace(
-        "tenants: [{ name: acme }]",
-        "tenants: [{ name: acme, budget_tokens: 100000 }]",
-    ) + &format!(
-        "redis: {{ url: 'redis://127.0.0.1:6379', prefix: '{prefix}' }}\n\
-         store: {{ database_url: 'sqlite://{}/obleth.db' }}\n",
-        store.path().display()
+    let body = budgeted(
+        &upstream,
+        &ch,
+        &format!(
+            "redis: {{ url: 'redis://127.0.0.1:6379', prefix: '{prefix}' }}\n\
+             store: {{ database_url: 'sqlite://{}/obleth.db' }}\n",
+            store.path().display()
+        ),
     );
     let obleth = Obleth::start(&body).await;
-    for _ in 0..3 {
-        assert_eq!(chat(&obleth, 40).await.status(), 200);
-    }
-    ch.until_answer("SELECT count() FROM obleth.usage", "3")
-        .await;
-    let before = until_settled(&obleth, 3, &["/tenants/acme/budget"])
-        .await
-        .remove(0);
-    let committed = standing(&before, "committed_tokens");
-    assert!(committed > 120, "{before}");
+    let committed = spend_three(&obleth, &ch).await;
     drop(obleth);
 
     // Redis loses the spend (a flush, a restart without persistence).
     assert!(forget_budgets(&prefix).await > 0);
 
     let restarted = Obleth::start(&body).await;
-    let admin = Admin::of(&restarted);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = admin.ok("GET", "/tenants/acme/budget", None, 200).await;
-        if now["standing"]["committed_tokens"] == committed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not restored: {now}, expected {committed}\n{}",
-            restarted.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_restored(&restarted, committed).await;
+    let now = Admin::of(&restarted)
+        .ok("GET", "/tenants/acme/budget", None, 200)
+        .await;
+    assert_eq!(
+        now["standing"]["committed_tokens"], committed,
+        "exactly, no more"
+    );
     assert!(restarted
         .stderr()
         .contains("restored the committed spend of 1 budget scopes"));
@@ -472,20 +501,9 @@ async fn a_redis_restarted_empty_under_a_running_obleth_gets_the_spend_back_at_o
     let ch = ClickHouse::start().await;
     let upstream = mock("vllm").await;
     let mut redis = OwnRedis::start().await;
-    let body = config(&upstream, &shipping_to(&ch)).replace(
-        "tenants: [{ name: acme }]",
-        "tenants: [{ name: acme, budget_tokens: 100000 }]",
-    ) + &format!("redis: {{ url: 'redis://127.0.0.1:{}' }}\n", redis.port);
-    let obleth = Obleth::start(&body).await;
-    for _ in 0..3 {
-        assert_eq!(chat(&obleth, 40).await.status(), 200);
-    }
-    ch.until_answer("SELECT count() FROM obleth.usage", "3")
-        .await;
-    let before = until_settled(&obleth, 3, &["/tenants/acme/budget"])
-        .await
-        .remove(0);
-    let committed = standing(&before, "committed_tokens");
+    let redis_url = format!("redis: {{ url: 'redis://127.0.0.1:{}' }}\n", redis.port);
+    let obleth = Obleth::start(&budgeted(&upstream, &ch, &redis_url)).await;
+    let committed = spend_three(&obleth, &ch).await;
 
     // Redis dies and comes back empty while obleth runs: the spend is back
     // as soon as obleth sees it (not at the next periodic check, minutes
@@ -497,21 +515,8 @@ async fn a_redis_restarted_empty_under_a_running_obleth_gets_the_spend_back_at_o
         .wait_stderr("budget store down", Duration::from_secs(10))
         .await;
     let _redis = OwnRedis::start_on(redis.port).await;
-    let admin = Admin::of(&obleth);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = admin.call("GET", "/tenants/acme/budget", None).await;
-        // The request served meanwhile is settled on top when replayed.
-        if now.1["standing"]["committed_tokens"].as_u64() >= Some(committed) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not restored: {now:?}, expected {committed}\n{}",
-            obleth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The request served meanwhile is settled on top when replayed.
+    until_restored(&obleth, committed).await;
 }
 
 #[tokio::test]

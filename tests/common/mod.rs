@@ -375,6 +375,31 @@ impl Drop for Obleth {
 
 /// An HTTP client that does not pool connections across tests' servers and
 /// never follows redirects.
+/// Sends `bytes` over a fresh connection to `addr` and reads what comes
+/// back until the peer closes or `limit` passes: HTTP as a raw socket sees
+/// it, for requests no client library would send.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_until_closed(&mut stream, limit).await
+}
+
+/// Reads until the peer closes or `limit` passes.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 16 * 1024];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
