@@ -76,6 +76,16 @@ async fn redis_down_at_start_serves_as_fail_open_says_and_enforces_once_it_is_up
 
 /// Closed-loop load for `length`: requests answered per second and the
 /// median latency, with every status checked.
+/// The highest rate and the lowest median of three one-second load windows.
+async fn best_of_three(obleth: &Obleth) -> (f64, Duration) {
+    let mut best = (0.0f64, Duration::MAX);
+    for _ in 0..3 {
+        let (rate, median) = load(obleth, KEY, Duration::from_secs(1), 200).await;
+        best = (best.0.max(rate), best.1.min(median));
+    }
+    best
+}
+
 async fn load(obleth: &Obleth, key: &str, length: Duration, expect: u16) -> (f64, Duration) {
     let deadline = Instant::now() + length;
     let workers = (0..4).map(|_| {
@@ -132,12 +142,16 @@ async fn a_dead_redis_costs_fail_open_requests_nothing_and_fail_closed_answers_a
         "fail-closed works with Redis up"
     );
 
-    let (up_rate, up_median) = load(&open, KEY, Duration::from_secs(2), 200).await;
+    // The best of three one-second windows on each side: on two loaded
+    // cores a single window can lose a third of its rate to a neighbour,
+    // on either side; what is compared is what obleth can do.
+    let up_rate_and_median = best_of_three(&open).await;
     redis.kill();
     // The first second of the outage may find out; from the second on the
     // figures are compared.
     let _ = load(&open, KEY, Duration::from_secs(1), 200).await;
-    let (down_rate, down_median) = load(&open, KEY, Duration::from_secs(2), 200).await;
+    let (down_rate, down_median) = best_of_three(&open).await;
+    let (up_rate, up_median) = up_rate_and_median;
     eprintln!(
         "redis up: {up_rate:.0} req/s, median {up_median:?}; down: {down_rate:.0} req/s, median {down_median:?}"
     );

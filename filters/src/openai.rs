@@ -1,9 +1,11 @@
 //! The OpenAI wire format as the filters need it: the error body every LLM
 //! route answers with, and the few request fields obleth acts on.
 
+use std::fmt;
 use std::ops::Range;
 
 use bytes::Bytes;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -159,6 +161,91 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// Any JSON value, read as strictly as `serde_json::Value` reads it (UTF-8,
+/// escapes, number range, nesting limit) but not kept: what `IgnoredAny`
+/// lets through (it skips strings and numbers unchecked) yet `Value` refuses.
+struct Editable;
+
+impl<'de> Deserialize<'de> for Editable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Editable)
+    }
+}
+
+impl<'de> Visitor<'de> for Editable {
+    type Value = Editable;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Editable, E> {
+        Ok(Editable)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Editable, A::Error> {
+        while seq.next_element::<Editable>()?.is_some() {}
+        Ok(Editable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Editable, A::Error> {
+        while let Some(EditableKey(reserved)) = map.next_key()? {
+            if reserved {
+                // `Value` reads an object with this key as the JSON text in
+                // its value (serde_json's `raw_value`), not as an object.
+                return Err(de::Error::custom(format!(
+                    "the key {RAW_VALUE_KEY:?} is reserved"
+                )));
+            }
+            map.next_value::<Editable>()?;
+        }
+        Ok(Editable)
+    }
+}
+
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// An object key; `true` when it is [`RAW_VALUE_KEY`].
+struct EditableKey(bool);
+
+impl<'de> Deserialize<'de> for EditableKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(EditableKey(false))
+    }
+}
+
+impl<'de> Visitor<'de> for EditableKey {
+    type Value = EditableKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<EditableKey, E> {
+        Ok(EditableKey(key == RAW_VALUE_KEY))
+    }
+}
+
 /// The field's value when it is present and not null: a whole number of at
 /// least `min`, else the error naming the field.
 fn whole_number(
@@ -193,6 +280,11 @@ impl LlmRequest {
         }
         let head: Head =
             serde_json::from_slice(&bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        // `Head` skips the other fields leniently; brownout's cap and a
+        // merged `stream_options` edit the body as a whole, so it must also
+        // read as a `Value`, or the cap would silently not apply.
+        serde_json::from_slice::<Editable>(&bytes)
+            .map_err(|e| BodyError::NotJson(e.to_string()))?;
         let raw_model = head.model.ok_or(BodyError::MissingModel)?.get();
         let model = match serde_json::from_str::<Value>(raw_model) {
             Ok(Value::String(m)) if !m.is_empty() => m,
@@ -599,6 +691,42 @@ mod tests {
         }
         let r = parse(br#"{"model":"m","max_tokens":null,"n":null}"#).unwrap();
         assert_eq!((r.max_tokens, r.choices), (None, 1));
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_edited_whole_is_refused_not_left_uncapped() {
+        // Found by fuzzing: bodies `Head` reads but `Value` does not, so
+        // brownout's cap did nothing (max_output_tokens stayed 64 under a
+        // cap of 2) and a merged `stream_options` kept the client's model.
+        let deep = |n: usize| {
+            format!(
+                r#"{{"model":"m","max_tokens":64,"x":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let editable = |body: &[u8]| serde_json::from_slice::<Map<String, Value>>(body).is_ok();
+        let limit = (1..1000).find(|n| !editable(deep(*n).as_bytes())).unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            b"{\"model\":\"meta-llama/Llama-3.1-8B\",\"input\":\"hi\",\"max_output_tokens\":64,\"stream\":true,\"strEam_options\":{\"incl\xf7de_usaAe\":true}}".to_vec(),
+            br#"{"model":"m","max_tokens":64,"x":1e400}"#.to_vec(),
+            br#"{"model":"m","max_tokens":64,"x":"\ud800"}"#.to_vec(),
+            br#"{"model":"m","max_tokens":64,"x":{"$serde_json::private::RawValue":"[1"}}"#.to_vec(),
+            deep(limit).into_bytes(),
+        ];
+        for body in &cases {
+            let text = String::from_utf8_lossy(body);
+            assert!(!editable(body), "{text}");
+            assert!(matches!(parse(body), Err(BodyError::NotJson(_))), "{text}");
+        }
+        let mut r = parse(deep(limit - 1).as_bytes()).expect("as deep as Value reads");
+        r.cap_max_tokens(2, "max_tokens");
+        assert_eq!(r.max_tokens, Some(2));
+        let up: Value = serde_json::from_slice(&r.into_upstream("up", true)).unwrap();
+        assert_eq!(
+            (up["model"].as_str(), up["max_tokens"].as_u64()),
+            (Some("up"), Some(2))
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Both counts; the upstream chooses them, so the sum saturates.
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
     /// The `usage` of a response body or stream event: chat and completions
@@ -317,6 +318,15 @@ mod tests {
             assert_eq!(feed(&mut m, STREAM, piece), without, "piece {piece}");
             assert_eq!(m.usage().map(|u| u.completion_tokens), Some(2));
         }
+    }
+
+    #[test]
+    fn a_total_beyond_u64_saturates_instead_of_overflowing() {
+        // The upstream's numbers: u64::MAX + 1 panicked (overflow) in total().
+        let body = r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+        let mut m = UsageMeter::new(false, false);
+        feed(&mut m, body, 9);
+        assert_eq!(m.usage().map(|u| u.total()), Some(u64::MAX));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseSink, RequestRow, UsageTotals};
 pub use shipper::{ShipperConfig, SinkError, UsageSink};
+#[doc(hidden)]
+pub use wal::decode_frames;
 pub use wal::{Dropped, Durable, Position, Wal, WalConfig, WalStats};
 
 /// What a record in the log stands for.

@@ -504,6 +504,12 @@ pub(super) fn read_segment(
             file.read_to_end(&mut bytes)?;
         }
     }
+    Ok(decode_segment(&bytes, from, max, path))
+}
+
+/// Decodes up to `max` frames of `bytes`, which start at offset `from` of
+/// the segment at `path` (named when a record is skipped).
+fn decode_segment(bytes: &[u8], from: u64, max: usize, path: &Path) -> SegmentRead {
     let mut read = SegmentRead::default();
     let mut at = 0usize;
     while read.records.len() < max && at < bytes.len() {
@@ -532,7 +538,15 @@ pub(super) fn read_segment(
         }
         at = next;
     }
-    Ok(read)
+    read
+}
+
+/// The frames of `bytes` as `read_segment` decodes them (records with the
+/// offset just past each, and where a torn frame starts), for the fuzzer.
+#[doc(hidden)]
+pub fn decode_frames(bytes: &[u8]) -> (Vec<(UsageRecord, u64)>, Option<u64>) {
+    let read = decode_segment(bytes, 0, usize::MAX, Path::new("<bytes>"));
+    (read.records, read.torn_at)
 }
 
 #[cfg(test)]
