@@ -325,14 +325,10 @@ async fn raw(
     }
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (ct, allow) = (header("content-type"), header("allow"));
+    let (ct, allow) = (
+        header_text(&resp, "content-type"),
+        header_text(&resp, "allow"),
+    );
     let text = resp.text().await.unwrap_or_default();
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, ct, allow, value)

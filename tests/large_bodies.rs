@@ -77,16 +77,11 @@ async fn post_raw(obleth: &Obleth, body: Bytes) -> reqwest::Response {
 }
 
 fn received(resp: &reqwest::Response) -> (usize, String) {
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
     (
-        header("x-mock-received-bytes").parse().unwrap_or(0),
-        header("x-mock-received-fnv1a"),
+        header_text(resp, "x-mock-received-bytes")
+            .parse()
+            .unwrap_or(0),
+        header_text(resp, "x-mock-received-fnv1a"),
     )
 }
 

@@ -400,6 +400,15 @@ pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Durati
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A response header as text; empty when absent or not text.
+pub fn header_text(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

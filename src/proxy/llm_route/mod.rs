@@ -195,7 +195,8 @@ async fn admit(
         permit.admission().label(),
     );
     let body = request.into_upstream(&model.model.upstream_model, strip_usage);
-    if session.get_retry_buffer().is_none() {
+    // Asked without `get_retry_buffer`, which copies the buffer.
+    if session.as_ref().retry_buffer_truncated() {
         // Larger than Pingora's retry buffer: replay it from here.
         PresetBody::install(session, body.clone());
     }
