@@ -2,7 +2,8 @@
 # Installs what a fresh Debian machine lacks to build and test obleth:
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
 # pkg-config, curl, the openssl tool (tests make certificates with it) and
-# clickhouse-server (the telemetry tests start their own).
+# clickhouse-server (the telemetry tests start their own), the OTLP protos
+# for the tracing tests, and the deployment checks' tools (deploy-tools.sh).
 # Benchmarks additionally need haproxy, wrk and valgrind: `scripts/setup.sh bench`.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ for pair in cmake:cmake pkg-config:pkg-config curl:curl openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# The compose check runs HAProxy in a network namespace of its own.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # Usage telemetry tests run their own ClickHouse servers (Debian's 18.16).
 [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
 if [ "${1:-}" = bench ]; then
@@ -33,12 +36,26 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
   python3 -m pip install --quiet openai
 fi
 
+# The tracing tests decode OTLP exports with the official protos.
+if ! python3 -c 'import opentelemetry.proto' >/dev/null 2>&1; then
+  echo "setup: installing opentelemetry-proto"
+  python3 -m pip install --quiet opentelemetry-proto
+fi
+
 # The admin API's OpenAPI document is checked by a bounded schemathesis run
 # (tests/schemathesis.sh; its CLI is version 4).
 if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
   echo "setup: installing schemathesis"
   python3 -m pip install --quiet 'schemathesis>=4,<5'
 fi
+
+# The deployment checks read YAML (PyYAML) and need helm, kubectl,
+# kubernetes-validate, promtool, haproxy and Docker Compose.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  echo "setup: installing PyYAML"
+  python3 -m pip install --quiet pyyaml
+fi
+"$(dirname "$0")/deploy-tools.sh"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"

@@ -24,8 +24,9 @@
 //! Operating it
 //! - [`admin`]: `/healthz`, `/readyz` and the admin API; [`store`]: tenants,
 //!   keys, models and the audit log in Postgres or SQLite.
-//! - [`metrics`]: the Prometheus families; [`supervision`]: background tasks
-//!   that must not die unnoticed, and readiness.
+//! - [`metrics`]: the Prometheus families; [`otel`]: request traces exported
+//!   over OTLP/HTTP; [`supervision`]: background tasks that must not die
+//!   unnoticed, and readiness.
 //! - [`server`]: the Pingora server, its services, signals and reload;
 //!   [`cli`]: the admin API client behind `obleth tenant` and `obleth key`.
 
@@ -35,6 +36,7 @@ pub mod config;
 pub mod edge;
 pub mod llm;
 pub mod metrics;
+pub mod otel;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -40,6 +40,12 @@ pub struct Families {
     pub telemetry_disk: IntGauge,
     pub background_failures: IntCounterVec,
     pub connections_closed: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub start_time: IntGauge,
+    pub budget_store_up: IntGauge,
+    pub time_to_first_token: HistogramVec,
+    pub trace_spans_exported: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -181,8 +187,90 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["reason"]
     )
     .expect("metric registers once"),
+    build_info: register_int_gauge_vec!(
+        "obleth_build_info",
+        "Always 1; the version of the running binary",
+        &["version"]
+    )
+    .expect("metric registers once"),
+    start_time: register_int_gauge!(
+        "obleth_start_time_seconds",
+        "Unix time the process started; a change means a restart"
+    )
+    .expect("metric registers once"),
+    budget_store_up: register_int_gauge!(
+        "obleth_budget_store_up",
+        "1 while the budget store answers, 0 while Redis is known down (always 1 for in-process budgets)"
+    )
+    .expect("metric registers once"),
+    time_to_first_token: register_histogram_vec!(
+        "obleth_llm_time_to_first_token_seconds",
+        "From the request's arrival (queueing included) to the first bytes of a successful LLM response body, by model pool",
+        &["pool"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    trace_spans_exported: prometheus::register_int_counter!(
+        "obleth_trace_spans_exported_total",
+        "Spans the trace collector accepted"
+    )
+    .expect("metric registers once"),
+    trace_spans_dropped: register_int_counter_vec!(
+        "obleth_trace_spans_dropped_total",
+        "Spans not exported, by reason (queue_full, export_failed, stopped)",
+        &["reason"]
+    )
+    .expect("metric registers once"),
 }
 });
+
+/// Marks the process start: build info and start time (read by the
+/// restart alert), and every series with a fixed label set at zero, so a
+/// dashboard shows them and `increase()` counts their first event.
+pub fn process_started() {
+    let f = &*FAMILIES;
+    let zero = |family: &IntCounterVec, values: &[&str]| {
+        for value in values {
+            family.with_label_values(&[value]);
+        }
+    };
+    zero(
+        &f.budget_rejections,
+        &["rate", "too_large", "term", "unavailable"],
+    );
+    zero(
+        &f.trace_spans_dropped,
+        &["queue_full", "export_failed", "stopped"],
+    );
+    zero(&f.config_reloads, &["ok", "rejected"]);
+    zero(
+        &f.settlements,
+        &[
+            "charged",
+            "refunded",
+            "estimated",
+            "repeated",
+            "deferred",
+            "failed",
+        ],
+    );
+    zero(&f.tokens, &["input", "output"]);
+    zero(
+        &f.connections_closed,
+        &["head_timeout", "head_too_large", "slow_body"],
+    );
+    for admission in ["fast", "queued", "brownout", "rejected"] {
+        f.queue_wait.with_label_values(&[admission]);
+    }
+    f.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    f.start_time.set(now);
+    f.budget_store_up.set(1);
+}
 
 /// Copies the write-ahead log's counters into the telemetry metrics; run
 /// at scrape time. The log's totals only grow, so the counters follow.

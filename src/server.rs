@@ -33,6 +33,8 @@ pub enum StartError {
     Llm(#[from] crate::llm::LlmStartError),
     #[error("OBLETH_ADMIN_TOKEN must be set to at least {MIN_ADMIN_TOKEN} characters (or set admin.generate_dev_token for a development setup)")]
     AdminToken,
+    #[error("tracing: cannot start the exporter: {0}")]
+    Tracing(#[from] reqwest::Error),
     #[error("listener {name}: TLS: {source}")]
     Tls {
         name: String,
@@ -70,6 +72,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .thread_name("obleth-control")
         .enable_all()
         .build()?;
+    crate::metrics::process_started();
+    let tracer = match &config.tracing {
+        Some(settings) => {
+            let _runtime = control.enter();
+            Some(crate::otel::Tracer::start(settings)?)
+        }
+        None => None,
+    };
     let llm = if config.declares_llm() {
         Some(control.block_on(crate::llm::LlmState::start(&config))?)
     } else {
@@ -103,6 +113,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.trusted_proxies,
         AccessLog::open(&access_log)?,
         llm,
+        tracer,
     ));
 
     // Bind the operator endpoints first: a port in use stops start-up here.

@@ -68,6 +68,8 @@ pub fn spawn<F>(service: &'static str, task: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // The failure counter of every supervised service exists from the start.
+    FAMILIES.background_failures.with_label_values(&[service]);
     let handle = tokio::spawn(task);
     tokio::spawn(async move {
         if let Err(e) = handle.await {

@@ -115,6 +115,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         apply: |raw, text| set(&mut raw.telemetry.wal_path, text.into()),
     },
     EnvOverride {
+        name: "OBLETH_REPLICA",
+        key: "telemetry.replica",
+        apply: |raw, text| set(&mut raw.telemetry.replica, text.into()),
+    },
+    EnvOverride {
         name: "OBLETH_CLICKHOUSE_URL",
         key: "telemetry.clickhouse.url",
         apply: |raw, text| {
@@ -124,6 +129,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
                 .get_or_insert_with(Default::default);
             set(&mut clickhouse.url, text.into())
         },
+    },
+    EnvOverride {
+        name: "OBLETH_OTEL_ENDPOINT",
+        key: "tracing.endpoint",
+        apply: |raw, text| set(&mut raw.tracing.endpoint, text.into()),
     },
 ];
 

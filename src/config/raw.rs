@@ -130,6 +130,20 @@ pub struct RawConfig {
     pub admission: RawAdmission,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub tracing: RawTracing,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub queue: Option<usize>,
+    pub batch_spans: Option<usize>,
+    pub batch_interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -33,6 +33,8 @@ pub struct Config {
     pub budgets: BudgetSettings,
     pub admission: AdmissionSettings,
     pub telemetry: TelemetrySettings,
+    /// Span export over OTLP/HTTP; `None` traces nothing.
+    pub tracing: Option<TracingSettings>,
     /// `OBLETH_API_KEY_PEPPER`: mixed into every key hash.
     pub api_key_pepper: Option<String>,
     /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
@@ -97,6 +99,26 @@ pub struct TelemetrySettings {
     pub replica: String,
     /// `OBLETH_CLICKHOUSE_URL` (password: `OBLETH_CLICKHOUSE_PASSWORD`).
     pub clickhouse: Option<ClickHouseSettings>,
+}
+
+/// Where and how request spans are exported.
+#[derive(Debug, Clone)]
+pub struct TracingSettings {
+    /// The collector's traces URL: `{tracing.endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces sampled; a client's `traceparent` decides for
+    /// the trace it names.
+    pub sample_ratio: f64,
+    /// Requests whose spans may wait for export; more are dropped.
+    pub queue: usize,
+    /// Spans in one export request at most.
+    pub batch_spans: usize,
+    /// The longest a finished span waits for its batch.
+    pub batch_interval: Duration,
+    /// Bound on one export request.
+    pub timeout: Duration,
 }
 
 /// What LLM requests get while usage records would be dropped.

@@ -176,6 +176,7 @@ impl Validator {
             }
         }
         let telemetry = self.telemetry(&raw.telemetry);
+        let tracing = self.tracing(&raw.tracing);
         let mut endpoints: Vec<(String, SocketAddr)> = listeners
             .iter()
             .enumerate()
@@ -208,9 +209,49 @@ impl Validator {
             budgets,
             admission,
             telemetry,
+            tracing,
             api_key_pepper: None,
             encryption_key: None,
         }
+    }
+
+    /// Tracing is on once an endpoint is named; the other keys tune it.
+    fn tracing(&mut self, raw: &RawTracing) -> Option<TracingSettings> {
+        let base = raw.endpoint.as_deref()?.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            self.problem(
+                "tracing.endpoint",
+                "must be an OTLP/HTTP base URL: http://collector:4318",
+            );
+        }
+        let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            self.problem("tracing.sample_ratio", "must be between 0 and 1");
+        }
+        let at_least_one = |v: &mut Self, key: &str, value: Option<usize>, default: usize| {
+            let n = value.unwrap_or(default);
+            if n == 0 {
+                v.problem(key, "must be at least 1");
+            }
+            n.max(1)
+        };
+        Some(TracingSettings {
+            endpoint: format!("{base}/v1/traces"),
+            service_name: raw.service_name.clone().unwrap_or_else(|| "obleth".into()),
+            sample_ratio,
+            queue: at_least_one(self, "tracing.queue", raw.queue, 4096),
+            batch_spans: at_least_one(self, "tracing.batch_spans", raw.batch_spans, 512),
+            batch_interval: self.positive_duration(
+                "tracing.batch_interval",
+                raw.batch_interval.as_ref(),
+                Duration::from_secs(1),
+            ),
+            timeout: self.positive_duration(
+                "tracing.timeout",
+                raw.timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+        })
     }
 
     pub(super) fn server(&mut self, raw: RawServer) -> ServerSettings {

@@ -165,6 +165,12 @@ impl LlmState {
         Ok(state)
     }
 
+    /// Whether budgets can be reserved right now: Redis answers (its
+    /// breaker is closed), or budgets are in-process.
+    pub fn budget_store_up(&self) -> bool {
+        self.publisher.as_ref().is_none_or(RedisLink::is_up)
+    }
+
     /// Called after every admin change: forgets cached principals of the
     /// given key hashes in Redis, refreshes this replica and tells the others.
     pub async fn changed(&self, key_hashes: &[String]) {

@@ -15,6 +15,8 @@ use crate::edge::forwarding::RequestId;
 use crate::edge::pool::{InFlight, Pool};
 use crate::edge::routing::Route;
 use crate::metrics::FAMILIES;
+use crate::otel::otlp::KeyValue;
+use crate::otel::RequestTrace;
 
 /// Counts a request as in flight for as long as it lives.
 pub(super) struct Active(Arc<Shared>);
@@ -67,9 +69,25 @@ pub struct RequestCtx {
     /// Request body bytes received so far, for the listener's minimum rate.
     pub(super) body_bytes: u64,
     pub(super) limits: ClientLimits,
+    /// Set while the request is traced (sampled, with tracing on); boxed
+    /// like `llm`, as most requests have none.
+    pub(super) trace: Option<Box<RequestTrace>>,
 }
 
 impl RequestCtx {
+    /// Records a step of the request path that began at `started` and
+    /// ends now, when the request is traced.
+    pub(crate) fn trace_step(
+        &mut self,
+        name: &'static str,
+        started: Instant,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.step(name, started, attributes());
+        }
+    }
+
     /// Refuses a request body that trickles in: once it has taken longer
     /// than `http_request`, it must average `min_body_rate` bytes a second.
     pub(crate) fn check_body_rate(&mut self, received: usize) -> Result<()> {

@@ -14,6 +14,7 @@ use crate::edge::pool::{LivePools, Pool};
 use crate::edge::routing::{Route, RouteTable};
 use crate::llm::LlmState;
 use crate::metrics::RouteMetrics;
+use crate::otel::Tracer;
 
 /// Routes and pools of one configuration; a reload builds a new generation
 /// and swaps it in whole, while requests in flight keep the one they started
@@ -74,6 +75,8 @@ pub struct Shared {
     pub(super) in_flight: AtomicUsize,
     /// Started only when the configuration declares an `llm:` route.
     pub llm: Option<Arc<LlmState>>,
+    /// Set when `tracing.endpoint` is configured.
+    pub(super) tracer: Option<Tracer>,
 }
 
 impl Shared {
@@ -82,6 +85,7 @@ impl Shared {
         trusted_proxies: Vec<IpNet>,
         access_log: AccessLog,
         llm: Option<Arc<LlmState>>,
+        tracer: Option<Tracer>,
     ) -> Self {
         let (pools, _) = watch::channel(generation.pools.clone().into());
         Self {
@@ -91,6 +95,7 @@ impl Shared {
             access_log,
             in_flight: AtomicUsize::new(0),
             llm,
+            tracer,
         }
     }
 

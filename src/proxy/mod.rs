@@ -27,6 +27,7 @@ mod errors;
 mod generation;
 mod llm_route;
 mod preset_body;
+mod trace;
 
 use context::Active;
 pub use context::RequestCtx;
@@ -140,6 +141,7 @@ impl ProxyHttp for Gateway {
             total_timeout_hit: false,
             body_bytes: 0,
             limits: self.limits,
+            trace: None,
         }
     }
 
@@ -165,6 +167,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = RequestId::of(session.req_header());
+        if let Some(tracer) = &self.shared.tracer {
+            ctx.trace = tracer.begin(&session.req_header().headers).map(Box::new);
+        }
         if let Some(problem) = host_problem(session.req_header()) {
             session.set_keepalive(None);
             let text = HeaderValue::from_static("text/plain");
@@ -403,6 +408,9 @@ impl ProxyHttp for Gateway {
         if let Some(call) = &ctx.llm {
             call.rewrite_upstream_request(upstream)?;
         }
+        if let Some(trace) = &ctx.trace {
+            upstream.insert_header("traceparent", trace.upstream_traceparent())?;
+        }
         Ok(())
     }
 
@@ -549,6 +557,9 @@ impl ProxyHttp for Gateway {
         let llm_route = ctx.route.as_ref().map(|r| &r.config.action);
         if let (Some(Action::Llm(_)), Some(llm)) = (llm_route, &self.shared.llm) {
             llm_route::logging(llm, ctx, status, elapsed).await;
+        }
+        if let Some(tracer) = &self.shared.tracer {
+            trace::finish(tracer, session, ctx, status, self.scheme);
         }
 
         if !self.shared.access_log.enabled() {

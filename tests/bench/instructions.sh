@@ -24,32 +24,11 @@ start_upstream
 # count LABEL PORT COMMAND...: starts COMMAND under callgrind, warms it up,
 # then counts the instructions of DURATION seconds of load.
 count() {
-  local label=$1 p=$2 pid out requests total
+  local label=$1 p=$2
   shift 2
-  valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$work/$label.%p.cg" \
-    "$@" >/dev/null 2>"$work/$label.valgrind.log" &
-  pid=$!
-  pids+=("$pid")
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
-    sleep 0.1
-  done
-  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$p/bench" >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$p/bench")
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  kill -KILL "$pid" # the counts are dumped already
-  wait "$pid" 2>/dev/null || true
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  total=$(callgrind_annotate "$work/$label.$pid.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  echo "$label $requests $total" >>"$work/counts"
-  if [ "$PROFILE" -gt 0 ]; then
-    echo "== $label: $PROFILE costliest functions, inclusive instructions per request"
-    callgrind_annotate --inclusive=yes "$work/$label.$pid.cg.1" 2>/dev/null |
-      awk -v n="$requests" -v top="$PROFILE" '
-        /^ *[0-9,]+ / && !/PROGRAM TOTALS/ && shown < top {
-          ir = $1; gsub(",", "", ir); $1 = ""; printf "%10.0f%s\n", ir / n, $0; shown++ }'
-  fi
+  callgrind_start "$label" "$p" "$@"
+  callgrind_count "$CG_PID" "$label" "http://127.0.0.1:$p/bench"
+  callgrind_stop "$CG_PID"
 }
 
 HA=$(port)
@@ -72,10 +51,4 @@ echo
 echo "user-space instructions per proxied request (callgrind), wrk -t1 -c$CONNECTIONS -d${DURATION}s GET /bench after a ${WARMUP}s warm-up"
 echo "$(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), obleth $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo
-awk '
-  { label[NR] = $1; req[NR] = $2; per[NR] = $3 / $2; if ($1 == "haproxy") base = per[NR] }
-  END {
-    print "| target | requests counted | instructions/request | vs HAProxy |"
-    print "| --- | ---: | ---: | ---: |"
-    for (i = 1; i <= NR; i++) printf "| %s | %d | %.0f | %.2fx |\n", label[i], req[i], per[i], per[i] / base
-  }' "$work/counts"
+count_table haproxy

@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # Shared by the benchmark harnesses: a work directory and the processes to
-# stop on exit, ports, waiting, wrk runs and tables. DURATION, CONNECTIONS,
-# WARMUP, LOAD_CORE, PROXY_CORE and ROUNDS default to what the wrk
-# comparisons use; a harness that wants others sets them before sourcing.
+# stop on exit, ports, waiting, wrk runs and tables, the LLM routes'
+# configuration and instruction counts under callgrind. DURATION,
+# CONNECTIONS, WARMUP, LOAD_CORE, PROXY_CORE and ROUNDS default to what the
+# wrk comparisons use; a harness that wants others sets them before sourcing.
 # Add every started process's pid to `pids`.
 
 DURATION=${DURATION:-10}
@@ -22,8 +24,9 @@ trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# wait_port PORT [SECONDS]: until PORT opens (10 s at most by default).
 wait_port() {
-  for _ in $(seq 200); do
+  for _ in $(seq $((${2:-10} * 20))); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
@@ -166,4 +169,114 @@ table() {
       for (i = 1; i <= NR; i++)
         printf "| %s | %.0f | %.0f | %.0f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx |%s\n", label[i], rps[i], p50[i], p99[i], cpu[i], usr[i], sys[i], rps[i] / hr, p99[i] / h99, cpu[i] / hcpu, errs[i]
     }' "$work/table"
+}
+
+# The LLM comparisons' keys: tenant `bench` has no limits, `limited` a token
+# budget and a per-minute limit.
+KEY=obk_bench_000000000000000000000000
+BUDGET_KEY=obk_bench_budget_0000000000000000
+
+# llm_bench_sections REDIS_PREFIX: Redis on loopback under REDIS_PREFIX, the
+# pool `p` on the upstream UP, the two tenants and their keys, the model
+# `bench-model`, an `llm` route on /v1/ and a plain `proxy` route on
+# /plain/ to the same upstream.
+llm_bench_sections() {
+  cat <<YAML
+redis: { url: "redis://127.0.0.1:6379", prefix: "$1" }
+pools:
+  - name: p
+    retries: 0
+    servers: [{ address: "127.0.0.1:$UP" }]
+seed:
+  tenants: [{ name: bench }, { name: limited, budget_tokens: 100000000000, tokens_per_minute: 1000000000 }]
+  models: [{ name: bench-model, pool: p, upstream_model: mock-model }]
+  keys: [{ tenant: bench, name: k, secret: $KEY }, { tenant: limited, name: k, secret: $BUDGET_KEY }]
+routes:
+  - name: llm
+    match: { path: { prefix: /v1/ } }
+    llm: {}
+  - name: plain
+    match: { path: { prefix: /plain/ } }
+    proxy: { pool: p, rewrite_prefix: { from: /plain, to: / } }
+YAML
+}
+
+# chat_scripts: $work/chat.lua and $work/chat-budget.lua, wrk sending the
+# same small chat completion (max_tokens 2) with KEY and with BUDGET_KEY.
+chat_scripts() {
+  cat >"$work/chat.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":2}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+  sed "s/$KEY/$BUDGET_KEY/" "$work/chat.lua" >"$work/chat-budget.lua"
+}
+
+# llm_prime PORT: one chat completion with each key through the llm route on
+# PORT, which fails the harness unless both are answered with success.
+llm_prime() {
+  for k in "$KEY" "$BUDGET_KEY"; do
+    curl -fsS -o /dev/null "http://127.0.0.1:$1/v1/chat/completions" -H "authorization: Bearer $k" \
+      -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
+  done
+}
+
+# callgrind_start LABEL PORT COMMAND...: COMMAND under valgrind's callgrind
+# (its log in $work/LABEL.valgrind.log), waited for until PORT opens, which
+# takes a while: valgrind runs it some 50 times slower. Sets CG_PID.
+callgrind_start() {
+  local label=$1 p=$2
+  shift 2
+  valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$work/cg.%p" \
+    "$@" >/dev/null 2>"$work/$label.valgrind.log" &
+  CG_PID=$!
+  pids+=("$CG_PID")
+  wait_port "$p" 120 || { tail -20 "$work/$label.valgrind.log" >&2; return 1; }
+}
+
+# callgrind_count PID LABEL URL [wrk args...]: WARMUP seconds of wrk on URL,
+# then the instructions PID runs in DURATION seconds more; appends
+# "LABEL requests instructions errors" to $work/counts. With PROFILE > 0 also
+# prints LABEL's PROFILE costliest functions (inclusive, per request).
+callgrind_count() {
+  local pid=$1 label=$2 url=$3 out requests total errors
+  shift 3
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@" "$url")
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  # Each dump is a new numbered file; name it after its row.
+  mv "$work/cg.$pid".* "$work/$label.cg"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  total=$(callgrind_annotate "$work/$label.cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$label $requests $total ${errors:-}" >>"$work/counts"
+  if [ "${PROFILE:-0}" -gt 0 ]; then
+    echo "== $label: $PROFILE costliest functions, inclusive instructions per request"
+    callgrind_annotate --inclusive=yes "$work/$label.cg" 2>/dev/null |
+      awk -v n="$requests" -v top="$PROFILE" '
+        /^ *[0-9,]+ / && !/PROGRAM TOTALS/ && shown < top {
+          ir = $1; gsub(",", "", ir); $1 = ""; printf "%10.0f%s\n", ir / n, $0; shown++ }'
+  fi
+}
+
+# callgrind_stop PID: ends a process callgrind_start started; its counts are
+# dumped already.
+callgrind_stop() {
+  kill -KILL "$1"
+  wait "$1" 2>/dev/null || true
+}
+
+# count_table BASELINE-LABEL: $work/counts as a table of instructions per
+# request, in the order counted, with ratios against BASELINE-LABEL.
+count_table() {
+  awk -v base="$1" '
+    { label[NR] = $1; req[NR] = $2; per[NR] = $3 / $2; if ($1 == base) b = per[NR]
+      err = ""; for (i = 4; i <= NF; i++) err = err " " $i; errs[NR] = err }
+    END {
+      printf "| target | requests counted | instructions/request | vs %s |\n", base
+      print "| --- | ---: | ---: | ---: |"
+      for (i = 1; i <= NR; i++) printf "| %s | %d | %.0f | %.2fx |%s\n", label[i], req[i], per[i], per[i] / b, errs[i]
+    }' "$work/counts"
 }

@@ -13,9 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-KEY=obk_bench_000000000000000000000000
-BUDGET_KEY=obk_bench_budget_0000000000000000
-
 scripts/setup.sh bench
 scripts/services.sh
 cargo build --release --quiet -p obleth -p obleth-mock-upstream
@@ -27,24 +24,7 @@ start_upstream
 OB=$(port)
 {
   obleth_head "$OB" "$(port)" "sqlite://$work/obleth.db" bench
-  cat <<YAML
-redis: { url: "redis://127.0.0.1:6379", prefix: "obleth-bench-$$:" }
-pools:
-  - name: p
-    retries: 0
-    servers: [{ address: "127.0.0.1:$UP" }]
-seed:
-  tenants: [{ name: bench }, { name: limited, budget_tokens: 100000000000, tokens_per_minute: 1000000000 }]
-  models: [{ name: bench-model, pool: p, upstream_model: mock-model }]
-  keys: [{ tenant: bench, name: k, secret: $KEY }, { tenant: limited, name: k, secret: $BUDGET_KEY }]
-routes:
-  - name: llm
-    match: { path: { prefix: /v1/ } }
-    llm: {}
-  - name: plain
-    match: { path: { prefix: /plain/ } }
-    proxy: { pool: p, rewrite_prefix: { from: /plain, to: / } }
-YAML
+  llm_bench_sections "obleth-bench-$$:"
 } >"$work/obleth.yaml"
 start_obleth_release obleth "$OB"
 OB_PID=$OBLETH_PID
@@ -66,19 +46,8 @@ if [[ -n $BASE ]]; then
   wait_port "$BASE_OB"
 fi
 
-cat >"$work/chat.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":2}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $KEY"
-LUA
-sed "s/$KEY/$BUDGET_KEY/" "$work/chat.lua" >"$work/chat-budget.lua"
-for port in "$OB" ${BASE_OB:-}; do
-  for k in "$KEY" "$BUDGET_KEY"; do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/v1/chat/completions" -H "authorization: Bearer $k" \
-      -H 'content-type: application/json' -d '{"model":"bench-model","messages":[],"max_tokens":1}'
-  done
-done
+chat_scripts
+for port in "$OB" ${BASE_OB:-}; do llm_prime "$port"; done
 
 for _ in $(seq "$ROUNDS"); do
   run direct "http://127.0.0.1:$UP/v1/chat/completions" "$UP_PID" -s "$work/chat.lua"

@@ -48,6 +48,8 @@ pub struct LlmCall {
     pub record_id: String,
     /// Resolves once the intent is on disk; taken by the first wait.
     pub(super) intent: Option<Durable>,
+    /// When the first bytes of a successful response body arrived.
+    pub first_token: Option<std::time::Instant>,
 }
 
 /// The longest a response waits for its intent to be durable; the group
@@ -78,6 +80,17 @@ impl LlmCall {
             Err(_) => tracing::warn!(
                 "the usage intent is not durable after {INTENT_WAIT:?}; answering anyway"
             ),
+        }
+    }
+
+    /// The OpenTelemetry GenAI operation (`gen_ai.operation.name`) of the
+    /// endpoint; none for endpoints passed through unparsed.
+    pub fn operation(&self) -> Option<&'static str> {
+        match self.endpoint {
+            Endpoint::ChatCompletions | Endpoint::Responses => Some("chat"),
+            Endpoint::Completions => Some("text_completion"),
+            Endpoint::Embeddings => Some("embeddings"),
+            Endpoint::Models | Endpoint::Model | Endpoint::Other => None,
         }
     }
 
@@ -124,6 +137,9 @@ impl LlmCall {
             return;
         };
         let chunk = body.as_deref().unwrap_or_default();
+        if self.first_token.is_none() && !chunk.is_empty() {
+            self.first_token = Some(std::time::Instant::now());
+        }
         self.response_bytes += chunk.len() as u64;
         if let Some(replaced) = meter.observe(chunk, end) {
             *body = Some(Bytes::from(replaced));

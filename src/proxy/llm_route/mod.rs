@@ -17,12 +17,14 @@ use obleth_filters::records::Principal;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::json;
+use std::time::Instant;
 
 use super::preset_body::PresetBody;
 use super::{respond, Generation, RequestCtx};
 use crate::config::LlmAction;
 use crate::llm::{BodyBuffer, CatalogModel, HeldBytes, LlmState};
 use crate::metrics::FAMILIES;
+use crate::otel::otlp::KeyValue;
 
 use budget::reserve;
 pub use call::LlmCall;
@@ -86,7 +88,14 @@ async fn admit(
     )
     .ok_or(AuthError::Missing)?
     .to_owned();
+    let started = Instant::now();
     let principal = llm.resolver.resolve(&secret).await?;
+    ctx.trace_step("auth", started, || {
+        vec![KeyValue::text(
+            "obleth.tenant.id",
+            principal.tenant.id.as_str(),
+        )]
+    });
     ctx.caller = Some(principal.clone());
     access::check(&principal, jiff::Timestamp::now())?;
 
@@ -155,7 +164,14 @@ async fn admit(
         )
         .into());
     };
+    let started = Instant::now();
     let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
+    ctx.trace_step("admission", started, || {
+        vec![
+            KeyValue::text("obleth.admission", permit.admission().label()),
+            KeyValue::text("obleth.pool", model.model.name.as_str()),
+        ]
+    });
     // Brownout lowers the output of generating endpoints only.
     let output_field = match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions => Some("max_tokens"),
@@ -169,7 +185,12 @@ async fn admit(
         request.cap_max_tokens(cap, field);
     }
     let brownout_cap = brownout_cap.map(|(_, cap)| cap);
-    let hold = match reserve(llm, &principal, &model, &request).await {
+    let started = Instant::now();
+    let reserved = reserve(llm, &principal, &model, &request).await;
+    ctx.trace_step("budget", started, || {
+        vec![KeyValue::flag("obleth.budget.reserved", reserved.is_ok())]
+    });
+    let hold = match reserved {
         Ok(hold) => hold,
         Err(refused) => {
             // Nothing will be served: take the estimate back out of the
@@ -218,6 +239,7 @@ async fn admit(
         charged: None,
         record_id,
         intent,
+        first_token: None,
     }));
     Ok(false)
 }

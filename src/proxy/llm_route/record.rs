@@ -18,6 +18,12 @@ use crate::proxy::errors::status_label;
 pub async fn logging(llm: &LlmState, ctx: &mut RequestCtx, status: u16, elapsed: Duration) {
     if let Some(call) = ctx.llm.as_mut() {
         call.settle(llm).await;
+        if let Some(first) = call.first_token {
+            FAMILIES
+                .time_to_first_token
+                .with_label_values(&[call.model.model.name.as_str()])
+                .observe(first.duration_since(ctx.started).as_secs_f64());
+        }
     }
     let admission = ctx.llm.as_ref().map_or("rejected", |c| c.admission());
     FAMILIES

@@ -28,6 +28,9 @@ const X_MOCK_FAULT: HeaderName = HeaderName::from_static("x-mock-fault");
 /// Echoes the `Authorization` the mock received, so tests can check which
 /// credential a proxy sent upstream.
 const X_MOCK_SAW_AUTHORIZATION: HeaderName = HeaderName::from_static("x-mock-saw-authorization");
+/// Echoes the W3C `traceparent` the mock received, so tests can check that
+/// a trace continues upstream.
+const X_MOCK_SAW_TRACEPARENT: HeaderName = HeaderName::from_static("x-mock-saw-traceparent");
 /// The length of the request body received, on every response.
 const X_MOCK_RECEIVED_BYTES: HeaderName = HeaderName::from_static("x-mock-received-bytes");
 /// The FNV-1a digest (16 hex digits) of the request body received.
@@ -218,6 +221,11 @@ pub(crate) async fn handle(
         response
             .headers_mut()
             .insert(X_MOCK_SAW_AUTHORIZATION, credential.clone());
+    }
+    if let Some(parent) = parts.headers.get("traceparent") {
+        response
+            .headers_mut()
+            .insert(X_MOCK_SAW_TRACEPARENT, parent.clone());
     }
     let headers = response.headers_mut();
     headers.insert(X_MOCK_RECEIVED_BYTES, HeaderValue::from(body.len()));
