@@ -192,6 +192,12 @@ fn llm_and_plain(upstream: &MockUpstream, sink: &str) -> String {
 /// An upstream that reads each request's declared body and throws it
 /// away, answering `200 ok`: what a bulk-upload endpoint does.
 async fn discarding_server() -> String {
+    fixed_server(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
+}
+
+/// An upstream that reads each request (head and declared body) and
+/// answers every one with `answer`.
+async fn fixed_server(answer: &'static [u8]) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
@@ -220,9 +226,7 @@ async fn discarding_server() -> String {
                         Ok(n) => left = left.saturating_sub(n as u64),
                     }
                 }
-                let _ = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
+                let _ = conn.write_all(answer).await;
             });
         }
     });
@@ -313,4 +317,37 @@ async fn a_gigabyte_body_is_refused_by_an_llm_route_and_streamed_through_a_plain
     let grew = peak_rss(obleth.pid()).saturating_sub(before);
     eprintln!("peak RSS grew by {} MiB streaming 1 GiB", grew >> 20);
     assert!(grew < 64 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}
+
+#[tokio::test]
+async fn an_upstream_reporting_absurd_usage_is_charged_without_overflow() {
+    const BODY: &str = concat!(
+        r#"{"id":"x","object":"chat.completion","model":"m","choices":[],"#,
+        r#""usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}"#
+    );
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let upstream = fixed_server(answer.leak().as_bytes()).await;
+    let config = format!(
+        "pools:\n  - name: p\n    servers: [{{ address: '{upstream}' }}]\n\
+         seed:\n  tenants: [{{ name: acme, budget_tokens: 1000 }}]\n  models: [{{ name: m, pool: p }}]\n\
+         \x20 keys: [{{ tenant: acme, name: k, secret: {KEY} }}]\n\
+         routes:\n  - name: llm\n    llm: {{}}\n"
+    );
+    let obleth = Obleth::start(&config).await;
+    let status = |resp: reqwest::Result<reqwest::Response>| match resp {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("{e}\n{}", obleth.stderr()),
+    };
+    let chat = two_token_chat("m");
+    let first = status(chat_request(&obleth, KEY).json(&chat).send().await);
+    assert_eq!(first, 200, "the client gets the upstream's answer");
+    let second = status(chat_request(&obleth, KEY).json(&chat).send().await);
+    assert_eq!(
+        second, 403,
+        "the term budget is spent, not wrapped around to a small number"
+    );
+    assert!(!obleth.stderr().contains("panicked"), "{}", obleth.stderr());
 }

@@ -65,7 +65,11 @@ echo
 echo "user-space instructions per request (callgrind), wrk -t1 -c$CONNECTIONS -d${DURATION}s POST /v1/chat/completions (max_tokens 2) after a ${WARMUP}s warm-up"
 echo "proxy-route: plain proxy, no auth; llm-route: key auth (cached), body parse, model + credential rewrite;"
 echo "llm-route+budget: the same for a tenant with limits: Lua reserve before and settle after, Redis on loopback"
-echo "obleth: $OBLETH_BIN (checkout $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+if [[ $OBLETH_BIN == target/release/obleth && ${SKIP_BUILD:-0} != 1 ]]; then
+  echo "obleth: $OBLETH_BIN, built from the checkout at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+else
+  echo "obleth: $OBLETH_BIN"
+fi
 [[ -z $BASE ]] || echo "baseline:*: the same rows served by $BASE"
 echo
 count_table proxy-route

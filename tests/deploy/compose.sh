@@ -8,7 +8,9 @@
 #   obleth.yaml, haproxy.cfg, prometheus.yml and the Dockerfile agree;
 # - wal-slot.sh gives each replica a usage log of its own;
 # - `obleth check` accepts deploy/docker/obleth.yaml in the compose
-#   environment, when given a binary:
+#   environment, and (as root) the image's runtime holds: uid 10001, a
+#   read-only root, writes only under /var/lib/obleth, the HEALTHCHECK
+#   passes, when given a binary (obleth-mock-upstream is taken from beside it):
 #     OBLETH_BIN=target/debug/obleth tests/deploy/compose.sh
 # One line per check; exits 1 if any failed.
 set -uo pipefail
@@ -381,6 +383,120 @@ obleth_check() {
     'mount --bind "$1" /etc/hosts && exec "$2" check -c "$3"' sh "$hosts" "$OBLETH_BIN" "$dir/obleth.yaml"
 }
 
+# The Dockerfile's HEALTHCHECK command, its argument list NUL-separated.
+healthcheck() {
+  python3 - "$dir/Dockerfile" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+cmd = re.search(r"^HEALTHCHECK\b.*?\sCMD\s+(\[.*\])\s*$", text, re.M)
+if cmd:
+    sys.stdout.write("".join(arg + "\0" for arg in json.loads(cmd.group(1))))
+EOF
+}
+
+# Runs "$@" as the image runs its processes: uid/gid 10001, in /var/lib/obleth,
+# with the environment Docker gives (PATH, HOME), chrooted into $root.
+in_image() {
+  env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/obleth \
+    chroot --userspec=10001:10001 "$root" env -C /var/lib/obleth "$@"
+}
+
+# Inside namespaces of image_runtime's own (mount, network, PID): the root
+# is the host's / with the image's files bound in where the image has them
+# (/usr/local/bin, /etc/obleth, /var/lib/obleth; overlays on their parents
+# give them mount points without writing to the host), every mount of it
+# read-only but the volume. Arguments: scratch directory, obleth, the mock
+# upstream, the configuration, then the health check's command.
+image_runtime_inside() {
+  local scratch="$1" root="$1/root" bin="$2" mock="$3" conf="$4" obleth code rw path
+  shift 4
+  fail() { echo "$*"; exit 1; }
+  mount --make-rprivate / || fail "cannot make the mounts private"
+  ip link set lo up || fail "no loopback in the network namespace"
+  mount --rbind / "$root" || fail "cannot bind / at $root"
+  for path in usr/local/bin etc/obleth var/lib/obleth; do
+    mkdir -p "$scratch/upper/$path" "$scratch/work/$path"
+    mount -t overlay overlay "$root/${path%/*}" \
+      -o "lowerdir=/${path%/*},upperdir=$scratch/upper/$path,workdir=$scratch/work/$path" \
+      || fail "no overlay on /${path%/*}"
+    mkdir -p "$root/$path" || fail "cannot make /$path"
+  done
+  for path in "$scratch/bin:usr/local/bin" "$bin:usr/local/bin/obleth" \
+    "$mock:usr/local/bin/obleth-mock-upstream" "$scratch/etc:etc/obleth" "$conf:etc/obleth/obleth.yaml"; do
+    mount --bind "${path%:*}" "$root/${path##*:}" || fail "cannot bind ${path%:*} at /${path##*:}"
+  done
+  # mount(8) cannot make a tree read-only recursively: mount_setattr(2) does,
+  # hidden mounts included, leaving each mount's other flags as they are.
+  python3 - "$root" <<'EOF' || fail "cannot make $root read-only"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)  # attr_set = MOUNT_ATTR_RDONLY
+# mount_setattr(AT_FDCWD, root, AT_RECURSIVE, &attr, sizeof attr)
+if libc.syscall(442, -100, sys.argv[1].encode(), 0x8000, attr, ctypes.sizeof(attr)):
+    sys.exit(f"mount_setattr: {os.strerror(ctypes.get_errno())}")
+EOF
+  mount --bind "$scratch/volume" "$root/var/lib/obleth" || fail "cannot bind the volume"
+  rw="$(awk -v root="$root" '($5 == root || index($5, root "/") == 1) && $5 != root "/var/lib/obleth" \
+    && ("," $6 ",") !~ /,ro,/ { print $5 }' /proc/self/mountinfo)"
+  [ -z "$rw" ] || fail "writable mounts under the root: $rw"
+  for path in / /tmp /var/tmp /etc/obleth /var/lib /usr/local/bin; do
+    if (: >"$root$path/.obleth-probe") 2>/dev/null; then
+      rm -f "$root$path/.obleth-probe"
+      fail "$path is writable in the root"
+    fi
+  done
+
+  in_image obleth-mock-upstream --listen 127.0.0.1:8000 --name mock-vllm >/dev/null 2>"$scratch/mock.err" &
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8000) 2>/dev/null && break; sleep 0.1; done
+  in_image obleth run -c /etc/obleth/obleth.yaml >"$scratch/obleth.out" 2>"$scratch/obleth.err" &
+  obleth=$!
+  for _ in $(seq 200); do
+    kill -0 "$obleth" 2>/dev/null || fail "obleth exited during start-up"
+    curl -fs --max-time 1 -o /dev/null http://127.0.0.1:9090/readyz && break
+    sleep 0.1
+  done
+  curl -fs --max-time 1 -o /dev/null http://127.0.0.1:9090/readyz || fail "obleth was not ready within 20 s"
+  in_image "$@" || fail "the Dockerfile's HEALTHCHECK failed: $*"
+  code="$(curl -sS --max-time 10 -o "$scratch/reply" -w '%{http_code}' http://127.0.0.1:8080/v1/chat/completions \
+    -H 'authorization: Bearer obk_demo_0000000000000000000000000000' -H 'content-type: application/json' \
+    -d '{"model":"mock-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":5}')"
+  [ "$code" = 200 ] || fail "a chat completion with the demo key got $code: $(cat "$scratch/reply")"
+  for path in obleth.db obleth-wal; do
+    [ "$(stat -c %u:%g "$scratch/volume/$path" 2>/dev/null)" = 10001:10001 ] \
+      || fail "/var/lib/obleth/$path was not created by uid 10001; the volume holds:" \
+        "$(cd "$scratch/volume" && find . -mindepth 1 -printf '%p %u:%g\n')"
+  done
+  [ -d "$scratch/volume/obleth-wal" ] || fail "/var/lib/obleth/obleth-wal is not a directory"
+  ! grep -Eq ' ERROR |panicked|Read-only file system|Permission denied|os error (13|30)\b' "$scratch/obleth.err" \
+    || fail "obleth reported errors on stderr"
+  kill -0 "$obleth" 2>/dev/null || fail "obleth exited after serving"
+  # Leaving ends the PID namespace, which kills obleth and the mock, and
+  # with them the mount namespace and its mounts.
+}
+
+# The image's runtime without Docker (see image_runtime_inside), bounded to
+# 30 s; a failure shows obleth's stderr.
+image_runtime() {
+  local scratch hc=() bin rc
+  mapfile -d '' -t hc < <(healthcheck)
+  [ ${#hc[@]} -gt 0 ] || { echo "no HEALTHCHECK CMD [...] in $dir/Dockerfile"; return 1; }
+  bin="$(realpath "$OBLETH_BIN")"
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' RETURN
+  mkdir "$scratch/root" "$scratch/bin" "$scratch/etc" "$scratch/volume"
+  touch "$scratch/bin/obleth" "$scratch/bin/obleth-mock-upstream" "$scratch/etc/obleth.yaml"
+  chown 10001:10001 "$scratch/volume" && chmod 0750 "$scratch/volume"
+  timeout -k 5 30 unshare --mount --net --pid --fork --kill-child --mount-proc \
+    bash -c "$(declare -f in_image image_runtime_inside); image_runtime_inside \"\$@\"" image \
+    "$scratch" "$bin" "${bin%/*}/obleth-mock-upstream" "$PWD/conf/obleth.yaml" "${hc[@]}"
+  rc=$?
+  [ "$rc" -eq 0 ] && return 0
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "did not finish within 30 s"
+  [ -e "$scratch/obleth.err" ] && { echo "obleth's stderr:"; sed 's/^/  /' "$scratch/obleth.err"; }
+  [ -s "$scratch/mock.err" ] && { echo "the mock upstream's stderr:"; sed 's/^/  /' "$scratch/mock.err"; }
+  return 1
+}
+
 if command -v haproxy >/dev/null; then
   check "haproxy -c -f $dir/haproxy.cfg" haproxy -c -q -f "$dir/haproxy.cfg"
 else
@@ -421,6 +537,17 @@ elif ! unshare --map-root-user --mount true 2>/dev/null; then
   skip "obleth check -c $dir/obleth.yaml" "no mount namespace to resolve the compose service names in"
 else
   check "obleth check -c $dir/obleth.yaml (compose environment)" obleth_check
+fi
+
+name="image runtime: uid 10001, read-only root, writes only /var/lib/obleth"
+if [ -z "${OBLETH_BIN:-}" ]; then
+  skip "$name" "set OBLETH_BIN to an obleth binary"
+elif [ ! -x "$(dirname "$OBLETH_BIN")/obleth-mock-upstream" ]; then
+  skip "$name" "no obleth-mock-upstream beside $OBLETH_BIN"
+elif [ "$(id -u)" != 0 ] || ! unshare --mount --net --pid --fork true 2>/dev/null; then
+  skip "$name" "needs root and mount, network and PID namespaces"
+else
+  check "$name" image_runtime
 fi
 
 exit "$failed"

@@ -591,18 +591,24 @@ impl BudgetStore for LocalBudgets {
             level = Some(current);
         }
         s.roll_period(&l.period);
-        if l.budget_tokens
-            .is_some_and(|b| s.tokens + s.reserved_tokens + estimate.tokens > b)
-            || l.budget_usd_micros
-                .is_some_and(|b| s.usd + s.reserved_usd + estimate.usd_micros > b)
-        {
+        if l.budget_tokens.is_some_and(|b| {
+            s.tokens
+                .saturating_add(s.reserved_tokens)
+                .saturating_add(estimate.tokens)
+                > b
+        }) || l.budget_usd_micros.is_some_and(|b| {
+            s.usd
+                .saturating_add(s.reserved_usd)
+                .saturating_add(estimate.usd_micros)
+                > b
+        }) {
             return Ok(Decision::BudgetExhausted);
         }
         if let Some(current) = level {
             s.level = current - estimate.tokens as f64;
         }
-        s.reserved_tokens += estimate.tokens;
-        s.reserved_usd += estimate.usd_micros;
+        s.reserved_tokens = s.reserved_tokens.saturating_add(estimate.tokens);
+        s.reserved_usd = s.reserved_usd.saturating_add(estimate.usd_micros);
         s.reservations.insert(request_id.to_string(), estimate);
         Ok(Decision::Admitted {
             remaining_tokens: level.map(|_| s.level.max(0.0) as u64),
@@ -625,8 +631,9 @@ impl BudgetStore for LocalBudgets {
         }
         let reserved = s.reservations.remove(request_id).unwrap_or_default();
         s.roll_period(&scope.limits.period);
-        s.tokens += actual.tokens;
-        s.usd += actual.usd_micros;
+        // Actual usage comes from the upstream: it must not wrap.
+        s.tokens = s.tokens.saturating_add(actual.tokens);
+        s.usd = s.usd.saturating_add(actual.usd_micros);
         s.reserved_tokens = s.reserved_tokens.saturating_sub(reserved.tokens);
         s.reserved_usd = s.reserved_usd.saturating_sub(reserved.usd_micros);
         let tpm = scope.limits.tokens_per_minute;

@@ -169,14 +169,16 @@ impl LlmCall {
                 ("estimated", self.hold.prompt_bound.div_ceil(4), completion)
             }
         };
-        self.permit.correct(prompt + completion);
+        // An upstream's figures are input: their sum must not wrap.
+        let total = prompt.saturating_add(completion);
+        self.permit.correct(total);
         FAMILIES.tokens.with_label_values(&["input"]).inc_by(prompt);
         FAMILIES
             .tokens
             .with_label_values(&["output"])
             .inc_by(completion);
         let actual = Cost {
-            tokens: prompt + completion,
+            tokens: total,
             usd_micros: usd_micros(&self.model, prompt, completion, false),
         };
         self.charged = Some(Charged {
