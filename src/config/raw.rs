@@ -353,6 +353,7 @@ pub struct RawRoute {
     pub redirect: Option<RawRedirect>,
     pub respond: Option<RawRespond>,
     pub llm: Option<RawLlm>,
+    pub deny_source: Option<OneOrMany>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -369,6 +370,7 @@ pub struct RawMatch {
     pub method: Option<OneOrMany>,
     #[serde(default)]
     pub headers: Vec<RawHeaderMatch>,
+    pub source: Option<OneOrMany>,
 }
 
 /// A key that takes either one string or a list of them.

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method};
+use ipnet::IpNet;
 use regex::Regex;
 
 /// A route as validated from the configuration.
@@ -13,6 +14,8 @@ pub struct RouteConfig {
     pub name: String,
     pub matcher: Matcher,
     pub action: Action,
+    /// Client addresses this route answers 403 (`deny_source`).
+    pub deny_sources: Vec<IpNet>,
 }
 
 /// Conditions that must all hold for a route to match; an empty matcher
@@ -23,6 +26,8 @@ pub struct Matcher {
     pub path: Option<PathPattern>,
     pub methods: Vec<Method>,
     pub headers: Vec<HeaderCondition>,
+    /// Client addresses the route is for (`match.source`), empty for all.
+    pub sources: Vec<IpNet>,
 }
 
 /// A host name pattern; matching ignores case and any port.

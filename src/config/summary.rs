@@ -84,17 +84,21 @@ impl Config {
                 Action::Llm(l) => format!("llm (max body {} bytes)", l.max_body),
             };
             let m = &r.matcher;
-            let condition = if m.is_catch_all() {
+            let mut condition = if m.is_catch_all() {
                 "any request".to_string()
             } else {
                 format!(
-                    "hosts={:?} path={:?} methods={:?} headers={}",
+                    "hosts={:?} path={:?} methods={:?} headers={} sources={:?}",
                     m.hosts,
                     m.path,
                     m.methods,
-                    m.headers.len()
+                    m.headers.len(),
+                    m.sources
                 )
             };
+            if !r.deny_sources.is_empty() {
+                let _ = write!(condition, " deny_source={:?}", r.deny_sources);
+            }
             let _ = writeln!(out, "route {}: {condition} => {action}", r.name);
         }
         out

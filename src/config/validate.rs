@@ -264,12 +264,9 @@ impl Validator {
         let grace = self.duration("server.grace", raw.grace.as_ref(), Duration::from_secs(30));
         let mut trusted_proxies = Vec::new();
         for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
-            let parsed = cidr
-                .parse::<IpNet>()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => self.problem(
+            match parse_cidr(cidr) {
+                Some(net) => trusted_proxies.push(net),
+                None => self.problem(
                     &format!("server.trusted_proxies[{i}]"),
                     format!("{cidr:?} is not a CIDR or IP address"),
                 ),
@@ -291,4 +288,11 @@ impl Validator {
             path: raw.path.map(PathBuf::from),
         }
     }
+}
+
+/// A CIDR, or a single address as the network of just that address.
+pub(super) fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .ok()
 }

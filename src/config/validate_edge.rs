@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method};
+use ipnet::IpNet;
 use regex::Regex;
 
 use super::raw::*;
-use super::validate::MAX_RETRIES;
+use super::validate::{parse_cidr, MAX_RETRIES};
 use super::*;
 
 impl Validator {
@@ -322,10 +323,12 @@ impl Validator {
                 .map(|m| self.matcher(&format!("{key}.match"), m))
                 .unwrap_or_default();
             let action = self.action(&key, r.proxy, r.redirect, r.respond, r.llm, pools);
+            let deny_sources = self.sources(&format!("{key}.deny_source"), r.deny_source);
             routes.push(RouteConfig {
                 name: r.name,
                 matcher,
                 action,
+                deny_sources,
             });
         }
         routes
@@ -400,12 +403,34 @@ impl Validator {
             };
             headers.push(HeaderCondition { name, test });
         }
+        let sources = self.sources(&format!("{key}.source"), m.source);
         Matcher {
             hosts,
             path,
             methods,
             headers,
+            sources,
         }
+    }
+
+    /// CIDRs (or single addresses) of client sources.
+    fn sources(&mut self, key: &str, raw: Option<OneOrMany>) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, text) in raw
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match parse_cidr(text) {
+                Some(net) => nets.push(net),
+                None => self.problem(
+                    &format!("{key}[{i}]"),
+                    format!("{text:?} is not a CIDR or IP address"),
+                ),
+            }
+        }
+        nets
     }
 
     pub(super) fn regex(&mut self, key: &str, text: &str) -> Option<Regex> {

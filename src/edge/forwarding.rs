@@ -1,5 +1,6 @@
 //! What obleth tells the upstream about the original request: the request
-//! id, `X-Forwarded-For`, `-Proto` and `-Host`.
+//! id, `X-Forwarded-For`, `-Proto` and `-Host`; and who the client is when
+//! trusted proxies stand in front.
 //!
 //! These headers are written on every proxied request, so values are built
 //! without formatting machinery and reuse the client's bytes where they can:
@@ -8,6 +9,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
@@ -121,6 +123,42 @@ pub(crate) fn add_forwarding_headers(
     Ok(())
 }
 
+/// The client's address: the connection's peer, or, when the peer is a
+/// trusted proxy, the last address of its `X-Forwarded-For` chain that is
+/// not itself a trusted proxy (addresses left of it could be forged by the
+/// client). An entry that is not an address ends the walk at the proxy
+/// that wrote it.
+pub(crate) fn client_address(
+    peer: Option<IpAddr>,
+    request: &RequestHeader,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer?;
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let chain = request
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for entry in chain.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
 /// The host the client asked for, port included: the authority of an
 /// absolute-form target, else the `Host` header (shared, not copied).
 fn original_host(request: &RequestHeader) -> Option<HeaderValue> {
@@ -188,6 +226,41 @@ impl IpText {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn request_with(forwarded: &[&str]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        for value in forwarded {
+            req.append_header("x-forwarded-for", *value)
+                .expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn the_client_is_the_last_untrusted_address_behind_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let client =
+            |peer: &str, xff: &[&str]| client_address(ip(peer), &request_with(xff), &trusted);
+        // An untrusted peer's header is ignored: it could say anything.
+        assert_eq!(client("203.0.113.9", &["1.1.1.1"]), ip("203.0.113.9"));
+        // A trusted peer vouches for the address it saw.
+        assert_eq!(client("10.0.0.2", &["198.51.100.7"]), ip("198.51.100.7"));
+        // Forged entries left of the first untrusted one do not count.
+        assert_eq!(
+            client("10.0.0.2", &["6.6.6.6, 198.51.100.7, 10.0.0.3"]),
+            ip("198.51.100.7")
+        );
+        // Several header lines are one list.
+        assert_eq!(
+            client("10.0.0.2", &["6.6.6.6", "198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        // Garbage stops the walk at the proxy that wrote it.
+        assert_eq!(client("10.0.0.2", &["nonsense, 10.0.0.4"]), ip("10.0.0.4"));
+        // A trusted peer without a header is the client.
+        assert_eq!(client("10.0.0.2", &[]), ip("10.0.0.2"));
+    }
 
     #[test]
     fn addresses_are_written_as_std_writes_them() {

@@ -3,7 +3,10 @@
 //! `use_backend` / `http-request redirect` rules do.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -72,6 +75,9 @@ pub struct RequestView<'a> {
     pub host_with_port: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// The client's address, as source rules see it: set only when a route
+    /// of the table has one ([`RouteTable::needs_client`]).
+    pub client: Option<IpAddr>,
 }
 
 impl<'a> RequestView<'a> {
@@ -99,6 +105,7 @@ impl<'a> RequestView<'a> {
             host_with_port,
             path: header.uri.path(),
             query: header.uri.query(),
+            client: None,
         }
     }
 }
@@ -129,6 +136,9 @@ impl Matcher {
                 return false;
             }
         }
+        if !self.sources.is_empty() && !req.client.is_some_and(|ip| in_any(&self.sources, ip)) {
+            return false;
+        }
         self.headers.iter().all(|c| c.matches(req.header))
     }
 
@@ -137,6 +147,7 @@ impl Matcher {
             && self.path.is_none()
             && self.methods.is_empty()
             && self.headers.is_empty()
+            && self.sources.is_empty()
     }
 }
 
@@ -184,17 +195,45 @@ impl Route {
     pub fn name(&self) -> &str {
         &self.config.name
     }
+
+    /// Whether `deny_source` refuses a request from `client`.
+    pub fn denies(&self, client: Option<IpAddr>) -> bool {
+        let deny = &self.config.deny_sources;
+        !deny.is_empty() && client.is_some_and(|ip| in_any(deny, ip))
+    }
+}
+
+fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
+    // A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// The ordered routes of one configuration generation.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    needs_client: bool,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        Self { routes }
+        let needs_client = routes
+            .iter()
+            .any(|r| !r.config.matcher.sources.is_empty() || !r.config.deny_sources.is_empty());
+        Self {
+            routes,
+            needs_client,
+        }
+    }
+
+    /// Whether a route has source rules, so matching needs the client's
+    /// address (worked out only then).
+    pub fn needs_client(&self) -> bool {
+        self.needs_client
     }
 
     /// The first route that matches, if any.

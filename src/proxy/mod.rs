@@ -39,7 +39,9 @@ use crate::config::Action;
 use crate::config::{Algorithm, ClientLimits};
 use crate::edge::access_log::{version_text, AccessRecord};
 use crate::edge::client_connection::HeadGuard;
-use crate::edge::forwarding::{add_forwarding_headers, RequestId, X_REQUEST_ID_WIRE};
+use crate::edge::forwarding::{
+    add_forwarding_headers, client_address, RequestId, X_REQUEST_ID_WIRE,
+};
 use crate::edge::pool::balance_key;
 use crate::edge::routing::RequestView;
 
@@ -178,7 +180,14 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let generation = self.shared.generation.load();
-        let view = RequestView::new(session.req_header());
+        let mut view = RequestView::new(session.req_header());
+        if generation.routes.needs_client() {
+            view.client = client_address(
+                client_ip(session),
+                session.req_header(),
+                &self.shared.trusted_proxies,
+            );
+        }
         let Some(route) = generation.routes.find(&view).cloned() else {
             drop(view);
             let text = HeaderValue::from_static("text/plain");
@@ -194,6 +203,10 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(route.clone());
+        if route.denies(view.client) {
+            drop(view);
+            return deny_source(session, ctx, &route).await;
+        }
         match &route.config.action {
             Action::Proxy(_) => {
                 drop(view);
@@ -594,6 +607,32 @@ impl ProxyHttp for Gateway {
                 .map_or("-", |c| c.principal.tenant.name.as_str()),
         });
     }
+}
+
+/// Answers 403 to a client a route's `deny_source` refuses: in the OpenAI
+/// error shape on LLM routes, as plain text elsewhere.
+async fn deny_source(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &crate::edge::routing::Route,
+) -> Result<bool> {
+    const MESSAGE: &str = "requests from this address are not allowed on this route";
+    let (content_type, body) = match route.config.action {
+        Action::Llm(_) => (
+            HeaderValue::from_static("application/json"),
+            Bytes::from(obleth_filters::openai::error_body(
+                403,
+                "source_denied",
+                MESSAGE,
+            )),
+        ),
+        _ => (
+            HeaderValue::from_static("text/plain"),
+            Bytes::from(format!("403 {MESSAGE}\n")),
+        ),
+    };
+    respond(session, 403, &content_type, body, &ctx.request_id, None).await?;
+    Ok(true)
 }
 
 /// Fails the request once the pool's `total` timeout has passed.
