@@ -46,6 +46,7 @@ pub struct Families {
     pub time_to_first_token: HistogramVec,
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -221,6 +222,12 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["reason"]
     )
     .expect("metric registers once"),
+    rate_limited: register_int_counter_vec!(
+        "obleth_rate_limited_total",
+        "Requests refused 429 by a route's rate_limit, by route",
+        &["route"]
+    )
+    .expect("metric registers once"),
 }
 });
 
@@ -318,6 +325,7 @@ const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 pub struct RouteMetrics {
     by_class: [IntCounter; 6],
     pub duration: Histogram,
+    pub rate_limited: IntCounter,
 }
 
 impl RouteMetrics {
@@ -326,6 +334,7 @@ impl RouteMetrics {
         Self {
             by_class: CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
             duration: f.duration.with_label_values(&[route]),
+            rate_limited: f.rate_limited.with_label_values(&[route]),
         }
     }
 

@@ -354,6 +354,15 @@ pub struct RawRoute {
     pub respond: Option<RawRespond>,
     pub llm: Option<RawLlm>,
     pub deny_source: Option<OneOrMany>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub by: Option<String>,
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

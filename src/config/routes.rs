@@ -16,6 +16,27 @@ pub struct RouteConfig {
     pub action: Action,
     /// Client addresses this route answers 403 (`deny_source`).
     pub deny_sources: Vec<IpNet>,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A per-client request rate limit (`routes[].rate_limit`).
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub by: LimitKey,
+    pub requests_per_second: u32,
+    /// Requests a client may make above the rate for a short while.
+    pub burst: u32,
+}
+
+/// What tells the clients of a rate limit apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's address (behind trusted proxies, the one they name).
+    ClientIp,
+    /// The value of a request header.
+    Header(HeaderName),
+    /// The API key presented (`Authorization` or `x-api-key`).
+    Key,
 }
 
 /// Conditions that must all hold for a route to match; an empty matcher

@@ -99,6 +99,13 @@ impl Config {
             if !r.deny_sources.is_empty() {
                 let _ = write!(condition, " deny_source={:?}", r.deny_sources);
             }
+            if let Some(l) = &r.rate_limit {
+                let _ = write!(
+                    condition,
+                    " rate_limit={}/s+{} by {:?}",
+                    l.requests_per_second, l.burst, l.by
+                );
+            }
             let _ = writeln!(out, "route {}: {condition} => {action}", r.name);
         }
         out

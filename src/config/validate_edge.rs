@@ -324,11 +324,15 @@ impl Validator {
                 .unwrap_or_default();
             let action = self.action(&key, r.proxy, r.redirect, r.respond, r.llm, pools);
             let deny_sources = self.sources(&format!("{key}.deny_source"), r.deny_source);
+            let rate_limit = r
+                .rate_limit
+                .and_then(|l| self.rate_limit(&format!("{key}.rate_limit"), l));
             routes.push(RouteConfig {
                 name: r.name,
                 matcher,
                 action,
                 deny_sources,
+                rate_limit,
             });
         }
         routes
@@ -411,6 +415,38 @@ impl Validator {
             headers,
             sources,
         }
+    }
+
+    fn rate_limit(&mut self, key: &str, raw: RawRateLimit) -> Option<RateLimitConfig> {
+        let by = match raw.by.as_deref().unwrap_or("client_ip") {
+            "client_ip" => LimitKey::ClientIp,
+            "key" => LimitKey::Key,
+            other => match other
+                .strip_prefix("header:")
+                .map(|n| HeaderName::from_bytes(n.as_bytes()))
+            {
+                Some(Ok(name)) => LimitKey::Header(name),
+                _ => {
+                    self.problem(
+                        &format!("{key}.by"),
+                        format!("{other:?}: expected client_ip, key or header:NAME"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let Some(requests_per_second) = raw.requests_per_second.filter(|n| *n > 0) else {
+            self.problem(
+                &format!("{key}.requests_per_second"),
+                "is required and must be at least 1",
+            );
+            return None;
+        };
+        Some(RateLimitConfig {
+            by,
+            requests_per_second,
+            burst: raw.burst.unwrap_or(0),
+        })
     }
 
     /// CIDRs (or single addresses) of client sources.

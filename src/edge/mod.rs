@@ -3,7 +3,9 @@
 //!
 //! - [`client_connection`]: the client connection under Pingora's parser —
 //!   head deadline and size, obleth's own answers to unparsable requests.
-//! - [`routing`]: matching a request against the ordered routes.
+//! - [`routing`]: matching a request against the ordered routes, source
+//!   ACLs.
+//! - [`rate_limit`]: per-client request rate limits of a route.
 //! - [`pool`]: server pools and load balancing, passive ejection.
 //! - [`health`]: active health checks.
 //! - [`forwarding`]: `X-Forwarded-*` and the request id.
@@ -14,4 +16,5 @@ pub mod client_connection;
 pub mod forwarding;
 pub mod health;
 pub mod pool;
+pub mod rate_limit;
 pub mod routing;

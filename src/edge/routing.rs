@@ -11,10 +11,11 @@ use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{
-    HeaderCondition, HeaderEdits, HeaderTest, HostPattern, Matcher, PathPattern, RouteConfig,
-    Template, TemplatePart,
+    HeaderCondition, HeaderEdits, HeaderTest, HostPattern, LimitKey, Matcher, PathPattern,
+    RouteConfig, Template, TemplatePart,
 };
 use crate::edge::pool::Pool;
+use crate::edge::rate_limit::RateLimiter;
 use crate::metrics::RouteMetrics;
 
 impl HeaderEdits {
@@ -189,6 +190,7 @@ pub struct Route {
     pub config: RouteConfig,
     pub pool: Option<Arc<Pool>>,
     pub metrics: RouteMetrics,
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 impl Route {
@@ -221,9 +223,14 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        let needs_client = routes
-            .iter()
-            .any(|r| !r.config.matcher.sources.is_empty() || !r.config.deny_sources.is_empty());
+        let needs_client = routes.iter().any(|r| {
+            !r.config.matcher.sources.is_empty()
+                || !r.config.deny_sources.is_empty()
+                || r.config
+                    .rate_limit
+                    .as_ref()
+                    .is_some_and(|l| l.by == LimitKey::ClientIp)
+        });
         Self {
             routes,
             needs_client,

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::{Action, PoolConfig, RouteConfig};
 use crate::edge::access_log::AccessLog;
 use crate::edge::pool::{LivePools, Pool};
+use crate::edge::rate_limit::RateLimiter;
 use crate::edge::routing::{Route, RouteTable};
 use crate::llm::LlmState;
 use crate::metrics::RouteMetrics;
@@ -49,6 +50,7 @@ impl Generation {
                 };
                 Arc::new(Route {
                     metrics: RouteMetrics::new(&config.name),
+                    rate_limiter: config.rate_limit.clone().map(RateLimiter::new),
                     config,
                     pool,
                 })

@@ -43,7 +43,8 @@ use crate::edge::forwarding::{
     add_forwarding_headers, client_address, RequestId, X_REQUEST_ID_WIRE,
 };
 use crate::edge::pool::balance_key;
-use crate::edge::routing::RequestView;
+use crate::edge::rate_limit::RetryAfter;
+use crate::edge::routing::{RequestView, Route};
 
 /// The proxy of one listener.
 pub struct Gateway {
@@ -206,6 +207,13 @@ impl ProxyHttp for Gateway {
         if route.denies(view.client) {
             drop(view);
             return deny_source(session, ctx, &route).await;
+        }
+        if let Some(limiter) = &route.rate_limiter {
+            if let Err(RetryAfter(seconds)) = limiter.check(session.req_header(), view.client) {
+                drop(view);
+                route.metrics.rate_limited.inc();
+                return rate_limited(session, ctx, &route, seconds).await;
+            }
         }
         match &route.config.action {
             Action::Proxy(_) => {
@@ -609,29 +617,55 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Answers 403 to a client a route's `deny_source` refuses: in the OpenAI
-/// error shape on LLM routes, as plain text elsewhere.
-async fn deny_source(
+/// Answers 403 to a client a route's `deny_source` refuses.
+async fn deny_source(session: &mut Session, ctx: &mut RequestCtx, route: &Route) -> Result<bool> {
+    let message = "requests from this address are not allowed on this route";
+    refuse(session, ctx, route, 403, "source_denied", message, None).await
+}
+
+/// Answers 429 to a client over the route's `rate_limit`.
+async fn rate_limited(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    route: &crate::edge::routing::Route,
+    route: &Route,
+    retry_after: u64,
 ) -> Result<bool> {
-    const MESSAGE: &str = "requests from this address are not allowed on this route";
+    let message = "too many requests from this client; slow down";
+    let retry = (header::RETRY_AFTER, retry_after.to_string());
+    refuse(
+        session,
+        ctx,
+        route,
+        429,
+        "rate_limit_exceeded",
+        message,
+        Some(retry),
+    )
+    .await
+}
+
+/// An edge gate's refusal: in the OpenAI error shape on LLM routes, as
+/// plain text elsewhere.
+async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    status: u16,
+    code: &str,
+    message: &str,
+    extra: Option<(HeaderName, String)>,
+) -> Result<bool> {
     let (content_type, body) = match route.config.action {
         Action::Llm(_) => (
             HeaderValue::from_static("application/json"),
-            Bytes::from(obleth_filters::openai::error_body(
-                403,
-                "source_denied",
-                MESSAGE,
-            )),
+            Bytes::from(obleth_filters::openai::error_body(status, code, message)),
         ),
         _ => (
             HeaderValue::from_static("text/plain"),
-            Bytes::from(format!("403 {MESSAGE}\n")),
+            Bytes::from(format!("{status} {message}\n")),
         ),
     };
-    respond(session, 403, &content_type, body, &ctx.request_id, None).await?;
+    respond(session, status, &content_type, body, &ctx.request_id, extra).await?;
     Ok(true)
 }
 
