@@ -42,6 +42,9 @@ impl Usage {
 
 /// Most bytes of a non-streamed response kept to find its `usage`.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
+/// The most of one stream event held back: a usage event is a few hundred
+/// bytes, so a longer one is passed on as it comes, unread.
+const EVENT_LIMIT: usize = 1024 * 1024;
 
 /// Watches a response body go by and reports the usage in it.
 #[derive(Debug)]
@@ -54,6 +57,10 @@ pub struct UsageMeter {
     streamed_chunks: u64,
     /// Drop the usage-only event (the client did not ask for it).
     strip_usage_event: bool,
+    /// Inside an event longer than [`EVENT_LIMIT`], passed on unread until
+    /// it ends; holds its last bytes, where the blank line ending it may
+    /// begin.
+    oversized: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +83,7 @@ impl UsageMeter {
             usage: None,
             streamed_chunks: 0,
             strip_usage_event: strip_usage_event && event_stream,
+            oversized: None,
         }
     }
 
@@ -127,8 +135,26 @@ impl UsageMeter {
     }
 
     fn observe_events(&mut self, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
-        self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
+        let mut chunk = chunk;
+        if let Some(tail) = self.oversized.take() {
+            let mut probe = tail;
+            let seen = probe.len();
+            probe.extend_from_slice(chunk);
+            match event_len(&probe) {
+                Some(len) => {
+                    let (rest_of_event, after) = chunk.split_at(len - seen);
+                    out.extend_from_slice(rest_of_event);
+                    chunk = after;
+                }
+                None => {
+                    out.extend_from_slice(chunk);
+                    self.oversized = Some(probe.split_off(probe.len().saturating_sub(3)));
+                    return self.strip_usage_event.then_some(out);
+                }
+            }
+        }
+        self.pending.extend_from_slice(chunk);
         let mut removed = false;
         let mut consumed = 0;
         let pending = std::mem::take(&mut self.pending);
@@ -144,6 +170,11 @@ impl UsageMeter {
         self.pending = pending;
         let rest = self.pending.split_off(consumed);
         self.pending = rest;
+        if self.pending.len() > EVENT_LIMIT && !end {
+            let held = std::mem::take(&mut self.pending);
+            self.oversized = Some(held[held.len() - 3..].to_vec());
+            out.extend_from_slice(&held);
+        }
         if end && !self.pending.is_empty() {
             let tail = std::mem::take(&mut self.pending);
             if self.inspect_event(&tail) {
@@ -229,6 +260,41 @@ fn event_len(buf: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_too_long_to_be_usage_passes_unread_and_metering_goes_on() {
+        let huge = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(3 * EVENT_LIMIT)
+        );
+        let stream = format!("{huge}{STREAM}");
+        for strip in [false, true] {
+            let mut meter = UsageMeter::new(true, strip);
+            let mut sent = Vec::new();
+            let bytes = stream.as_bytes();
+            // 16 KiB chunks, one cut inside the huge event's blank line.
+            let cuts: Vec<usize> = (0..bytes.len())
+                .step_by(16 * 1024)
+                .chain([huge.len() - 1])
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .chain([bytes.len()])
+                .collect();
+            for pair in cuts.windows(2) {
+                let piece = &bytes[pair[0]..pair[1]];
+                let end = pair[1] == bytes.len();
+                match meter.observe(piece, end) {
+                    Some(replaced) => sent.extend_from_slice(&replaced),
+                    None => sent.extend_from_slice(piece),
+                }
+                assert!(meter.pending.len() <= EVENT_LIMIT + 16 * 1024);
+            }
+            assert_eq!(meter.usage().map(|u| u.total()), Some(9), "strip={strip}");
+            let sent = String::from_utf8(sent).expect("utf-8");
+            assert!(sent.starts_with(&huge), "the long event passed whole");
+            assert_eq!(sent.contains("\"usage\""), !strip, "strip={strip}");
+        }
+    }
 
     const STREAM: &str = concat!(
         "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
