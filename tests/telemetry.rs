@@ -520,6 +520,61 @@ async fn a_redis_restarted_empty_under_a_running_obleth_gets_the_spend_back_at_o
 }
 
 #[tokio::test]
+async fn spend_two_replicas_had_not_shipped_when_redis_came_back_is_restored_too() {
+    let ch = ClickHouse::start().await;
+    let upstream = mock("vllm").await;
+    let db = PgDatabase::create().await;
+    let mut redis = OwnRedis::start().await;
+    // Batches wait 3 s: when Redis comes back, each replica's last
+    // requests are still only in its own log, and each replica's own
+    // check sees only its own.
+    let config = format!(
+        "pools:\n{}store: {{ database_url: '{}' }}\n\
+         redis: {{ url: 'redis://127.0.0.1:{}' }}\n\
+         telemetry: {{ clickhouse: {{ url: '{}', batch_interval: 3s }} }}\n\
+         seed:\n  tenants: [{{ name: acme, budget_tokens: 100000 }}]\n  models: [{{ name: m, pool: p }}]\n\
+         \x20 keys: [{{ tenant: acme, name: k, secret: {KEY} }}]\n\
+         routes:\n  - name: llm\n    llm: {{}}\n",
+        pool("p", &[&upstream], ""),
+        db.url,
+        redis.port,
+        ch.url()
+    );
+    let a = Obleth::start_with(&config, "off", &[("OBLETH_REPLICA", "a")]).await;
+    let b = Obleth::start_with(&config, "off", &[("OBLETH_REPLICA", "b")]).await;
+    for obleth in [&a, &b, &a, &b] {
+        assert_eq!(chat(obleth, 40).await.status(), 200);
+    }
+    until_settled(&b, 2, &[]).await;
+    let view = until_settled(&a, 2, &["/tenants/acme/budget"]).await;
+    let committed = standing(&view[0], "committed_tokens");
+    let admin = Admin::of(&a);
+    redis.kill();
+    for obleth in [&a, &b] {
+        assert_eq!(chat(obleth, 1).await.status(), 200, "fail-open serves");
+        obleth
+            .wait_stderr("budget store down", Duration::from_secs(10))
+            .await;
+    }
+    let _redis = OwnRedis::start_on(redis.port).await;
+    // The replicas check again once the batches that were waiting shipped.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let now = admin.call("GET", "/tenants/acme/budget", None).await;
+        if now.1["standing"]["committed_tokens"].as_u64() >= Some(committed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored: {now:?}, expected {committed}\n{}\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn migrate_creates_the_usage_schema_in_clickhouse() {
     let ch = ClickHouse::start().await;
     let dir = TempDir::new();

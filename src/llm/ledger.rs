@@ -24,6 +24,12 @@ enum LedgerError {
     Log(#[from] std::io::Error),
 }
 
+/// How often committed spend is checked against the ledger anyway.
+const PERIODIC_CHECK: Duration = Duration::from_secs(300);
+/// The second check after Redis came back, once the other replicas'
+/// batches have shipped (a batch waits `batch_interval`, 1 s by default).
+const FOLLOW_UP_CHECK: Duration = Duration::from_secs(10);
+
 /// Restores committed spend the budget store lost (a Redis flush or a
 /// restart without persistence; in-process budgets after any restart) from
 /// the usage ledger: at start-up and every few minutes, each scope with a
@@ -32,7 +38,9 @@ enum LedgerError {
 /// not shipped yet, so a Redis that lost everything gets back all of it.
 /// Raising never lowers spend. `redis_up` (with Redis) also triggers a pass
 /// the moment Redis is back after an outage: a Redis restarted empty would
-/// otherwise admit each tenant's whole budget again until the next pass.
+/// otherwise admit each tenant's whole budget again until the next pass;
+/// a second pass follows shortly after, for the spend other replicas had
+/// not shipped yet at the first.
 pub async fn restore_budgets(
     store: Store,
     budgets: Arc<dyn BudgetStore>,
@@ -44,6 +52,7 @@ pub async fn restore_budgets(
     if schema_ready.wait_for(|ready| *ready).await.is_err() {
         return;
     }
+    let mut wait = PERIODIC_CHECK;
     loop {
         match restore_once(&store, budgets.as_ref(), &ledger, &wal).await {
             Ok(0) => {}
@@ -62,8 +71,13 @@ pub async fn restore_budgets(
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
-            true = back => tracing::info!("budget store back: checking budgets against the usage ledger"),
+            _ = tokio::time::sleep(wait) => wait = PERIODIC_CHECK,
+            true = back => {
+                tracing::info!("budget store back: checking budgets against the usage ledger");
+                // Other replicas' spend still in their logs reaches the
+                // ledger within their batch interval: look once more then.
+                wait = FOLLOW_UP_CHECK;
+            }
         }
     }
 }
