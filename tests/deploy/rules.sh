@@ -8,7 +8,7 @@
 # any failed. Whether each metric queried exists in obleth's /metrics is
 # checked by a Rust test that scrapes a running obleth.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 # shellcheck source=tests/deploy/lib.sh
 source tests/deploy/lib.sh
