@@ -22,7 +22,8 @@
 //!   ledger restore. The filters themselves are the `obleth-filters` crate.
 //!
 //! Operating it
-//! - [`admin`]: `/healthz`, `/readyz` and the admin API; [`store`]: tenants,
+//! - [`admin`]: `/healthz`, `/readyz` and the admin API (the pools' server
+//!   state always, the LLM plane's resources with it); [`store`]: tenants,
 //!   keys, models and the audit log in Postgres or SQLite.
 //! - [`metrics`]: the Prometheus families; [`otel`]: request traces exported
 //!   over OTLP/HTTP; [`supervision`]: background tasks that must not die

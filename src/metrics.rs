@@ -22,6 +22,8 @@ pub struct Families {
     pub upstream_attempts: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub server_healthy: IntGaugeVec,
+    pub server_state: IntGaugeVec,
+    pub server_weight: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub budget_rejections: IntCounterVec,
     pub budget_fail_open: IntCounter,
@@ -83,6 +85,18 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     server_healthy: register_int_gauge_vec!(
         "obleth_upstream_server_healthy",
         "1 while a server is in rotation, 0 while ejected",
+        &["pool", "server"]
+    )
+    .expect("metric registers once"),
+    server_state: register_int_gauge_vec!(
+        "obleth_upstream_server_state",
+        "1 for a server's administrative state (ready, drain, maint), 0 for the two others",
+        &["pool", "server", "state"]
+    )
+    .expect("metric registers once"),
+    server_weight: register_int_gauge_vec!(
+        "obleth_upstream_server_weight",
+        "A server's current weight (the configured one unless changed through the admin API)",
         &["pool", "server"]
     )
     .expect("metric registers once"),

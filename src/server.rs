@@ -251,12 +251,9 @@ impl Lifecycle {
                 );
             }
             Ok(config) => {
-                let previous = self.shared.current();
-                self.shared.install(Generation::build(
-                    config.routes,
-                    config.pools,
-                    Some(&previous),
-                ));
+                self.shared.rebuild(|previous| {
+                    Generation::build(config.routes, config.pools, Some(previous))
+                });
                 FAMILIES.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(
                     file = %self.config_path.display(),

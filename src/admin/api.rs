@@ -8,6 +8,11 @@
 //! methods, is JSON ([`super::error`]). The OpenAPI document is generated
 //! from the handlers, refined where attributes cannot say enough
 //! (`admin/doc.rs`), and lists the pools of the live configuration.
+//!
+//! The pools and their servers' runtime state (`pools.rs`) are part of the
+//! edge and are served whether or not the LLM plane runs; the other
+//! resources exist only with it, and without it their paths answer 404
+//! saying so.
 
 use std::sync::Arc;
 
@@ -27,7 +32,8 @@ use utoipa_axum::router::OpenApiRouter;
 use super::error::{
     decode, json_method_not_allowed, not_found, ApiError, ApiResult, ErrorBody, ErrorDetail,
 };
-use super::{audit, budgets, capacity, doc, groups, keys, models, tenants, usage};
+use super::{audit, budgets, capacity, doc, groups, keys, models, pools, tenants, usage};
+use crate::edge::pool::LivePools;
 use crate::llm::LlmState;
 
 /// Where the admin API learns the pools of the live configuration, which a
@@ -37,13 +43,16 @@ pub trait PoolDirectory: Send + Sync {
     fn pool_names(&self) -> Vec<String>;
 }
 
-/// What the handlers share.
+/// What the handlers of the LLM plane's resources share.
 #[derive(Clone)]
 pub struct ApiState {
     pub(super) llm: Arc<LlmState>,
     pub(super) pools: Arc<dyn PoolDirectory>,
-    token_digest: [u8; 32],
 }
+
+/// The SHA-256 of the admin token, which every request must present.
+#[derive(Clone, Copy)]
+struct TokenDigest([u8; 32]);
 
 /// What every handler that changes something starts from: the state it
 /// changes and who makes the change (for the audit log).
@@ -66,7 +75,7 @@ pub(super) fn views<T, V: From<T>>(items: Vec<T>) -> Json<Vec<V>> {
 }
 
 /// Who made a change: the `x-obleth-actor` header, else `admin`.
-fn actor(headers: &HeaderMap) -> String {
+pub(super) fn actor(headers: &HeaderMap) -> String {
     headers
         .get("x-obleth-actor")
         .and_then(|v| v.to_str().ok())
@@ -101,7 +110,7 @@ pub(super) fn merge<T: Serialize + DeserializeOwned>(current: &T, patch: Value) 
 
 /// Refuses every request under `/api/v1` (known route or not) without the
 /// admin token, compared in constant time.
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn require_token(State(token): State<TokenDigest>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -125,7 +134,7 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         .into_response();
     }
     match presented {
-        Some(digest) if openssl::memcmp::eq(&digest, &state.token_digest) => next.run(req).await,
+        Some(digest) if openssl::memcmp::eq(&digest, &token.0) => next.run(req).await,
         _ => {
             ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token").into_response()
         }
@@ -134,7 +143,7 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "obleth admin API", description = "Tenants, API keys, models, budgets, admission and the audit log of an obleth gateway. Every error is `{\"error\":{\"message\",\"field\"}}`."),
+    info(title = "obleth admin API", description = "The runtime state of the pools' servers, and, where the LLM plane runs, tenants, API keys, models, budgets, admission and the audit log of an obleth gateway. Every error is `{\"error\":{\"message\",\"field\"}}`."),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
     security(("admin_token" = []))
@@ -154,33 +163,65 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The `/api/v1` router (token-protected), including its OpenAPI document.
-pub fn router(llm: Arc<LlmState>, pools: Arc<dyn PoolDirectory>, admin_token: &str) -> Router {
-    let state = ApiState {
-        llm,
-        pools,
-        token_digest: openssl::sha::sha256(admin_token.as_bytes()),
-    };
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(groups::routes())
-        .merge(tenants::routes())
-        .merge(keys::routes())
-        .merge(models::routes())
-        .merge(audit::routes())
-        .merge(budgets::routes())
-        .merge(capacity::routes())
-        .merge(usage::routes())
-        .split_for_parts();
+/// The `/api/v1` router (token-protected), including its OpenAPI document:
+/// the pools always, the LLM plane's resources when `llm` is given.
+pub fn router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -> Router {
+    let token = TokenDigest(openssl::sha::sha256(admin_token.as_bytes()));
+    let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(pools::routes().with_state(pools::PoolsState::new(pools.clone(), llm.clone())));
+    let plane = llm.is_some();
+    if let Some(llm) = llm {
+        let state = ApiState {
+            llm,
+            pools: Arc::new(pools.clone()),
+        };
+        routes = routes.merge(
+            OpenApiRouter::new()
+                .merge(groups::routes())
+                .merge(tenants::routes())
+                .merge(keys::routes())
+                .merge(models::routes())
+                .merge(audit::routes())
+                .merge(budgets::routes())
+                .merge(capacity::routes())
+                .merge(usage::routes())
+                .with_state(state),
+        );
+    }
+    let (router, api) = routes.split_for_parts();
     let document = Arc::new(doc::refine(&api));
+    let router = router.route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let live: Vec<(String, Vec<String>)> = pools
+                .borrow()
+                .iter()
+                .map(|p| {
+                    let servers = p
+                        .servers
+                        .iter()
+                        .flat_map(|s| [s.config.name.clone(), s.config.address.to_string()]);
+                    (p.name().to_string(), servers.collect())
+                })
+                .collect();
+            let document = doc::with_pools(&document, &live);
+            async move { Json(document) }
+        }),
+    );
+    let router = if plane {
+        router.fallback(not_found)
+    } else {
+        router.fallback(no_llm_plane)
+    };
     router
-        .route(
-            "/api/v1/openapi.json",
-            get(move |State(s): State<ApiState>| async move {
-                Json(doc::with_pools(&document, &s.pools.pool_names()))
-            }),
-        )
-        .fallback(not_found)
         .layer(middleware::map_response(json_method_not_allowed))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(token, require_token))
+}
+
+/// Paths outside `/api/v1/pools` when no route declares `llm:`.
+async fn no_llm_plane() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route: no route declares llm:, so this obleth runs no LLM plane and its admin API serves only /api/v1/pools and /api/v1/openapi.json",
+    )
 }

@@ -18,7 +18,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// What the audit log records changes of.
-const ENTITY_TYPES: [&str; 5] = ["group", "tenant", "key", "model", "capacity"];
+const ENTITY_TYPES: [&str; 6] = ["group", "tenant", "key", "model", "capacity", "server"];
 
 /// The kinds of entity in the audit log (for the document; the handler
 /// checks [`ENTITY_TYPES`]).
@@ -31,6 +31,7 @@ pub enum EntityType {
     Key,
     Model,
     Capacity,
+    Server,
 }
 
 /// The audit log's filters and page. Values are parsed by the handler so
@@ -42,7 +43,8 @@ pub struct AuditQuery {
     /// Only changes of this kind of entity.
     #[param(value_type = Option<EntityType>, inline)]
     entity_type: Option<String>,
-    /// Only changes of this entity (a group or model name, a tenant or key id).
+    /// Only changes of this entity (a group or model name, a tenant or key
+    /// id, `pool/server` for a server).
     #[param(max_length = 200)]
     entity_id: Option<String>,
     /// Return rows with an id below this one (the previous page's last id).

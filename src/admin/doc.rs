@@ -2,8 +2,10 @@
 //! the statuses every operation shares (401, 503, and 400/413/415 where a
 //! request carries input), the schemas of merge-patch bodies (the create
 //! schema with nothing required and no defaults), the rule that a model has
-//! exactly one of `pool` and `base_url`, and — per request, since a reload
-//! may change them — the configured pools a model may name.
+//! exactly one of `pool` and `base_url`, that a server change names at
+//! least one field, and — per request, since a reload may change them —
+//! the configured pools a model may name and the pools and servers the
+//! `/pools/…` paths take.
 
 use serde_json::{json, Map, Value};
 
@@ -31,6 +33,11 @@ pub fn refine(api: &utoipa::openapi::OpenApi) -> Value {
     });
     shared_timezone(&mut doc);
     patch_schemas(&mut doc);
+    // A server change names at least one field. (utoipa 5.5's
+    // `min_properties` attribute writes `maxProperties`, so it is set here.)
+    if let Some(change) = doc.pointer_mut("/components/schemas/ServerChange") {
+        change["minProperties"] = json!(1);
+    }
     if let Some(model) = doc.pointer_mut("/components/schemas/ModelSpec") {
         model["oneOf"] = json!([
             { "required": ["pool"], "properties": { "pool": { "type": "string" } } },
@@ -50,14 +57,16 @@ pub fn refine(api: &utoipa::openapi::OpenApi) -> Value {
     doc
 }
 
-/// The document with the live configuration's pools as the values a
-/// model's `pool` may take.
-pub fn with_pools(doc: &Value, pools: &[String]) -> Value {
+/// The document with the live configuration's pools (names, and the names
+/// of their servers) as the values a model's `pool` and the pool and
+/// server path parameters of `/pools/…` may take.
+pub fn with_pools(doc: &Value, pools: &[(String, Vec<String>)]) -> Value {
     let mut doc = doc.clone();
+    pool_parameters(&mut doc, pools);
     let pool = if pools.is_empty() {
         json!({ "type": "null", "description": "No pool is configured: give a base_url." })
     } else {
-        let mut values: Vec<Value> = pools.iter().map(|p| json!(p)).collect();
+        let mut values: Vec<Value> = pools.iter().map(|(p, _)| json!(p)).collect();
         values.push(Value::Null);
         json!({
             "type": ["string", "null"],
@@ -71,6 +80,40 @@ pub fn with_pools(doc: &Value, pools: &[String]) -> Value {
         }
     }
     doc
+}
+
+/// The `pool` and `server` path parameters of `/api/v1/pools/…` as the
+/// live pools and their servers (each pool with the names and resolved
+/// addresses of its servers; the parameter takes any server of any pool,
+/// and a server of another pool is a 404, as an unknown one is).
+fn pool_parameters(doc: &mut Value, pools: &[(String, Vec<String>)]) {
+    let mut servers: Vec<&String> = pools.iter().flat_map(|(_, s)| s).collect();
+    servers.sort();
+    servers.dedup();
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (_, item) in paths
+        .iter_mut()
+        .filter(|(path, _)| path.starts_with("/api/v1/pools/"))
+    {
+        let parameters = item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(Map::values_mut)
+            .filter_map(|op| op.get_mut("parameters").and_then(Value::as_array_mut))
+            .flatten();
+        for parameter in parameters {
+            let values: Vec<Value> = match parameter["name"].as_str() {
+                Some("pool") => pools.iter().map(|(p, _)| json!(p)).collect(),
+                Some("server") => servers.iter().map(|s| json!(s)).collect(),
+                _ => continue,
+            };
+            if !values.is_empty() {
+                parameter["schema"] = json!({ "type": "string", "enum": values });
+            }
+        }
+    }
 }
 
 /// 401 and 503 on every operation; 400 where the path, query or body

@@ -26,6 +26,7 @@ pub mod error;
 mod groups;
 mod keys;
 mod models;
+mod pools;
 mod tenants;
 mod usage;
 
@@ -81,21 +82,14 @@ impl BackgroundService for HttpEndpoint {
 /// `/healthz` answers while the process runs; `/readyz` only while it
 /// accepts traffic (not before the listeners start, not while draining,
 /// not once a background task died); everything under `/api/v1` is the
-/// token-protected admin API, whose resources (tenants, keys, models,
-/// budgets, usage) exist only when the LLM plane runs.
+/// token-protected admin API: the pools' servers always, the other
+/// resources (tenants, keys, models, budgets, usage) only when the LLM
+/// plane runs.
 pub fn admin_router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    match llm {
-        Some(llm) => probes.merge(api::router(llm, Arc::new(pools), admin_token)),
-        None => probes.fallback(|| async {
-            error::ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no route declares llm:, so this obleth runs no LLM plane and its admin API has no resources",
-            )
-        }),
-    }
+    probes.merge(api::router(llm, pools, admin_token))
 }
 
 async fn readyz() -> (StatusCode, String) {

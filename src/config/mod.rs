@@ -291,6 +291,24 @@ routes:
     }
 
     #[test]
+    fn a_server_listed_twice_in_a_pool_is_reported() {
+        let text = "\
+pools:
+  - name: a
+    servers:
+      - address: '127.0.0.1:81'
+      - address: 'localhost:81'
+      - address: '127.0.0.1:81'
+";
+        let p = problems(text).join("\n");
+        assert!(
+            p.contains("test.yaml:5:9: pools[0].servers[1].address: the same server as servers[0]"),
+            "{p}"
+        );
+        assert!(p.contains("pools[0].servers[2].address"), "{p}");
+    }
+
+    #[test]
     fn environment_overrides_win_over_the_file() {
         let text =
             "listeners: [{ address: '127.0.0.1:1000' }]\nadmin: { address: '127.0.0.1:1001' }\n";

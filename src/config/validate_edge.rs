@@ -173,6 +173,22 @@ impl Validator {
                 }
             })
             .collect();
+        // A server is named by its address (in the admin API, logs and
+        // metrics) and found by it on the hash ring and across reloads.
+        for (j, s) in servers.iter().enumerate() {
+            let twin = servers[..j].iter().position(|o| {
+                o.name == s.name || (o.address == s.address && s.address.port() != 0)
+            });
+            if let Some(first) = twin {
+                self.problem(
+                    &format!("{key}.servers[{j}].address"),
+                    format!(
+                        "the same server as servers[{first}] ({}); give it a higher weight instead",
+                        s.address
+                    ),
+                );
+            }
+        }
         let tls = tls.map(|mut t| {
             if t.sni.is_empty() {
                 t.sni = servers

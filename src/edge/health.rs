@@ -1,6 +1,7 @@
 //! Active health checks: each checked pool probes its servers every
 //! `interval` and moves them out of rotation after `fall` consecutive failures
 //! and back after `rise` consecutive passes, as HAProxy's `check` does.
+//! Servers in `maint` are not probed (drained ones are).
 
 use std::sync::{Arc, Weak};
 
@@ -11,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{HealthCheckConfig, HealthCheckKind, PoolConfig};
-use crate::edge::pool::{LivePools, Pool};
+use crate::edge::pool::{AdminState, LivePools, Pool};
 
 /// Runs the checks of every pool requests are routed to; a reload hands it
 /// the new pools, and checks of pools that are no
@@ -115,8 +116,11 @@ async fn check_loop(pool: Weak<Pool>, check: HealthCheckConfig, probe: Probe) {
             let probe = &probe;
             let timeout = check.timeout;
             async move {
+                if server.setting().state == AdminState::Maint {
+                    return None;
+                }
                 let backend = Backend::new(&server.config.address.to_string());
-                match backend {
+                Some(match backend {
                     Ok(backend) => match tokio::time::timeout(timeout, probe.check(&backend)).await
                     {
                         Ok(Ok(())) => Ok(()),
@@ -124,11 +128,20 @@ async fn check_loop(pool: Weak<Pool>, check: HealthCheckConfig, probe: Probe) {
                         Err(_) => Err(format!("no answer within {timeout:?}")),
                     },
                     Err(e) => Err(e.to_string()),
-                }
+                })
             }
         }))
         .await;
         for ((server, streak), result) in pool.servers.iter().zip(&mut streaks).zip(results) {
+            // A server in maintenance is not checked and counts as down
+            // (also when it was put there while its probe ran); its run of
+            // results starts again when it leaves.
+            let Some(result) = result.filter(|_| server.setting().state != AdminState::Maint)
+            else {
+                *streak = Streak::default();
+                server.set_healthy(false);
+                continue;
+            };
             let healthy = server.is_healthy();
             match result {
                 Ok(()) => {

@@ -6,7 +6,8 @@
 //! - [`routing`]: matching a request against the ordered routes, source
 //!   ACLs.
 //! - [`rate_limit`]: per-client request rate limits of a route.
-//! - [`pool`]: server pools and load balancing, passive ejection.
+//! - [`pool`]: server pools and load balancing, passive ejection, the
+//!   runtime server state (`ready`, `drain`, `maint`, weight).
 //! - [`health`]: active health checks.
 //! - [`forwarding`]: `X-Forwarded-*` and the request id.
 //! - [`access_log`]: one line per request, HAProxy `httplog` or JSON.

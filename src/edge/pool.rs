@@ -1,11 +1,21 @@
 //! Pools of upstream servers: which servers are in rotation, how many requests
 //! each is serving, and which one the next request goes to.
+//!
+//! Besides its health, each server has an operator's setting, changed at
+//! run time through the admin API as HAProxy's `set server … state` and
+//! `set server … weight` change it: a state (`ready`, `drain`, `maint`)
+//! and a current weight. Both sit in one atomic word, so selection reads
+//! them with one load per server it looks at; the weighted orders (the
+//! round-robin schedule, the consistent-hash ring) are rebuilt off the
+//! request path when a weight changes, and a pool whose weights are those
+//! of its configuration never looks at the rebuilt ones.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
@@ -27,19 +37,93 @@ fn monotonic_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
+/// The largest weight a server can be given at run time (the configuration
+/// allows 1 to the same bound).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A server's administrative state, as HAProxy's `set server … state`
+/// sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// In rotation, subject to health.
+    Ready,
+    /// Takes no new requests; requests in flight finish and health checks
+    /// go on.
+    Drain,
+    /// Takes no new requests, is not health-checked and counts as down.
+    Maint,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// What an operator sets for a server: its state and its current weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub state: AdminState,
+    /// 0 to [`MAX_WEIGHT`]; 0 sends the server no new requests, as
+    /// `drain` does, while its state stays what it is.
+    pub weight: u32,
+}
+
+impl Setting {
+    /// Whether selection may give the server a new request (health and
+    /// room aside).
+    fn takes_new_requests(self) -> bool {
+        self.state == AdminState::Ready && self.weight > 0
+    }
+
+    /// State in the high half, weight in the low half.
+    fn pack(self) -> u32 {
+        let state = match self.state {
+            AdminState::Ready => 0,
+            AdminState::Drain => 1,
+            AdminState::Maint => 2,
+        };
+        (state << 16) | self.weight.min(MAX_WEIGHT)
+    }
+
+    fn unpack(word: u32) -> Self {
+        let state = match word >> 16 {
+            0 => AdminState::Ready,
+            1 => AdminState::Drain,
+            _ => AdminState::Maint,
+        };
+        Self {
+            state,
+            weight: word & 0xffff,
+        }
+    }
+}
+
 /// One upstream server and its live state.
 #[derive(Debug)]
 pub struct Server {
     pub config: ServerConfig,
     /// Cleared by failing health checks (or a refused connection when the
-    /// pool is checked), set again after `rise` passing checks.
+    /// pool is checked), set again after `rise` passing checks; cleared
+    /// while the server is in `maint`.
     healthy: AtomicBool,
     /// Without active checks, a refused connection ejects the server until
     /// this instant (milliseconds since process start).
     ejected_until_ms: AtomicU64,
+    /// The operator's [`Setting`], packed.
+    setting: AtomicU32,
     in_flight: AtomicUsize,
     peer: HttpPeer,
     healthy_gauge: IntGauge,
+    /// `obleth_upstream_server_state` for each of [`AdminState::ALL`].
+    state_gauges: [IntGauge; 3],
+    weight_gauge: IntGauge,
 }
 
 impl Server {
@@ -51,6 +135,19 @@ impl Server {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
         self.healthy_gauge.set(i64::from(healthy));
+    }
+
+    /// The operator's state and current weight.
+    pub fn setting(&self) -> Setting {
+        Setting::unpack(self.setting.load(Ordering::Relaxed))
+    }
+
+    fn store_setting(&self, setting: Setting) {
+        self.setting.store(setting.pack(), Ordering::Relaxed);
+        for (state, gauge) in AdminState::ALL.iter().zip(&self.state_gauges) {
+            gauge.set(i64::from(*state == setting.state));
+        }
+        self.weight_gauge.set(i64::from(setting.weight));
     }
 
     pub fn in_flight(&self) -> usize {
@@ -92,15 +189,63 @@ pub fn balance_key(req: &RequestHeader, client: Option<IpAddr>, key: &HashKey) -
     }
 }
 
+/// The weighted orders of a pool for one set of weights.
+struct Rotation {
+    /// Weighted round-robin order of server indices, spread as nginx's
+    /// smooth weighted round robin spreads them.
+    schedule: Vec<usize>,
+    /// The Ketama ring of a consistent-hash pool, of the servers whose
+    /// weight is not 0.
+    ring: Option<Ring>,
+}
+
+struct Ring {
+    continuum: Continuum,
+    /// Points on the ring: one pass over it sees every server on it.
+    points: usize,
+    /// Servers on the ring.
+    servers: usize,
+}
+
+impl Rotation {
+    fn new(config: &PoolConfig, weights: &[u32]) -> Self {
+        let ring = matches!(config.algorithm, Algorithm::ConsistentHash(_)).then(|| {
+            let buckets: Vec<Bucket> = config
+                .servers
+                .iter()
+                .zip(weights)
+                .filter(|(_, &w)| w > 0)
+                .map(|(s, &w)| Bucket::new(s.address, w))
+                .collect();
+            Ring {
+                continuum: Continuum::new(&buckets),
+                points: weights
+                    .iter()
+                    .map(|&w| (w * pingora_ketama::DEFAULT_POINT_MULTIPLE) as usize)
+                    .sum(),
+                servers: buckets.len(),
+            }
+        });
+        Self {
+            schedule: smooth_schedule(weights),
+            ring,
+        }
+    }
+}
+
 /// A pool ready to serve: servers, selection state and metric handles.
 pub struct Pool {
     pub config: PoolConfig,
     pub servers: Vec<Server>,
-    /// Weighted round-robin order of server indices, spread as nginx's
-    /// smooth weighted round robin spreads them.
-    schedule: Vec<usize>,
+    /// The orders for the configured weights.
+    configured: Rotation,
+    /// Set while some server's current weight differs from its configured
+    /// one; only then does selection read `reweighted`.
+    is_reweighted: AtomicBool,
+    reweighted: ArcSwapOption<Rotation>,
+    /// Serializes setting changes, so the rebuilt orders follow the last.
+    changes: Mutex<()>,
     cursor: AtomicUsize,
-    ring: Option<Continuum>,
     pub metrics: PoolMetrics,
 }
 
@@ -143,9 +288,11 @@ impl Drop for InFlight {
 }
 
 impl Pool {
-    /// Builds a pool; servers that also stood in `previous` (same address)
+    /// Builds a pool. Servers that also stood in `previous` (same address)
     /// keep their health state, so a reload does not send traffic to a
-    /// server known to be down.
+    /// server known to be down, and their operator's state; they keep
+    /// their current weight too unless the configuration changed their
+    /// weight, which then applies.
     pub fn new(config: PoolConfig, previous: Option<&Pool>) -> Self {
         let servers: Vec<Server> = config
             .servers
@@ -154,78 +301,175 @@ impl Pool {
                 let old =
                     previous.and_then(|p| p.servers.iter().find(|o| o.config.address == s.address));
                 let healthy = old.is_none_or(|o| o.healthy.load(Ordering::Relaxed));
-                let gauge = FAMILIES
-                    .server_healthy
-                    .with_label_values(&[&config.name, &s.name]);
+                let setting = match old {
+                    Some(o) if o.config.weight == s.weight => o.setting(),
+                    Some(o) => Setting {
+                        weight: s.weight,
+                        ..o.setting()
+                    },
+                    None => Setting {
+                        state: AdminState::Ready,
+                        weight: s.weight,
+                    },
+                };
+                let labels = [config.name.as_str(), s.name.as_str()];
+                let gauge = FAMILIES.server_healthy.with_label_values(&labels);
                 gauge.set(i64::from(healthy));
-                Server {
+                let server = Server {
                     peer: build_peer(&config, s),
                     config: s.clone(),
                     healthy: AtomicBool::new(healthy),
                     ejected_until_ms: AtomicU64::new(
                         old.map_or(0, |o| o.ejected_until_ms.load(Ordering::Relaxed)),
                     ),
+                    setting: AtomicU32::new(setting.pack()),
                     in_flight: AtomicUsize::new(0),
                     healthy_gauge: gauge,
-                }
+                    state_gauges: AdminState::ALL.map(|state| {
+                        FAMILIES.server_state.with_label_values(&[
+                            labels[0],
+                            labels[1],
+                            state.as_str(),
+                        ])
+                    }),
+                    weight_gauge: FAMILIES.server_weight.with_label_values(&labels),
+                };
+                server.store_setting(setting);
+                server
             })
             .collect();
-        let ring = matches!(config.algorithm, Algorithm::ConsistentHash(_)).then(|| {
-            let buckets: Vec<Bucket> = servers
-                .iter()
-                .map(|s| Bucket::new(s.config.address, s.config.weight))
-                .collect();
-            Continuum::new(&buckets)
-        });
-        Self {
-            schedule: smooth_schedule(&servers),
+        let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
+        let pool = Self {
+            configured: Rotation::new(&config, &weights),
+            is_reweighted: AtomicBool::new(false),
+            reweighted: ArcSwapOption::empty(),
+            changes: Mutex::new(()),
             metrics: PoolMetrics::new(&config.name),
             cursor: AtomicUsize::new(0),
-            ring,
             servers,
             config,
-        }
+        };
+        pool.reweigh();
+        pool
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
-    /// Picks a server for the next attempt, skipping servers out of rotation,
-    /// at their connection limit, or already tried by this request.
+    /// The server `name` stands for: its address as written in the
+    /// configuration, or the address it resolved to when that names one
+    /// server only.
+    pub fn find_server(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.servers.iter().position(|s| s.config.name == name) {
+            return Some(i);
+        }
+        let mut resolved = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.config.address.to_string() == name)
+            .map(|(i, _)| i);
+        match (resolved.next(), resolved.next()) {
+            (Some(i), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Gives server `index` the operator's `setting`; returns the one it
+    /// replaces. A weight change rebuilds the weighted orders at once;
+    /// `maint` takes the server out of health (it counts as down, and in
+    /// a checked pool it comes back after `rise` passing checks once it
+    /// leaves `maint`; in a pool without checks, at once).
+    pub fn apply(&self, index: usize, setting: Setting) -> Setting {
+        let _serial = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let server = &self.servers[index];
+        let setting = Setting {
+            weight: setting.weight.min(MAX_WEIGHT),
+            ..setting
+        };
+        let before = server.setting();
+        server.store_setting(setting);
+        match (before.state, setting.state) {
+            (AdminState::Maint, AdminState::Maint) => {}
+            (_, AdminState::Maint) => server.set_healthy(false),
+            (AdminState::Maint, _) if self.config.health_check.is_none() => {
+                server.set_healthy(true)
+            }
+            _ => {}
+        }
+        if before.weight != setting.weight {
+            self.reweigh();
+        }
+        before
+    }
+
+    /// Rebuilds the weighted orders from the current weights, or drops
+    /// the rebuilt ones when the weights are the configured ones again.
+    fn reweigh(&self) {
+        let weights: Vec<u32> = self.servers.iter().map(|s| s.setting().weight).collect();
+        let configured = self
+            .servers
+            .iter()
+            .zip(&weights)
+            .all(|(s, &w)| s.config.weight == w);
+        if configured {
+            self.is_reweighted.store(false, Ordering::Release);
+            self.reweighted.store(None);
+        } else {
+            self.reweighted
+                .store(Some(Arc::new(Rotation::new(&self.config, &weights))));
+            self.is_reweighted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Picks a server for the next attempt, skipping servers out of rotation
+    /// (unhealthy, ejected, drained, in maintenance or at weight 0), at
+    /// their connection limit, or already tried by this request.
     /// `hash_key` is used by consistent hashing only.
     pub fn select(self: &Arc<Self>, tried: &[usize], hash_key: &[u8]) -> Option<InFlight> {
-        let eligible = |i: usize| {
+        // The server's current weight when it may take the request.
+        let eligible = |i: usize| -> Option<u32> {
             let s = &self.servers[i];
-            !tried.contains(&i) && s.is_healthy() && s.has_room()
+            if tried.contains(&i) {
+                return None;
+            }
+            let setting = s.setting();
+            (setting.takes_new_requests() && s.is_healthy() && s.has_room())
+                .then_some(setting.weight)
+        };
+        let reweighted;
+        let rotation = if self.is_reweighted.load(Ordering::Acquire) {
+            reweighted = self.reweighted.load();
+            reweighted.as_deref().unwrap_or(&self.configured)
+        } else {
+            &self.configured
         };
         let index = match &self.config.algorithm {
             Algorithm::RoundRobin => {
-                let n = self.schedule.len();
+                let schedule = &rotation.schedule;
+                let n = schedule.len();
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 (0..n)
-                    .map(|k| self.schedule[(start + k) % n])
-                    .find(|&i| eligible(i))
+                    .map(|k| schedule[(start + k) % n])
+                    .find(|&i| eligible(i).is_some())
             }
             Algorithm::Random => {
-                let candidates: Vec<usize> =
-                    (0..self.servers.len()).filter(|&i| eligible(i)).collect();
-                let total: u64 = candidates
-                    .iter()
-                    .map(|&i| u64::from(self.servers[i].config.weight))
-                    .sum();
+                let candidates: Vec<(usize, u64)> = (0..self.servers.len())
+                    .filter_map(|i| eligible(i).map(|w| (i, u64::from(w))))
+                    .collect();
+                let total: u64 = candidates.iter().map(|&(_, w)| w).sum();
                 let mut pick = if total == 0 {
                     0
                 } else {
                     rand::random::<u64>() % total
                 };
-                candidates.into_iter().find(|&i| {
-                    let w = u64::from(self.servers[i].config.weight);
+                candidates.into_iter().find_map(|(i, w)| {
                     if pick < w {
-                        true
+                        Some(i)
                     } else {
                         pick -= w;
-                        false
+                        None
                     }
                 })
             }
@@ -236,18 +480,16 @@ impl Pool {
                 // spreads ties.
                 (0..n)
                     .map(|k| (start + k) % n)
-                    .filter(|&i| eligible(i))
-                    .min_by_key(|&i| {
-                        let s = &self.servers[i];
-                        (s.in_flight() as u64 + 1) * 1_000_000 / u64::from(s.config.weight)
+                    .filter_map(|i| eligible(i).map(|w| (i, w)))
+                    .min_by_key(|&(i, w)| {
+                        (self.servers[i].in_flight() as u64 + 1) * 1_000_000 / u64::from(w)
                     })
+                    .map(|(i, _)| i)
             }
-            Algorithm::ConsistentHash(_) => self.ring.as_ref().and_then(|ring| {
-                ring.node_iter(hash_key)
-                    .take(self.servers.len() * 160 * 4)
-                    .filter_map(|addr| self.servers.iter().position(|s| s.config.address == *addr))
-                    .find(|&i| eligible(i))
-            }),
+            Algorithm::ConsistentHash(_) => rotation
+                .ring
+                .as_ref()
+                .and_then(|ring| self.on_ring(ring, hash_key, |i| eligible(i).is_some())),
         }?;
         self.servers[index]
             .in_flight
@@ -256,6 +498,42 @@ impl Pool {
             pool: Arc::clone(self),
             index,
         })
+    }
+
+    /// The first server at or after `hash_key`'s point on the ring that
+    /// may take the request: the key's own server unless it cannot, then
+    /// the next ones in ring order, each looked at once.
+    fn on_ring(
+        &self,
+        ring: &Ring,
+        hash_key: &[u8],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let index = |addr: &std::net::SocketAddr| {
+            self.servers.iter().position(|s| s.config.address == *addr)
+        };
+        let mut points = ring.continuum.node_iter(hash_key).take(ring.points);
+        let first = index(points.next()?)?;
+        if eligible(first) {
+            return Some(first);
+        }
+        let mut seen = vec![false; self.servers.len()];
+        seen[first] = true;
+        let mut unseen = ring.servers.saturating_sub(1);
+        for addr in points {
+            if unseen == 0 {
+                break;
+            }
+            let Some(i) = index(addr) else { continue };
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            if eligible(i) {
+                return Some(i);
+            }
+            unseen -= 1;
+        }
+        None
     }
 
     /// A refused or timed-out connection: take the server out of rotation.
@@ -294,9 +572,10 @@ fn build_peer(pool: &PoolConfig, server: &ServerConfig) -> HttpPeer {
 }
 
 /// Expands weights into a cyclic order in which each server appears
-/// `weight` times, interleaved (smooth weighted round robin).
-fn smooth_schedule(servers: &[Server]) -> Vec<usize> {
-    let weights: Vec<i64> = servers.iter().map(|s| i64::from(s.config.weight)).collect();
+/// `weight` times, interleaved (smooth weighted round robin); a server of
+/// weight 0 does not appear.
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut order = Vec::with_capacity(total as usize);
@@ -369,7 +648,7 @@ mod tests {
     fn round_robin_follows_weights_and_interleaves() {
         let p = pool(Algorithm::RoundRobin, &[3, 1]);
         assert_eq!(counts(&p, 400, |_| vec![]), vec![300, 100]);
-        assert_eq!(smooth_schedule(&p.servers), vec![0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
     }
 
     #[test]
@@ -436,5 +715,181 @@ mod tests {
         p.mark_connect_failure(0);
         assert!(!p.servers[0].is_healthy());
         assert_eq!(counts(&p, 10, |_| vec![]), vec![0, 10]);
+    }
+
+    fn set(p: &Pool, index: usize, state: AdminState, weight: u32) -> Setting {
+        p.apply(index, Setting { state, weight })
+    }
+
+    fn users(i: usize) -> Vec<u8> {
+        format!("user-{i}").into_bytes()
+    }
+
+    const ALGORITHMS: [Algorithm; 4] = [
+        Algorithm::RoundRobin,
+        Algorithm::LeastInFlight,
+        Algorithm::Random,
+        Algorithm::ConsistentHash(HashKey::ClientIp),
+    ];
+
+    #[test]
+    fn settings_pack_into_one_word_and_back() {
+        for state in AdminState::ALL {
+            for weight in [0, 1, 7, MAX_WEIGHT] {
+                let s = Setting { state, weight };
+                assert_eq!(Setting::unpack(s.pack()), s);
+            }
+        }
+    }
+
+    #[test]
+    fn every_algorithm_skips_drained_and_maintained_servers_until_ready() {
+        for algorithm in ALGORITHMS {
+            let p = pool(algorithm.clone(), &[1, 1, 1]);
+            set(&p, 1, AdminState::Drain, 1);
+            set(&p, 2, AdminState::Maint, 1);
+            let c = counts(&p, 300, users);
+            assert_eq!(c, vec![300, 0, 0], "{algorithm:?}");
+            set(&p, 1, AdminState::Ready, 1);
+            set(&p, 2, AdminState::Ready, 1);
+            let c = counts(&p, 3000, users);
+            assert!(c.iter().all(|&n| n > 300), "{algorithm:?}: {c:?}");
+            set(&p, 0, AdminState::Drain, 1);
+            set(&p, 1, AdminState::Drain, 1);
+            set(&p, 2, AdminState::Drain, 1);
+            assert!(p.select(&[], b"user-1").is_none(), "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn a_drained_server_keeps_its_requests_in_flight() {
+        let p = pool(Algorithm::LeastInFlight, &[1, 1]);
+        let held = p.select(&[], &[]).expect("server");
+        let busy = held.index();
+        set(&p, busy, AdminState::Drain, 1);
+        assert_eq!(p.servers[busy].in_flight(), 1);
+        for _ in 0..5 {
+            assert_ne!(p.select(&[], &[]).expect("server").index(), busy);
+        }
+        drop(held);
+        assert_eq!(p.servers[busy].in_flight(), 0);
+    }
+
+    #[test]
+    fn weight_changes_apply_at_once_and_weight_zero_takes_no_new_requests() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastInFlight,
+        ] {
+            let p = pool(algorithm.clone(), &[1, 1]);
+            set(&p, 0, AdminState::Ready, 3);
+            assert!(p.is_reweighted.load(Ordering::Relaxed));
+            if algorithm == Algorithm::LeastInFlight {
+                // Requests held in flight spread 3 to 1.
+                let held: Vec<InFlight> = (0..8)
+                    .map(|_| p.select(&[], &[]).expect("server"))
+                    .collect();
+                assert_eq!(p.servers[0].in_flight(), 6, "{algorithm:?}");
+                drop(held);
+            } else {
+                let c = counts(&p, 4000, |_| vec![]);
+                assert!((2600..3400).contains(&c[0]), "{algorithm:?}: {c:?}");
+            }
+            set(&p, 0, AdminState::Ready, 0);
+            assert_eq!(counts(&p, 100, |_| vec![]), vec![0, 100], "{algorithm:?}");
+            assert_eq!(p.servers[0].setting().state, AdminState::Ready);
+            set(&p, 0, AdminState::Ready, 1);
+            assert!(
+                !p.is_reweighted.load(Ordering::Relaxed),
+                "back to the configured weights: the configured orders again"
+            );
+        }
+        let p = pool(Algorithm::RoundRobin, &[1, 1]);
+        set(&p, 0, AdminState::Ready, 3);
+        assert_eq!(
+            counts(&p, 400, |_| vec![]),
+            vec![300, 100],
+            "exact for round robin"
+        );
+        assert_eq!(smooth_schedule(&[2, 0, 1]), vec![0, 2, 0]);
+    }
+
+    #[test]
+    fn consistent_hash_moves_only_the_keys_of_a_drained_or_unweighted_server() {
+        let p = pool(Algorithm::ConsistentHash(HashKey::ClientIp), &[1, 1, 1]);
+        let owner = |p: &Arc<Pool>, i| p.select(&[], &users(i)).expect("server").index();
+        let before: Vec<usize> = (0..300).map(|i| owner(&p, i)).collect();
+        for change in [AdminState::Drain, AdminState::Ready] {
+            let weight = if change == AdminState::Ready { 0 } else { 1 };
+            set(&p, 1, change, weight);
+            for (i, &was) in before.iter().enumerate() {
+                let now = owner(&p, i);
+                if was == 1 {
+                    assert_ne!(now, 1, "{change:?}/{weight}: key {i} stayed");
+                } else {
+                    assert_eq!(now, was, "{change:?}/{weight}: key {i} moved");
+                }
+            }
+            set(&p, 1, AdminState::Ready, 1);
+            let back: Vec<usize> = (0..300).map(|i| owner(&p, i)).collect();
+            assert_eq!(back, before);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_finds_the_one_server_left_whatever_the_weights() {
+        let p = pool(
+            Algorithm::ConsistentHash(HashKey::ClientIp),
+            &[1000, 1000, 1],
+        );
+        set(&p, 0, AdminState::Drain, 1000);
+        set(&p, 1, AdminState::Maint, 1000);
+        assert_eq!(counts(&p, 200, users), vec![0, 0, 200]);
+    }
+
+    #[test]
+    fn maint_counts_as_down_and_ready_brings_an_unchecked_server_back() {
+        let p = pool(Algorithm::RoundRobin, &[1, 1]);
+        set(&p, 0, AdminState::Maint, 1);
+        assert!(!p.servers[0].is_healthy());
+        set(&p, 0, AdminState::Drain, 1);
+        assert!(p.servers[0].is_healthy(), "no checks would bring it back");
+        assert_eq!(counts(&p, 10, |_| vec![]), vec![0, 10]);
+        set(&p, 0, AdminState::Ready, 1);
+        assert_eq!(counts(&p, 10, |_| vec![]), vec![5, 5]);
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_settings_of_unchanged_servers() {
+        let p = pool(Algorithm::RoundRobin, &[1, 1, 1]);
+        set(&p, 0, AdminState::Drain, 5);
+        set(&p, 1, AdminState::Maint, 7);
+        set(&p, 2, AdminState::Ready, 4);
+        let mut config = p.config.clone();
+        // Server 1 is given a new weight in the file: that weight applies.
+        config.servers[1].weight = 2;
+        let rebuilt = Pool::new(config, Some(&p));
+        let settings: Vec<Setting> = rebuilt.servers.iter().map(Server::setting).collect();
+        let expected = [
+            (AdminState::Drain, 5),
+            (AdminState::Maint, 2),
+            (AdminState::Ready, 4),
+        ];
+        for (got, (state, weight)) in settings.iter().zip(expected) {
+            assert_eq!(*got, Setting { state, weight });
+        }
+        assert!(!rebuilt.servers[1].is_healthy(), "maint stays down");
+        assert!(rebuilt.is_reweighted.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn servers_are_found_by_address_as_written_or_resolved() {
+        let mut p = pool(Algorithm::RoundRobin, &[1, 1]);
+        Arc::get_mut(&mut p).expect("unique").servers[1].config.name = "backend:10001".into();
+        assert_eq!(p.find_server("127.0.0.1:10000"), Some(0));
+        assert_eq!(p.find_server("backend:10001"), Some(1));
+        assert_eq!(p.find_server("127.0.0.1:10001"), Some(1));
+        assert_eq!(p.find_server("127.0.0.1:9"), None);
     }
 }

@@ -105,10 +105,17 @@ impl Shared {
         self.generation.load_full()
     }
 
-    /// Makes `generation` the one new requests see.
-    pub fn install(&self, generation: Generation) {
-        self.pools.send_replace(generation.pools.clone().into());
-        self.generation.store(Arc::new(generation));
+    /// Builds the next generation from the current one and makes it the one
+    /// new requests see. The live pools' watch is held for writing while it
+    /// is built, and the admin API changes a server only while it holds the
+    /// watch for reading: a change lands on the old pools before the new
+    /// ones copy it, or on the new ones, never on pools already replaced.
+    pub fn rebuild(&self, build: impl FnOnce(&Generation) -> Generation) {
+        self.pools.send_modify(|pools| {
+            let generation = build(&self.current());
+            *pools = generation.pools.clone().into();
+            self.generation.store(Arc::new(generation));
+        });
     }
 
     /// The live pools, for health checks and the admin API.
