@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: HAProxy,
-# Pingora with nothing on top (examples/bare_pingora.rs) and obleth, each
+# Pingora with nothing on top (examples/bare_pingora.rs) and obleth (also
+# with a per-client rate limit on its route), each
 # proxying the same fixed-response upstream. Counting instructions instead of
 # timing them gives figures that do not move with a noisy machine; they cover
 # user space only (the kernel's share is in tests/bench/edge.sh).
@@ -46,6 +47,17 @@ OB=$(port)
 } >"$work/obleth.yaml"
 OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
   count obleth "$OB" target/release/obleth run -c "$work/obleth.yaml"
+
+# The same route with a per-client rate limit that never refuses: what
+# counting each request costs.
+OB_RL=$(port)
+{
+  obleth_head "$OB_RL" "$(port)" "sqlite://$work/obleth-rl.db" bench
+  echo "telemetry: { wal_path: \"$work/wal-rl\" }"
+  bench_proxy_sections "rate_limit: { by: client_ip, requests_per_second: 1000000000 }"
+} >"$work/obleth-rl.yaml"
+OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+  count obleth+rate_limit "$OB_RL" target/release/obleth run -c "$work/obleth-rl.yaml"
 
 echo
 echo "user-space instructions per proxied request (callgrind), wrk -t1 -c$CONNECTIONS -d${DURATION}s GET /bench after a ${WARMUP}s warm-up"

@@ -90,6 +90,8 @@ routes:
   - name: all
     proxy: { pool: bench }
 YAML
+  # An extra key of the route, e.g. a rate limit.
+  [[ -z ${1:-} ]] || echo "    $1"
 }
 
 # haproxy_config FILE PORT UPSTREAM_PORT: HAProxy as the edge comparisons run
