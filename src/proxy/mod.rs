@@ -1,11 +1,13 @@
 //! The `ProxyHttp` implementation: the request path, phase by phase.
 //!
-//! `request_filter` matches a route and answers `respond` / `redirect`
-//! routes itself; `upstream_peer` picks a server of the route's pool;
-//! `upstream_request_filter` rewrites the request and adds forwarding
-//! headers; the response phases edit headers and enforce the total timeout;
-//! `fail_to_proxy` maps errors to statuses in one place; `logging` counts the
-//! request and writes its access log line.
+//! `request_filter` starts the request's trace, matches a route, runs the
+//! edge gates (`deny_source`, the rate limit: [`gates`]) and answers
+//! `respond` / `redirect` routes itself; `upstream_peer` picks a server of
+//! the route's pool; `upstream_request_filter` rewrites the request and adds
+//! forwarding headers and `traceparent`; the response phases edit headers
+//! and enforce the total timeout; `fail_to_proxy` maps errors to statuses in
+//! one place; `logging` counts the request, writes its access log line and
+//! ends its trace ([`trace`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use smallvec::SmallVec;
 
 mod context;
 mod errors;
+mod gates;
 mod generation;
 mod llm_route;
 mod preset_body;
@@ -44,7 +47,7 @@ use crate::edge::forwarding::{
 };
 use crate::edge::pool::balance_key;
 use crate::edge::rate_limit::RetryAfter;
-use crate::edge::routing::{RequestView, Route};
+use crate::edge::routing::RequestView;
 
 /// The proxy of one listener.
 pub struct Gateway {
@@ -206,13 +209,13 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route.clone());
         if route.denies(view.client) {
             drop(view);
-            return deny_source(session, ctx, &route).await;
+            return gates::deny_source(session, ctx, &route).await;
         }
         if let Some(limiter) = &route.rate_limiter {
             if let Err(RetryAfter(seconds)) = limiter.check(session.req_header(), view.client) {
                 drop(view);
                 route.metrics.rate_limited.inc();
-                return rate_limited(session, ctx, &route, seconds).await;
+                return gates::rate_limited(session, ctx, &route, seconds).await;
             }
         }
         match &route.config.action {
@@ -615,58 +618,6 @@ impl ProxyHttp for Gateway {
                 .map_or("-", |c| c.principal.tenant.name.as_str()),
         });
     }
-}
-
-/// Answers 403 to a client a route's `deny_source` refuses.
-async fn deny_source(session: &mut Session, ctx: &mut RequestCtx, route: &Route) -> Result<bool> {
-    let message = "requests from this address are not allowed on this route";
-    refuse(session, ctx, route, 403, "source_denied", message, None).await
-}
-
-/// Answers 429 to a client over the route's `rate_limit`.
-async fn rate_limited(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    route: &Route,
-    retry_after: u64,
-) -> Result<bool> {
-    let message = "too many requests from this client; slow down";
-    let retry = (header::RETRY_AFTER, retry_after.to_string());
-    refuse(
-        session,
-        ctx,
-        route,
-        429,
-        "rate_limit_exceeded",
-        message,
-        Some(retry),
-    )
-    .await
-}
-
-/// An edge gate's refusal: in the OpenAI error shape on LLM routes, as
-/// plain text elsewhere.
-async fn refuse(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    route: &Route,
-    status: u16,
-    code: &str,
-    message: &str,
-    extra: Option<(HeaderName, String)>,
-) -> Result<bool> {
-    let (content_type, body) = match route.config.action {
-        Action::Llm(_) => (
-            HeaderValue::from_static("application/json"),
-            Bytes::from(obleth_filters::openai::error_body(status, code, message)),
-        ),
-        _ => (
-            HeaderValue::from_static("text/plain"),
-            Bytes::from(format!("{status} {message}\n")),
-        ),
-    };
-    respond(session, status, &content_type, body, &ctx.request_id, extra).await?;
-    Ok(true)
 }
 
 /// Fails the request once the pool's `total` timeout has passed.

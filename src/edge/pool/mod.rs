@@ -19,11 +19,16 @@ use arc_swap::ArcSwapOption;
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_ketama::{Bucket, Continuum};
 use prometheus::IntGauge;
 
 use crate::config::{Algorithm, HashKey, PoolConfig, ServerConfig};
 use crate::metrics::{PoolMetrics, FAMILIES};
+
+mod rotation;
+mod setting;
+
+use rotation::{Ring, Rotation};
+pub use setting::{AdminState, Setting, MAX_WEIGHT};
 
 /// How long a server that refused a connection stays out of rotation when
 /// the pool has no active health check to bring it back.
@@ -35,74 +40,6 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// deadlines must not move when the wall clock is set.
 fn monotonic_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
-}
-
-/// The largest weight a server can be given at run time (the configuration
-/// allows 1 to the same bound).
-pub const MAX_WEIGHT: u32 = 1000;
-
-/// A server's administrative state, as HAProxy's `set server … state`
-/// sets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    /// In rotation, subject to health.
-    Ready,
-    /// Takes no new requests; requests in flight finish and health checks
-    /// go on.
-    Drain,
-    /// Takes no new requests, is not health-checked and counts as down.
-    Maint,
-}
-
-impl AdminState {
-    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
-
-/// What an operator sets for a server: its state and its current weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Setting {
-    pub state: AdminState,
-    /// 0 to [`MAX_WEIGHT`]; 0 sends the server no new requests, as
-    /// `drain` does, while its state stays what it is.
-    pub weight: u32,
-}
-
-impl Setting {
-    /// Whether selection may give the server a new request (health and
-    /// room aside).
-    fn takes_new_requests(self) -> bool {
-        self.state == AdminState::Ready && self.weight > 0
-    }
-
-    /// State in the high half, weight in the low half.
-    fn pack(self) -> u32 {
-        let state = match self.state {
-            AdminState::Ready => 0,
-            AdminState::Drain => 1,
-            AdminState::Maint => 2,
-        };
-        (state << 16) | self.weight.min(MAX_WEIGHT)
-    }
-
-    fn unpack(word: u32) -> Self {
-        let state = match word >> 16 {
-            0 => AdminState::Ready,
-            1 => AdminState::Drain,
-            _ => AdminState::Maint,
-        };
-        Self {
-            state,
-            weight: word & 0xffff,
-        }
-    }
 }
 
 /// One upstream server and its live state.
@@ -186,50 +123,6 @@ pub fn balance_key(req: &RequestHeader, client: Option<IpAddr>, key: &HashKey) -
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_bytes().to_vec())
             .unwrap_or_default(),
-    }
-}
-
-/// The weighted orders of a pool for one set of weights.
-struct Rotation {
-    /// Weighted round-robin order of server indices, spread as nginx's
-    /// smooth weighted round robin spreads them.
-    schedule: Vec<usize>,
-    /// The Ketama ring of a consistent-hash pool, of the servers whose
-    /// weight is not 0.
-    ring: Option<Ring>,
-}
-
-struct Ring {
-    continuum: Continuum,
-    /// Points on the ring: one pass over it sees every server on it.
-    points: usize,
-    /// Servers on the ring.
-    servers: usize,
-}
-
-impl Rotation {
-    fn new(config: &PoolConfig, weights: &[u32]) -> Self {
-        let ring = matches!(config.algorithm, Algorithm::ConsistentHash(_)).then(|| {
-            let buckets: Vec<Bucket> = config
-                .servers
-                .iter()
-                .zip(weights)
-                .filter(|(_, &w)| w > 0)
-                .map(|(s, &w)| Bucket::new(s.address, w))
-                .collect();
-            Ring {
-                continuum: Continuum::new(&buckets),
-                points: weights
-                    .iter()
-                    .map(|&w| (w * pingora_ketama::DEFAULT_POINT_MULTIPLE) as usize)
-                    .sum(),
-                servers: buckets.len(),
-            }
-        });
-        Self {
-            schedule: smooth_schedule(weights),
-            ring,
-        }
     }
 }
 
@@ -571,31 +464,6 @@ fn build_peer(pool: &PoolConfig, server: &ServerConfig) -> HttpPeer {
     peer
 }
 
-/// Expands weights into a cyclic order in which each server appears
-/// `weight` times, interleaved (smooth weighted round robin); a server of
-/// weight 0 does not appear.
-fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
-    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w)).collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut order = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let Some((best, _)) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, c)| (**c, -(*i as i64)))
-        else {
-            break;
-        };
-        current[best] -= total;
-        order.push(best);
-    }
-    order
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,7 +516,6 @@ mod tests {
     fn round_robin_follows_weights_and_interleaves() {
         let p = pool(Algorithm::RoundRobin, &[3, 1]);
         assert_eq!(counts(&p, 400, |_| vec![]), vec![300, 100]);
-        assert_eq!(smooth_schedule(&[3, 1]), vec![0, 0, 1, 0]);
     }
 
     #[test]
@@ -812,7 +679,6 @@ mod tests {
             vec![300, 100],
             "exact for round robin"
         );
-        assert_eq!(smooth_schedule(&[2, 0, 1]), vec![0, 2, 0]);
     }
 
     #[test]
