@@ -5,7 +5,7 @@
 //! - [`traceparent`]: W3C Trace Context, read from the client and sent on
 //!   to the upstream.
 //! - [`otlp`]: the protobuf messages of the OTLP trace export.
-//! - [`exporter`]: the bounded queue and the batching export task.
+//! - `exporter`: the bounded queue and the batching export task.
 //!
 //! This module knows spans, not requests: `proxy::trace` says what a
 //! request's spans contain.

@@ -1,13 +1,13 @@
 //! The `ProxyHttp` implementation: the request path, phase by phase.
 //!
 //! `request_filter` starts the request's trace, matches a route, runs the
-//! edge gates (`deny_source`, the rate limit: [`gates`]) and answers
+//! edge gates (`deny_source`, the rate limit: `gates.rs`) and answers
 //! `respond` / `redirect` routes itself; `upstream_peer` picks a server of
 //! the route's pool; `upstream_request_filter` rewrites the request and adds
 //! forwarding headers and `traceparent`; the response phases edit headers
 //! and enforce the total timeout; `fail_to_proxy` maps errors to statuses in
 //! one place; `logging` counts the request, writes its access log line and
-//! ends its trace ([`trace`]).
+//! ends its trace (`trace.rs`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
