@@ -80,9 +80,11 @@ check_values() { # name, then helm's values arguments
 
   if [ -n "${OBLETH_BIN:-}" ] && [ -f "$out/obleth.yaml" ]; then
     # Cluster DNS names resolve only inside a cluster, and obleth resolves
-    # server names as it loads the file: loopback stands in for them so that
-    # everything else in the file is checked.
-    sed -E 's/[A-Za-z0-9.-]+\.svc\.cluster\.local/127.0.0.1/g' "$out/obleth.yaml" >"$out/check.yaml"
+    # server names as it loads the file: a loopback address of its own
+    # stands in for each name (servers of a pool must stay distinct), so
+    # that everything else in the file is checked.
+    perl -pe 's/([A-Za-z0-9.-]+\.svc\.cluster\.local)/$seen{$1} ||= "127.0.0." . ++$n/ge' \
+      "$out/obleth.yaml" >"$out/check.yaml"
     local env=()
     mapfile -t env <"$out/env"
     if env -i PATH="$PATH" "${env[@]}" "$OBLETH_BIN" check -c "$out/check.yaml" >"$out/check" 2>&1; then
