@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,13 +12,6 @@ use serde_json::Value;
 
 const KEY_A: &str = "obk_rate_a_000000000000000000000000";
 const KEY_B: &str = "obk_rate_b_000000000000000000000000";
-
-fn client_from(last: u8) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        .build()
-        .expect("client")
-}
 
 fn config(upstream: &MockUpstream) -> String {
     format!(

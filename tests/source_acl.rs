@@ -5,22 +5,12 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 
 const KEY: &str = "obk_acl_0000000000000000000000000";
-
-/// A client whose connections come from `source` (any 127.0.0.0/8 address
-/// is this machine).
-fn client_from(source: Ipv4Addr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(IpAddr::V4(source))
-        .build()
-        .expect("client")
-}
 
 fn config(upstream: &MockUpstream) -> String {
     format!(
@@ -59,8 +49,8 @@ async fn get(client: &reqwest::Client, obleth: &Obleth, forwarded: Option<&str>)
 async fn match_source_picks_the_route_by_the_address_obleth_believes() {
     let upstream = mock("a").await;
     let obleth = Obleth::start(&config(&upstream)).await;
-    let proxy = client_from(Ipv4Addr::new(127, 0, 0, 1));
-    let stranger = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let proxy = client_from(1);
+    let stranger = client_from(2);
 
     assert_eq!(get(&stranger, &obleth, None).await, (200, "office".into()));
     // The trusted proxy vouches for a client outside the office network.
@@ -85,7 +75,7 @@ async fn deny_source_answers_403_plain_or_in_the_openai_shape() {
     let upstream = mock("a").await;
     let obleth = Obleth::start(&config(&upstream)).await;
 
-    let denied = client_from(Ipv4Addr::new(127, 0, 0, 3));
+    let denied = client_from(3);
     let (status, body) = get(&denied, &obleth, None).await;
     assert_eq!(status, 403);
     assert!(
@@ -93,16 +83,17 @@ async fn deny_source_answers_403_plain_or_in_the_openai_shape() {
         "{body}"
     );
 
-    let proxy = client_from(Ipv4Addr::new(127, 0, 0, 1));
-    let chat = two_token_chat("m");
-    let refused = proxy
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-forwarded-for", "198.51.100.20")
-        .json(&chat)
-        .send()
-        .await
-        .expect("answer");
+    // A chat completion through the trusted proxy for the client `forwarded`.
+    let proxy = client_from(1);
+    let chat_for = |forwarded: &'static str| {
+        proxy
+            .post(obleth.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("x-forwarded-for", forwarded)
+            .json(&two_token_chat("m"))
+            .send()
+    };
+    let refused = chat_for("198.51.100.20").await.expect("answer");
     assert_eq!(refused.status(), 403);
     let error: Value = refused.json().await.expect("json");
     assert_eq!(error["error"]["code"], "source_denied");
@@ -113,14 +104,7 @@ async fn deny_source_answers_403_plain_or_in_the_openai_shape() {
         "a denied request never reaches the upstream"
     );
 
-    let allowed = proxy
-        .post(obleth.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-forwarded-for", "203.0.113.20")
-        .json(&chat)
-        .send()
-        .await
-        .expect("answer");
+    let allowed = chat_for("203.0.113.20").await.expect("answer");
     assert_eq!(allowed.status(), 200);
 }
 

@@ -20,6 +20,9 @@ pub struct CatalogModel {
     pub model: Model,
     /// Set for models served from a base URL instead of a configured pool.
     pub direct: Option<DirectUpstream>,
+    /// The model's time-to-first-token histogram, looked up once here
+    /// rather than by label on every request.
+    pub time_to_first_token: prometheus::Histogram,
 }
 
 /// A model's own upstream, built from its `base_url`.
@@ -66,7 +69,14 @@ impl Catalog {
                 }
                 None => None,
             };
-            let entry = Arc::new(CatalogModel { model, direct });
+            let time_to_first_token = crate::metrics::FAMILIES
+                .time_to_first_token
+                .with_label_values(&[model.name.as_str()]);
+            let entry = Arc::new(CatalogModel {
+                model,
+                direct,
+                time_to_first_token,
+            });
             by_name.insert(entry.model.name.clone(), entry.clone());
             listed.push(entry);
         }

@@ -75,15 +75,21 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// Records a step of the request path that began at `started` and
-    /// ends now, when the request is traced.
+    /// When a step of the request path starts, if the request is traced:
+    /// an untraced request reads no clock for its steps.
+    pub(crate) fn step_started(&self) -> Option<Instant> {
+        self.trace.as_ref().map(|_| Instant::now())
+    }
+
+    /// Records a step that began at `started` (from [`Self::step_started`])
+    /// and ends now.
     pub(crate) fn trace_step(
         &mut self,
         name: &'static str,
-        started: Instant,
+        started: Option<Instant>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) {
-        if let Some(trace) = self.trace.as_mut() {
+        if let (Some(trace), Some(started)) = (self.trace.as_mut(), started) {
             trace.step(name, started, attributes());
         }
     }

@@ -39,25 +39,23 @@ count haproxy "$HA" haproxy -f "$work/haproxy.cfg" -db
 BARE=$(port)
 count pingora-bare "$BARE" target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$UP"
 
-OB=$(port)
-{
-  obleth_head "$OB" "$(port)" "sqlite://$work/obleth.db" bench
-  echo "telemetry: { wal_path: \"$work/wal\" }"
-  bench_proxy_sections
-} >"$work/obleth.yaml"
-OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-  count obleth "$OB" target/release/obleth run -c "$work/obleth.yaml"
-
+# count_obleth LABEL [ROUTE_KEY]: obleth on the proxy route, with ROUTE_KEY
+# added to it, on its own port, database and WAL directory.
+count_obleth() {
+  local label=$1 p
+  p=$(port)
+  {
+    obleth_head "$p" "$(port)" "sqlite://$work/$label.db" bench
+    echo "telemetry: { wal_path: \"$work/$label-wal\" }"
+    bench_proxy_sections "${2:-}"
+  } >"$work/$label.yaml"
+  OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
+    count "$label" "$p" target/release/obleth run -c "$work/$label.yaml"
+}
+count_obleth obleth
 # The same route with a per-client rate limit that never refuses: what
 # counting each request costs.
-OB_RL=$(port)
-{
-  obleth_head "$OB_RL" "$(port)" "sqlite://$work/obleth-rl.db" bench
-  echo "telemetry: { wal_path: \"$work/wal-rl\" }"
-  bench_proxy_sections "rate_limit: { by: client_ip, requests_per_second: 1000000000 }"
-} >"$work/obleth-rl.yaml"
-OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-  count obleth+rate_limit "$OB_RL" target/release/obleth run -c "$work/obleth-rl.yaml"
+count_obleth obleth+rate_limit "rate_limit: { by: client_ip, requests_per_second: 1000000000 }"
 
 echo
 echo "user-space instructions per proxied request (callgrind), wrk -t1 -c$CONNECTIONS -d${DURATION}s GET /bench after a ${WARMUP}s warm-up"

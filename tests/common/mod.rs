@@ -409,6 +409,17 @@ pub fn header_text(resp: &reqwest::Response, name: &str) -> String {
         .to_string()
 }
 
+/// A client whose connections come from 127.0.0.`last` (every 127.0.0.0/8
+/// address is this machine): a distinct client address for source rules
+/// and per-client limits.
+pub fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -17,7 +17,6 @@ use obleth_filters::records::Principal;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::json;
-use std::time::Instant;
 
 use super::preset_body::PresetBody;
 use super::{respond, Generation, RequestCtx};
@@ -88,7 +87,7 @@ async fn admit(
     )
     .ok_or(AuthError::Missing)?
     .to_owned();
-    let started = Instant::now();
+    let started = ctx.step_started();
     let principal = llm.resolver.resolve(&secret).await?;
     ctx.trace_step("auth", started, || {
         vec![KeyValue::text(
@@ -164,7 +163,7 @@ async fn admit(
         )
         .into());
     };
-    let started = Instant::now();
+    let started = ctx.step_started();
     let permit = wait_for_slot(llm, session, &principal, &model, &request).await?;
     ctx.trace_step("admission", started, || {
         vec![
@@ -185,7 +184,7 @@ async fn admit(
         request.cap_max_tokens(cap, field);
     }
     let brownout_cap = brownout_cap.map(|(_, cap)| cap);
-    let started = Instant::now();
+    let started = ctx.step_started();
     let reserved = reserve(llm, &principal, &model, &request).await;
     ctx.trace_step("budget", started, || {
         vec![KeyValue::flag("obleth.budget.reserved", reserved.is_ok())]

@@ -19,9 +19,8 @@ pub async fn logging(llm: &LlmState, ctx: &mut RequestCtx, status: u16, elapsed:
     if let Some(call) = ctx.llm.as_mut() {
         call.settle(llm).await;
         if let Some(first) = call.first_token {
-            FAMILIES
+            call.model
                 .time_to_first_token
-                .with_label_values(&[call.model.model.name.as_str()])
                 .observe(first.duration_since(ctx.started).as_secs_f64());
         }
     }
