@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer) of every parser obleth
 # exposes to outside input: the YAML configuration, LLM request bodies
-# (JSON and multipart), usage in upstream responses (JSON and SSE) and the
-# usage write-ahead log's frames. Each target runs SECONDS_PER_TARGET
-# (default 60) from its seeds in fuzz/corpus/<target>; what it learns goes
-# to fuzz/out/<target>, a crash input to fuzz/artifacts/<target>/ and the
-# script fails naming it. Replay one with
+# (JSON and multipart), usage in upstream responses (JSON and SSE), the
+# usage write-ahead log's frames and the PROXY protocol header. Each target
+# runs SECONDS_PER_TARGET (default 60) from its seeds in
+# fuzz/corpus/<target>; what it learns goes to fuzz/out/<target>, a crash
+# input to fuzz/artifacts/<target>/ and the script fails naming it. Replay one with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
 #
 # cargo fuzz needs nightly rustc flags (-Zsanitizer); RUSTC_BOOTSTRAP=1 lets
@@ -24,7 +24,7 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
   echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2
   exit 2
 fi
-targets=(config llm_request usage wal_frames)
+targets=(config llm_request usage wal_frames proxy_header)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz"

@@ -49,6 +49,8 @@ pub struct Families {
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 /// Registered on first use in Prometheus' default registry, next to
@@ -202,6 +204,18 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["reason"]
     )
     .expect("metric registers once"),
+    tls_certificate_expiry: register_int_gauge_vec!(
+        "obleth_tls_certificate_expiry_seconds",
+        "Unix time at which each served certificate expires, by listener and the first name it serves",
+        &["listener", "name"]
+    )
+    .expect("metric registers once"),
+    tls_certificate_reloads: register_int_counter_vec!(
+        "obleth_tls_certificate_reloads_total",
+        "Certificate reloads (SIGHUP or the admin API), by result",
+        &["result"]
+    )
+    .expect("metric registers once"),
     build_info: register_int_gauge_vec!(
         "obleth_build_info",
         "Always 1; the version of the running binary",
@@ -278,8 +292,16 @@ pub fn process_started() {
     zero(&f.tokens, &["input", "output"]);
     zero(
         &f.connections_closed,
-        &["head_timeout", "head_too_large", "slow_body"],
+        &[
+            "head_timeout",
+            "head_too_large",
+            "slow_body",
+            "proxy_protocol_untrusted",
+            "proxy_protocol_invalid",
+            "proxy_protocol_timeout",
+        ],
     );
+    zero(&f.tls_certificate_reloads, &["ok", "rejected"]);
     for admission in ["fast", "queued", "brownout", "rejected"] {
         f.queue_wait.with_label_values(&[admission]);
     }

@@ -16,11 +16,13 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::admin::{admin_router, metrics_router, HttpEndpoint};
+use crate::admin::{admin_router, metrics_router, EdgeRuntime, HttpEndpoint};
 use crate::config::{Config, ListenerConfig};
 use crate::edge::access_log::AccessLog;
+use crate::edge::certificates::{CertificateRegistry, ListenerCertificates, SniSelector};
 use crate::edge::client_connection::EdgeApp;
 use crate::edge::health::HealthService;
+use crate::edge::proxy_protocol::ProxyProtocol;
 use crate::metrics::FAMILIES;
 use crate::proxy::{Gateway, Generation, Shared};
 
@@ -39,6 +41,11 @@ pub enum StartError {
     Tls {
         name: String,
         source: Box<pingora::Error>,
+    },
+    #[error("listener {name}: {source}")]
+    Certificate {
+        name: String,
+        source: crate::edge::certificates::CertificateError,
     },
 }
 
@@ -116,11 +123,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracer,
     ));
 
-    // Bind the operator endpoints first: a port in use stops start-up here.
+    let mut certificates = Vec::new();
+    for listener in &listeners {
+        if let Some(store) = add_listener(&mut pingora_server, &shared, listener)? {
+            certificates.push(store);
+        }
+    }
+    let certificates = CertificateRegistry::new(certificates);
+    let edge = EdgeRuntime {
+        pools: shared.watch_pools(),
+        certificates: certificates.clone(),
+    };
+    // Bind the operator endpoints before serving: a port in use stops
+    // start-up here.
     let admin = HttpEndpoint::bind(
         "admin",
         admin_address,
-        admin_router(shared.llm.clone(), shared.watch_pools(), &admin_token),
+        admin_router(shared.llm.clone(), edge, &admin_token),
     )?;
     let metrics = HttpEndpoint::bind(
         "metrics",
@@ -128,9 +147,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics_router(shared.llm.clone()),
     )?;
 
-    for listener in &listeners {
-        add_listener(&mut pingora_server, &shared, listener)?;
-    }
     pingora_server.add_service(background_service("admin", admin));
     pingora_server.add_service(background_service("metrics", metrics));
     pingora_server.add_service(background_service(
@@ -143,6 +159,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "lifecycle",
         Lifecycle {
             shared: shared.clone(),
+            certificates,
             config_path: source,
             probe_addresses: listeners.iter().map(|l| l.address).collect(),
         },
@@ -159,11 +176,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     pingora_server.run_forever()
 }
 
+/// Adds the proxy service of one listener; returns its certificates when
+/// it terminates TLS.
 fn add_listener(
     server: &mut Server,
     shared: &Arc<Shared>,
     listener: &ListenerConfig,
-) -> Result<(), StartError> {
+) -> Result<Option<Arc<ListenerCertificates>>, StartError> {
     let gateway = Gateway::new(
         shared.clone(),
         listener.name.clone(),
@@ -176,33 +195,49 @@ fn add_listener(
         options.h2c = true;
         proxy.server_options = Some(options);
     }
+    let proxy_protocol = listener.proxy_protocol.clone().map(ProxyProtocol::new);
+    let addr = listener.address.to_string();
+    let Some(tls) = &listener.tls else {
+        let mut service = Service::new(
+            format!("listener {}", listener.name),
+            EdgeApp::new(proxy, listener.client, proxy_protocol),
+        );
+        service.add_tcp(&addr);
+        server.add_service(service);
+        return Ok(None);
+    };
+    let store = ListenerCertificates::load(&listener.name, tls.certificates.clone())
+        .map(Arc::new)
+        .map_err(|source| StartError::Certificate {
+            name: listener.name.clone(),
+            source,
+        })?;
+    let mut settings =
+        TlsSettings::with_callbacks(Box::new(SniSelector(store.clone()))).map_err(|source| {
+            StartError::Tls {
+                name: listener.name.clone(),
+                source,
+            }
+        })?;
+    settings.enable_h2();
     let mut service = Service::new(
         format!("listener {}", listener.name),
-        EdgeApp::new(proxy, listener.client),
+        EdgeApp::new(proxy, listener.client, None),
     );
-    let addr = listener.address.to_string();
-    match &listener.tls {
-        Some(tls) => {
-            let cert = tls.cert.to_string_lossy();
-            let key = tls.key.to_string_lossy();
-            let mut settings =
-                TlsSettings::intermediate(&cert, &key).map_err(|source| StartError::Tls {
-                    name: listener.name.clone(),
-                    source,
-                })?;
-            settings.enable_h2();
-            service.add_tls_with_settings(&addr, None, settings);
-        }
-        None => service.add_tcp(&addr),
+    if let Some(policy) = proxy_protocol {
+        // The relay's header comes before the ClientHello.
+        service.endpoints().set_pre_tls_callback(Arc::new(policy));
     }
+    service.add_tls_with_settings(&addr, None, settings);
     server.add_service(service);
-    Ok(())
+    Ok(Some(store))
 }
 
 /// Marks the process ready once its listeners accept connections, reloads
 /// the configuration on SIGHUP and reopens the access log on SIGUSR1.
 struct Lifecycle {
     shared: Arc<Shared>,
+    certificates: CertificateRegistry,
     config_path: PathBuf,
     probe_addresses: Vec<SocketAddr>,
 }
@@ -251,13 +286,14 @@ impl Lifecycle {
                 );
             }
             Ok(config) => {
+                self.reload_certificates(Some(&config.listeners));
                 self.shared.rebuild(|previous| {
                     Generation::build(config.routes, config.pools, Some(previous))
                 });
                 FAMILIES.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(
                     file = %self.config_path.display(),
-                    "configuration reloaded; routes and pools swapped (listener, admin, metrics, server and access_log settings apply at restart)"
+                    "configuration reloaded; routes, pools and certificates swapped (other listener settings, admin, metrics, server and access_log apply at restart)"
                 );
             }
             Err(e) => {
@@ -266,6 +302,26 @@ impl Lifecycle {
                     .with_label_values(&["rejected"])
                     .inc();
                 tracing::error!("configuration reload rejected, keeping the running one:\n{e}");
+            }
+        }
+    }
+}
+
+impl Lifecycle {
+    /// New handshakes take the certificates `listeners` name (or the files
+    /// in use, read again); a listener whose files fail keeps its own.
+    fn reload_certificates(&self, listeners: Option<&[ListenerConfig]>) {
+        if self.certificates.is_empty() {
+            return;
+        }
+        match self.certificates.reload(listeners) {
+            Ok(()) => tracing::info!("certificates reloaded"),
+            Err(failures) => {
+                for failure in failures {
+                    tracing::error!(
+                        "certificate reload rejected, keeping the ones in use: {failure}"
+                    );
+                }
             }
         }
     }

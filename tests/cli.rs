@@ -27,20 +27,25 @@ fn write(dir: &TempDir, text: &str) -> String {
 
 #[test]
 fn check_accepts_the_shipped_configs_and_prints_a_summary() {
-    // The production example names certificate files; give it real ones.
+    // The examples name certificate files; give them files to find.
     let dir = TempDir::new();
-    for name in ["fullchain.pem", "privkey.pem"] {
-        std::fs::write(dir.path().join(name), "placeholder").expect("write");
-    }
-    let production = std::fs::read_to_string("conf/production.yaml")
-        .expect("production example")
-        .replace("/etc/obleth/tls/", &format!("{}/", dir.path().display()));
-    let production = write(&dir, &production);
-    for file in [
-        "conf/obleth.yaml",
-        "conf/haproxy-migration.yaml",
-        production.as_str(),
-    ] {
+    let with_certificates = |example: &str| {
+        let text = std::fs::read_to_string(example).expect("example");
+        for path in text
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("/etc/obleth/tls/"))
+        {
+            let name = path.trim_end_matches([',', '}']);
+            std::fs::write(dir.path().join(name), "placeholder").expect("write");
+        }
+        let text = text.replace("/etc/obleth/tls/", &format!("{}/", dir.path().display()));
+        let path = dir.path().join(example.replace('/', "_"));
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let production = with_certificates("conf/production.yaml");
+    let migration = with_certificates("conf/haproxy-migration.yaml");
+    for file in ["conf/obleth.yaml", migration.as_str(), production.as_str()] {
         let (ok, out, err) = obleth(&["check", "-c", file]);
         assert!(ok, "{file}: {err}");
         assert!(out.contains("configuration ok"), "{out}");

@@ -281,6 +281,7 @@ fn prometheus_rule_carries_every_alert_with_its_runbook_when_enabled() {
         "OblethPoolNoHealthyServer",
         "OblethBudgetStoreDown",
         "OblethTelemetryBacklogGrowing",
+        "OblethCertificateExpiringSoon",
     ] {
         assert!(expected.contains(alert), "{alert} in alerts.yml");
     }

@@ -5,44 +5,14 @@
 mod common;
 mod edge_kit;
 
-use std::process::Command;
-
 use common::*;
 use edge_kit::*;
-
-/// A self-signed certificate for `localhost`, made with the openssl tool.
-fn self_signed(dir: &TempDir) -> (String, String) {
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
-    (cert.display().to_string(), key.display().to_string())
-}
 
 #[tokio::test]
 async fn tls_listener_negotiates_h2_and_http11_and_proxies() {
     let a = mock("a").await;
     let certs = TempDir::new();
-    let (cert, key) = self_signed(&certs);
+    let (cert, key) = self_signed(&certs, "localhost");
     let port = free_port();
     let config = format!(
         "listeners:\n  - name: https\n    address: 127.0.0.1:{port}\n    tls: {{ cert: '{cert}', key: '{key}' }}\n\

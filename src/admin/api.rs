@@ -32,8 +32,10 @@ use utoipa_axum::router::OpenApiRouter;
 use super::error::{
     decode, json_method_not_allowed, not_found, ApiError, ApiResult, ErrorBody, ErrorDetail,
 };
-use super::{audit, budgets, capacity, doc, groups, keys, models, pools, tenants, usage};
-use crate::edge::pool::LivePools;
+use super::EdgeRuntime;
+use super::{
+    audit, budgets, capacity, certificates, doc, groups, keys, models, pools, tenants, usage,
+};
 use crate::llm::LlmState;
 
 /// Where the admin API learns the pools of the live configuration, which a
@@ -165,10 +167,17 @@ impl utoipa::Modify for BearerAuth {
 
 /// The `/api/v1` router (token-protected), including its OpenAPI document:
 /// the pools always, the LLM plane's resources when `llm` is given.
-pub fn router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -> Router {
+pub fn router(llm: Option<Arc<LlmState>>, edge: EdgeRuntime, admin_token: &str) -> Router {
     let token = TokenDigest(openssl::sha::sha256(admin_token.as_bytes()));
+    let pools = edge.pools;
     let mut routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(pools::routes().with_state(pools::PoolsState::new(pools.clone(), llm.clone())));
+        .merge(pools::routes().with_state(pools::PoolsState::new(pools.clone(), llm.clone())))
+        .merge(
+            certificates::routes().with_state(certificates::CertificatesState {
+                registry: edge.certificates,
+                llm: llm.clone(),
+            }),
+        );
     let plane = llm.is_some();
     if let Some(llm) = llm {
         let state = ApiState {
@@ -218,10 +227,10 @@ pub fn router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -
         .layer(middleware::from_fn_with_state(token, require_token))
 }
 
-/// Paths outside `/api/v1/pools` when no route declares `llm:`.
+/// Paths outside the edge's resources when no route declares `llm:`.
 async fn no_llm_plane() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such route: no route declares llm:, so this obleth runs no LLM plane and its admin API serves only /api/v1/pools and /api/v1/openapi.json",
+        "no such route: no route declares llm:, so this obleth runs no LLM plane and its admin API serves only /api/v1/pools, /api/v1/certificates and /api/v1/openapi.json",
     )
 }

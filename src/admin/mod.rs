@@ -14,13 +14,23 @@ use axum::Router;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::edge::certificates::CertificateRegistry;
 use crate::edge::pool::LivePools;
 use crate::llm::LlmState;
+
+/// The edge plane's runtime state the admin API shows and changes, with or
+/// without the LLM plane: the pools' servers and the TLS certificates.
+#[derive(Clone)]
+pub struct EdgeRuntime {
+    pub pools: LivePools,
+    pub certificates: CertificateRegistry,
+}
 
 pub mod api;
 mod audit;
 mod budgets;
 mod capacity;
+mod certificates;
 mod doc;
 pub mod error;
 mod groups;
@@ -82,14 +92,14 @@ impl BackgroundService for HttpEndpoint {
 /// `/healthz` answers while the process runs; `/readyz` only while it
 /// accepts traffic (not before the listeners start, not while draining,
 /// not once a background task died); everything under `/api/v1` is the
-/// token-protected admin API: the pools' servers always, the other
+/// token-protected admin API: the pools' servers and the certificates always, the other
 /// resources (tenants, keys, models, budgets, usage) only when the LLM
 /// plane runs.
-pub fn admin_router(llm: Option<Arc<LlmState>>, pools: LivePools, admin_token: &str) -> Router {
+pub fn admin_router(llm: Option<Arc<LlmState>>, edge: EdgeRuntime, admin_token: &str) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    probes.merge(api::router(llm, pools, admin_token))
+    probes.merge(api::router(llm, edge, admin_token))
 }
 
 async fn readyz() -> (StatusCode, String) {

@@ -249,6 +249,15 @@ pub struct RawListener {
     pub timeouts: RawClientTimeouts,
     pub max_head_bytes: Option<usize>,
     pub min_body_rate: Option<u64>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `listeners[].proxy_protocol`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub trusted: OneOrMany,
+    pub timeout: Option<RawDuration>,
 }
 
 /// A listener's client-side timeouts, named as in HAProxy.
@@ -263,8 +272,19 @@ pub struct RawClientTimeouts {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub certificates: Option<Vec<RawCertificate>>,
+}
+
+/// One `listeners[].tls.certificates` entry, a `crt-list` line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

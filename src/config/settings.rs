@@ -190,6 +190,19 @@ pub struct ListenerConfig {
     pub tls: Option<TlsFiles>,
     pub h2c: bool,
     pub client: ClientLimits,
+    /// Whether connections must open with a PROXY protocol header.
+    pub proxy_protocol: Option<ProxyProtocolSettings>,
+}
+
+/// `listeners[].proxy_protocol`: which relays may connect and speak for
+/// their clients, as HAProxy's `accept-proxy` with its trusted sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolSettings {
+    /// Each connection from these must start with a header; any other
+    /// connection is closed.
+    pub trusted: Vec<IpNet>,
+    /// How long a relay may take to send its header.
+    pub timeout: Duration,
 }
 
 /// How long and how much a client may take to send a request: what stops
@@ -225,10 +238,22 @@ impl Default for ClientLimits {
     }
 }
 
+/// A TLS listener's certificates; the first is the default for clients
+/// that send no SNI or one no certificate names.
 #[derive(Debug)]
 pub struct TlsFiles {
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One `listeners[].tls.certificates` entry (or `tls.cert`/`tls.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM: the certificate, then its chain.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Server names it is chosen for (`*.` wildcards one label deep);
+    /// empty takes the names the certificate was issued for.
+    pub names: Vec<String>,
 }
 
 /// `log.format`: obleth's own log lines as text for a terminal, or one JSON

@@ -23,11 +23,25 @@ impl Config {
                 ""
             };
             let c = &l.client;
+            let proxy = l.proxy_protocol.as_ref().map_or(String::new(), |p| {
+                format!(
+                    " proxy_protocol(trusted={:?} timeout={:?})",
+                    p.trusted, p.timeout
+                )
+            });
             let _ = writeln!(
                 out,
-                "listener {}: {}{tls} http_request={:?} http_keep_alive={:?} client={:?} max_head_bytes={} min_body_rate={}",
+                "listener {}: {}{tls}{proxy} http_request={:?} http_keep_alive={:?} client={:?} max_head_bytes={} min_body_rate={}",
                 l.name, l.address, c.http_request, c.http_keep_alive, c.client, c.max_head_bytes, c.min_body_rate
             );
+            for cert in l.tls.iter().flat_map(|t| &t.certificates) {
+                let names = if cert.names.is_empty() {
+                    "(names from the certificate)".to_string()
+                } else {
+                    cert.names.join(",")
+                };
+                let _ = writeln!(out, "  certificate {} for {names}", cert.cert.display());
+            }
         }
         let _ = writeln!(
             out,

@@ -46,18 +46,23 @@ impl Validator {
                     );
                 }
                 let address = self.socket_addr(&format!("{key}.address"), &l.address, None);
-                let tls = l.tls.map(|t| {
-                    for (field, file) in [("cert", &t.cert), ("key", &t.key)] {
-                        if !Path::new(file).is_file() {
-                            self.problem(
-                                &format!("{key}.tls.{field}"),
-                                format!("{file:?} is not a readable file"),
-                            );
-                        }
+                let tls = l.tls.map(|t| self.listener_tls(&key, t));
+                let proxy_protocol = l.proxy_protocol.map(|p| {
+                    let at = format!("{key}.proxy_protocol.trusted");
+                    let trusted = self.sources(&at, Some(p.trusted));
+                    if trusted.is_empty() {
+                        self.problem(
+                            &at,
+                            "name at least one relay; every other source is refused",
+                        );
                     }
-                    TlsFiles {
-                        cert: t.cert.into(),
-                        key: t.key.into(),
+                    ProxyProtocolSettings {
+                        trusted,
+                        timeout: self.positive_duration(
+                            &format!("{key}.proxy_protocol.timeout"),
+                            p.timeout.as_ref(),
+                            Duration::from_secs(3),
+                        ),
                     }
                 });
                 ListenerConfig {
@@ -66,9 +71,72 @@ impl Validator {
                     tls,
                     h2c: l.h2c,
                     client,
+                    proxy_protocol,
                 }
             })
             .collect()
+    }
+
+    /// `tls: {cert, key}` for one certificate, or `tls.certificates` for
+    /// a list chosen by SNI; the files must exist (they are loaded, and
+    /// their keys checked against their certificates, at start-up).
+    fn listener_tls(&mut self, key: &str, t: RawListenerTls) -> TlsFiles {
+        let mut certificates = Vec::new();
+        match (t.cert, t.key, t.certificates) {
+            (Some(cert), Some(key_file), None) => certificates.push(RawCertificate {
+                cert,
+                key: key_file,
+                names: Vec::new(),
+            }),
+            (None, None, Some(list)) if !list.is_empty() => certificates = list,
+            (None, None, Some(_)) => {
+                self.problem(&format!("{key}.tls.certificates"), "must not be empty")
+            }
+            (_, _, Some(_)) => self.problem(
+                &format!("{key}.tls"),
+                "give either cert and key or certificates, not both",
+            ),
+            _ => self.problem(
+                &format!("{key}.tls"),
+                "needs cert and key, or a certificates list",
+            ),
+        }
+        let single = certificates.len() == 1;
+        let certificates = certificates
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let at = if single && c.names.is_empty() {
+                    format!("{key}.tls")
+                } else {
+                    format!("{key}.tls.certificates[{i}]")
+                };
+                for (field, file) in [("cert", &c.cert), ("key", &c.key)] {
+                    if !Path::new(file).is_file() {
+                        self.problem(
+                            &format!("{at}.{field}"),
+                            format!("{file:?} is not a readable file"),
+                        );
+                    }
+                }
+                for (j, name) in c.names.iter().enumerate() {
+                    if !valid_server_name(name) {
+                        self.problem(
+                            &format!("{at}.names[{j}]"),
+                            format!(
+                                "{name:?} is not a host name (a leading \"*.\" makes a wildcard)"
+                            ),
+                        );
+                    }
+                }
+                CertificateFiles {
+                    cert: c.cert.into(),
+                    key: c.key.into(),
+                    names: c.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                }
+            })
+            .collect();
+        TlsFiles { certificates }
     }
 
     pub(super) fn client_limits(&mut self, key: &str, l: &RawListener) -> ClientLimits {
@@ -620,4 +688,18 @@ impl Validator {
         }
         edits
     }
+}
+
+/// A DNS name a client may send as SNI, or `*.` and one.
+fn valid_server_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

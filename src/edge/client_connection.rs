@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
@@ -37,6 +38,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::proxy_protocol::ProxyProtocol;
 use crate::config::ClientLimits;
 use crate::metrics::FAMILIES;
 
@@ -403,16 +405,22 @@ impl fmt::Debug for GuardedStream {
 /// Pingora's HTTP app with every HTTP/1 connection guarded. HTTP/2
 /// connections (ALPN `h2`) pass as they are: their framing has no heads to
 /// trickle, and h2's own limits apply.
+///
+/// On a plaintext listener with PROXY protocol it reads the relay's header
+/// first (a TLS listener reads it before the handshake, in Pingora's
+/// pre-TLS hook).
 pub struct EdgeApp<A> {
     app: Arc<A>,
     limits: ClientLimits,
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl<A> EdgeApp<A> {
-    pub fn new(app: A, limits: ClientLimits) -> Self {
+    pub fn new(app: A, limits: ClientLimits, proxy_protocol: Option<ProxyProtocol>) -> Self {
         Self {
             app: Arc::new(app),
             limits,
+            proxy_protocol,
         }
     }
 }
@@ -424,6 +432,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let stream: Stream = match &self.proxy_protocol {
+            Some(policy) => {
+                // A plaintext listener's stream is Pingora's L4 stream itself.
+                let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+                policy.accept(&mut l4).await.ok()?;
+                l4
+            }
+            None => stream,
+        };
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {

@@ -1,6 +1,10 @@
 //! The edge plane: what HAProxy does. Nothing here knows of tenants, keys or
 //! tokens; the proxy phases call into it for every request.
 //!
+//! - [`proxy_protocol`]: the PROXY protocol header a trusted L4 relay
+//!   sends first, read before TLS and HTTP; it sets the client address.
+//! - [`certificates`]: a TLS listener's certificates, chosen by SNI and
+//!   reloadable while it serves.
 //! - [`client_connection`]: the client connection under Pingora's parser —
 //!   head deadline and size, obleth's own answers to unparsable requests.
 //! - [`routing`]: matching a request against the ordered routes, source
@@ -13,9 +17,11 @@
 //! - [`access_log`]: one line per request, HAProxy `httplog` or JSON.
 
 pub mod access_log;
+pub mod certificates;
 pub mod client_connection;
 pub mod forwarding;
 pub mod health;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod routing;

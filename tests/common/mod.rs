@@ -934,3 +934,39 @@ impl Drop for ClickHouse {
         self.stop();
     }
 }
+
+/// A self-signed certificate for `names` (the first is also its CN) and its
+/// key, RSA 2048 or ECDSA P-256, made with the openssl tool: each call
+/// writes new files and a new serial.
+pub fn self_signed_for(dir: &TempDir, names: &[&str], ecdsa: bool) -> (String, String) {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let stem = format!("{}-{n}", names[0].replace('*', "star"));
+    let cert = dir.path().join(format!("{stem}.crt"));
+    let key = dir.path().join(format!("{stem}.key"));
+    let key_type: &[&str] = if ecdsa {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    } else {
+        &["-newkey", "rsa:2048"]
+    };
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-nodes", "-days", "2"])
+        .args(key_type)
+        .args(["-subj", &format!("/CN={}", names[0])])
+        .args(["-addext", &format!("subjectAltName={}", sans.join(","))])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl req failed");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// A self-signed RSA certificate for `name`.
+pub fn self_signed(dir: &TempDir, name: &str) -> (String, String) {
+    self_signed_for(dir, &[name], false)
+}

@@ -26,6 +26,7 @@ anchors = {
     "OblethPoolNoHealthyServer": "no-healthy-server",
     "OblethBudgetStoreDown": "redis-down",
     "OblethTelemetryBacklogGrowing": "clickhouse-down",
+    "OblethCertificateExpiringSoon": "certificate-expiring",
 }
 rules = [r for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"] for r in g["rules"]]
 problems = []
