@@ -29,6 +29,7 @@
 //!   over OTLP/HTTP; [`supervision`]: background tasks that must not die
 //!   unnoticed, and readiness.
 //! - [`server`]: the Pingora server, its services, signals and reload;
+//!   [`upgrade`]: taking over a running obleth's sockets (`run --upgrade`);
 //!   [`cli`]: the admin API client behind `obleth tenant` and `obleth key`.
 
 pub mod admin;
@@ -42,3 +43,4 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod supervision;
+pub mod upgrade;

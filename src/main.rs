@@ -31,6 +31,11 @@ enum Command {
         /// The YAML configuration file.
         #[arg(short, long, default_value = "conf/obleth.yaml")]
         config: PathBuf,
+        /// Take over the listening sockets of the obleth running now (the
+        /// one in `server.pid_file`), which then drains and exits: a new
+        /// binary without a refused connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration and print what it resolves to; exits 1 when
     /// it is invalid.
@@ -208,13 +213,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return report(&e),
             };
             init_tracing(config.log_format);
-            match obleth::server::run(config) {
+            match obleth::server::run(config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("obleth: cannot start: {e}");

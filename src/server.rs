@@ -5,12 +5,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -35,6 +35,8 @@ pub enum StartError {
     Llm(#[from] crate::llm::LlmStartError),
     #[error("OBLETH_ADMIN_TOKEN must be set to at least {MIN_ADMIN_TOKEN} characters (or set admin.generate_dev_token for a development setup)")]
     AdminToken,
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("tracing: cannot start the exporter: {0}")]
     Tracing(#[from] reqwest::Error),
     #[error("listener {name}: TLS: {source}")]
@@ -69,8 +71,10 @@ fn admin_token(config: &Config) -> Result<String, StartError> {
     }
 }
 
-/// Builds every service from `config` and serves until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Builds every service from `config` and serves until SIGTERM or SIGINT;
+/// with `upgrade`, takes over the listening sockets of the obleth serving
+/// now (see [`crate::upgrade`]).
+pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     let admin_token = admin_token(&config)?;
     // The store, Redis and cache invalidation live on a runtime of their own
     // that outlives every Pingora service runtime.
@@ -87,8 +91,33 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
+
+    let server = &config.server;
+    let conf = ServerConf {
+        threads: server.threads,
+        grace_period_seconds: Some(server.grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: server.upstream_keepalive_pool,
+        work_stealing: server.work_stealing,
+        upgrade_sock: server.upgrade_socket.display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut pingora_server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        crate::upgrade::ask_for_sockets(&server.pid_file, &server.upgrade_socket)?;
+    }
+    // Receives the old process's listening sockets when upgrading.
+    pingora_server.bootstrap();
+    // What the old process still holds (the usage log, the admin and
+    // metrics ports) it lets go of by the end of its drain.
+    let take_over_by = upgrade.then(|| Instant::now() + server.grace + Duration::from_secs(15));
+
     let llm = if config.declares_llm() {
-        Some(control.block_on(crate::llm::LlmState::start(&config))?)
+        Some(control.block_on(crate::llm::LlmState::start(&config, take_over_by))?)
     } else {
         None
     };
@@ -103,17 +132,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         routes,
         ..
     } = config;
-
-    let conf = ServerConf {
-        threads: server.threads,
-        grace_period_seconds: Some(server.grace.as_secs().max(1)),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: server.upstream_keepalive_pool,
-        work_stealing: server.work_stealing,
-        ..ServerConf::default()
-    };
-    let mut pingora_server = Server::new_with_opt_and_conf(None, conf);
-    pingora_server.bootstrap();
 
     let shared = Arc::new(Shared::new(
         Generation::build(routes, pools, None),
@@ -136,15 +154,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     // Bind the operator endpoints before serving: a port in use stops
     // start-up here.
+    let (handover, handed_over) = tokio::sync::watch::channel(false);
     let admin = HttpEndpoint::bind(
         "admin",
         admin_address,
         admin_router(shared.llm.clone(), edge, &admin_token),
+        handed_over.clone(),
+        take_over_by,
     )?;
     let metrics = HttpEndpoint::bind(
         "metrics",
         metrics_address,
         metrics_router(shared.llm.clone()),
+        handed_over,
+        take_over_by,
     )?;
 
     pingora_server.add_service(background_service("admin", admin));
@@ -161,11 +184,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             shared: shared.clone(),
             certificates,
             config_path: source,
+            pid_file: server.pid_file,
             probe_addresses: listeners.iter().map(|l| l.address).collect(),
         },
     ));
 
-    spawn_drain_watch(&pingora_server, shared, server.grace);
+    spawn_drain_watch(&pingora_server, shared, server.grace, handover);
     tracing::info!(
         listeners = ?listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
         admin = %admin_address,
@@ -238,6 +262,7 @@ fn add_listener(
 struct Lifecycle {
     shared: Arc<Shared>,
     certificates: CertificateRegistry,
+    pid_file: PathBuf,
     config_path: PathBuf,
     probe_addresses: Vec<SocketAddr>,
 }
@@ -262,6 +287,12 @@ impl BackgroundService for Lifecycle {
             wait_until_accepting(*addr).await;
         }
         crate::supervision::set_phase(crate::supervision::Phase::Serving);
+        if let Err(e) = crate::upgrade::write_pid_file(&self.pid_file) {
+            tracing::warn!(
+                "cannot write {} ({e}); `obleth run --upgrade` will not find this process",
+                self.pid_file.display()
+            );
+        }
         tracing::info!("ready");
         loop {
             tokio::select! {
@@ -349,14 +380,25 @@ async fn wait_until_accepting(addr: SocketAddr) {
 /// On SIGTERM Pingora stops accepting and then sleeps the whole grace
 /// period; this watcher ends the process as soon as the requests in flight
 /// have finished, so a drain takes as long as the slowest request and no
-/// longer.
-fn spawn_drain_watch(server: &Server, shared: Arc<Shared>, grace: Duration) {
+/// longer. On SIGQUIT (a new binary taking over) it first closes the admin
+/// and metrics ports for the new process, through `handover`.
+fn spawn_drain_watch(
+    server: &Server,
+    shared: Arc<Shared>,
+    grace: Duration,
+    handover: tokio::sync::watch::Sender<bool>,
+) {
     let mut phases = server.watch_execution_phase();
     let spawned = std::thread::Builder::new()
         .name("drain".into())
         .spawn(move || {
             loop {
                 match phases.blocking_recv() {
+                    Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                        crate::supervision::set_phase(crate::supervision::Phase::HandingOver);
+                        tracing::info!("handing the listening sockets to a new process");
+                        let _ = handover.send(true);
+                    }
                     Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
                         break
                     }

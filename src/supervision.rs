@@ -22,6 +22,9 @@ pub enum Phase {
     Serving = 1,
     /// SIGTERM arrived: no new connections; requests in flight finish.
     Draining = 2,
+    /// SIGQUIT arrived: the listening sockets go to a new process (`obleth
+    /// run --upgrade`); requests are still served, then this one drains.
+    HandingOver = 3,
 }
 
 static PHASE: AtomicU8 = AtomicU8::new(Phase::Starting as u8);
@@ -33,6 +36,13 @@ static WAITING: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 /// draining when SIGTERM arrives).
 pub fn set_phase(phase: Phase) {
     PHASE.store(phase as u8, Ordering::Relaxed);
+}
+
+/// Whether the process is on its way out (draining, or handing over to a
+/// new binary): every response then closes its connection, so clients move
+/// to new connections instead of sending into one about to be dropped.
+pub fn closing_connections() -> bool {
+    PHASE.load(Ordering::Relaxed) >= Phase::Draining as u8
 }
 
 /// Says whether a required dependency (the store, say) is reachable; while
@@ -53,6 +63,7 @@ pub fn readiness() -> Result<(), String> {
     }
     match PHASE.load(Ordering::Relaxed) {
         p if p == Phase::Draining as u8 => return Err("draining".into()),
+        p if p == Phase::HandingOver as u8 => return Err("handing over to a new process".into()),
         p if p == Phase::Starting as u8 => return Err("starting".into()),
         _ => {}
     }

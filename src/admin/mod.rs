@@ -47,23 +47,48 @@ impl api::PoolDirectory for LivePools {
     }
 }
 
-/// An axum router served on a pre-bound socket until shutdown.
+/// An axum router served on a pre-bound socket until the process exits, or
+/// until it hands its ports to a new binary.
 pub struct HttpEndpoint {
     name: &'static str,
     listener: Mutex<Option<TcpListener>>,
     router: Router,
+    /// Turns true when a new process takes over (`obleth run --upgrade`):
+    /// the port is closed for it to bind.
+    handover: tokio::sync::watch::Receiver<bool>,
 }
 
 impl HttpEndpoint {
-    pub fn bind(name: &'static str, addr: SocketAddr, router: Router) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{name} listener on {addr}: {e}"))
-        })?;
+    /// Binds `addr`; with `retry_until`, a port still held (by the process
+    /// being upgraded from) is tried again until then.
+    pub fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        router: Router,
+        handover: tokio::sync::watch::Receiver<bool>,
+        retry_until: Option<std::time::Instant>,
+    ) -> std::io::Result<Self> {
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && retry_until.is_some_and(|t| std::time::Instant::now() < t) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                bound => {
+                    break bound.map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{name} listener on {addr}: {e}"))
+                    })?
+                }
+            }
+        };
         listener.set_nonblocking(true)?;
         Ok(Self {
             name,
             listener: Mutex::new(Some(listener)),
             router,
+            handover,
         })
     }
 }
@@ -83,7 +108,17 @@ impl BackgroundService for HttpEndpoint {
                 return;
             }
         };
-        if let Err(e) = axum::serve(listener, self.router.clone()).await {
+        let mut handover = self.handover.clone();
+        let handed_over = async move {
+            if handover.wait_for(|h| *h).await.is_err() {
+                // Nobody can announce a hand-over: serve to the end.
+                std::future::pending::<()>().await;
+            }
+        };
+        if let Err(e) = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(handed_over)
+            .await
+        {
             tracing::error!("{} listener: {e}", self.name);
         }
     }

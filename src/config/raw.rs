@@ -235,6 +235,8 @@ pub struct RawServer {
     pub trusted_proxies: Vec<String>,
     pub upstream_keepalive_pool: Option<usize>,
     pub work_stealing: Option<bool>,
+    pub pid_file: Option<String>,
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -181,6 +181,11 @@ pub struct ServerSettings {
     /// multi-thread scheduler) or each thread keeps the connections it was
     /// given, as HAProxy's threads do.
     pub work_stealing: bool,
+    /// Where the serving process writes its pid, for `obleth run --upgrade`
+    /// to find the process it takes over from.
+    pub pid_file: PathBuf,
+    /// The Unix socket the listening sockets are handed over on.
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug)]

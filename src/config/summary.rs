@@ -11,8 +11,12 @@ impl Config {
         let s = &self.server;
         let _ = writeln!(
             out,
-            "server: threads={} grace={:?} trusted_proxies={:?}",
-            s.threads, s.grace, s.trusted_proxies
+            "server: threads={} grace={:?} trusted_proxies={:?} pid_file={} upgrade_socket={}",
+            s.threads,
+            s.grace,
+            s.trusted_proxies,
+            s.pid_file.display(),
+            s.upgrade_socket.display()
         );
         for l in &self.listeners {
             let tls = if l.tls.is_some() {

@@ -441,6 +441,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             }
             None => stream,
         };
+        let mut stream = stream;
+        if crate::supervision::closing_connections() {
+            // A connection accepted while this process hands over or drains
+            // is served one request. Pingora drops a connection that waits
+            // for its first request once shutdown begins, which would reset
+            // one whose client has just sent it: wait for the first byte.
+            let mut first = [0u8; 1];
+            let arrived =
+                tokio::time::timeout(self.limits.http_request, stream.try_peek(&mut first));
+            if !matches!(arrived.await, Ok(Ok(_))) {
+                return None;
+            }
+        }
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {

@@ -63,8 +63,13 @@ pub struct LlmState {
 
 impl LlmState {
     /// Connects the store (migrating and seeding it as configured) and
-    /// Redis, and loads the model catalog.
-    pub async fn start(config: &Config) -> Result<Arc<LlmState>, LlmStartError> {
+    /// Redis, and loads the model catalog. With `take_over_by`, the usage
+    /// log may still be held by the process this one upgrades from; it is
+    /// opened once that process lets go of it, until that time.
+    pub async fn start(
+        config: &Config,
+        take_over_by: Option<std::time::Instant>,
+    ) -> Result<Arc<LlmState>, LlmStartError> {
         let url = crate::config::redact_url(&config.store.database_url);
         let store = Store::connect(
             &config.store.database_url,
@@ -122,7 +127,7 @@ impl LlmState {
             }),
             admission: config.admission.clone(),
             body_buffer: BodyBuffer::new(config.admission.max_buffered_body),
-            telemetry: Telemetry::start(&config.telemetry).map_err(LlmStartError::Telemetry)?,
+            telemetry: open_usage_log(config, take_over_by).await?,
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),
             store,
@@ -340,4 +345,27 @@ async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Opens the usage log, waiting until `take_over_by` for the process being
+/// upgraded from to drain and release it.
+async fn open_usage_log(
+    config: &Config,
+    take_over_by: Option<std::time::Instant>,
+) -> Result<Telemetry, LlmStartError> {
+    let mut said = false;
+    loop {
+        match Telemetry::start(&config.telemetry) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && take_over_by.is_some_and(|t| std::time::Instant::now() < t) =>
+            {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!("waiting for the process being upgraded from to drain and release the usage log");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            opened => return opened.map_err(LlmStartError::Telemetry),
+        }
+    }
 }

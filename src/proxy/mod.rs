@@ -165,7 +165,9 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(self.limits.client));
         // Pingora keeps an HTTP/1.1 connection without an idle limit
         // (`Some(0)`); an explicit close or HTTP/1.0 (`None`) stays as it is.
-        if session.get_keepalive() == Some(0) {
+        if crate::supervision::closing_connections() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive() == Some(0) {
             session.set_keepalive(Some(self.limits.http_keep_alive.as_secs().max(1)));
         }
         Ok(())
