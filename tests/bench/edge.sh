@@ -8,6 +8,9 @@
 #   tests/bench/edge.sh                 # 10 s per target, 64 connections
 #   DURATION=20 CONNECTIONS=128 tests/bench/edge.sh
 #   EXTRA=1 tests/bench/edge.sh         # also obleth with its access log on
+#   OBLETH_BASELINE=path/to/obleth tests/bench/edge.sh
+#                                       # also another obleth build (a row
+#                                       # "obleth-baseline") in the same run
 # Targets are run in turn, ROUNDS times (default 3); the table shows the
 # median round of each, so a noisy moment on a shared machine moves no row.
 set -euo pipefail
@@ -32,7 +35,7 @@ pids+=($!)
 BARE_PID=$!
 wait_port "$BARE"
 
-start_obleth() { # name access_log_format -> sets STARTED_PORT and STARTED_PID
+start_obleth() { # name access_log_format [binary] -> sets STARTED_PORT and STARTED_PID
   local name=$1 format=$2 p a m
   p=$(port); a=$(port); m=$(port)
   cat >"$work/$name.yaml" <<EOF
@@ -44,13 +47,17 @@ access_log: { format: $format, path: "$work/$name-access.log" }
 store: { database_url: "sqlite://$work/$name.db" }
 EOF
   bench_proxy_sections >>"$work/$name.yaml"
-  start_obleth_release "$name" "$p"
+  start_obleth_release "$name" "$p" "${3:-}"
   STARTED_PID=$OBLETH_PID
   STARTED_PORT=$p
 }
 
 start_obleth obleth off
 OB=$STARTED_PORT OB_PID=$STARTED_PID
+if [ -n "${OBLETH_BASELINE:-}" ]; then
+  start_obleth obleth-baseline off "$OBLETH_BASELINE"
+  OBBASE=$STARTED_PORT OBBASE_PID=$STARTED_PID
+fi
 if [ "${EXTRA:-}" = 1 ]; then
   start_obleth obleth-log httplog
   OBLOG=$STARTED_PORT OBLOG_PID=$STARTED_PID
@@ -61,6 +68,7 @@ for _ in $(seq "$ROUNDS"); do
   run haproxy "http://127.0.0.1:$HA/bench" "$HA_PID"
   run pingora-bare "http://127.0.0.1:$BARE/bench" "$BARE_PID"
   run obleth "http://127.0.0.1:$OB/bench" "$OB_PID"
+  if [ -n "${OBBASE:-}" ]; then run obleth-baseline "http://127.0.0.1:$OBBASE/bench" "$OBBASE_PID"; fi
   if [ -n "${OBLOG:-}" ]; then run obleth+accesslog "http://127.0.0.1:$OBLOG/bench" "$OBLOG_PID"; fi
 done
 

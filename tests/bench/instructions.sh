@@ -10,6 +10,9 @@
 #   DURATION=15 tests/bench/instructions.sh
 #   PROFILE=40 tests/bench/instructions.sh   # also each target's 40 costliest
 #                                            # functions (inclusive, per request)
+#   OBLETH_BASELINE=path/to/obleth tests/bench/instructions.sh
+#                                            # also another obleth build, as
+#                                            # the row "obleth-baseline"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -39,8 +42,9 @@ count haproxy "$HA" haproxy -f "$work/haproxy.cfg" -db
 BARE=$(port)
 count pingora-bare "$BARE" target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$UP"
 
-# count_obleth LABEL [ROUTE_KEY]: obleth on the proxy route, with ROUTE_KEY
-# added to it, on its own port, database and WAL directory.
+# count_obleth LABEL [ROUTE_KEY] [BINARY]: obleth (or BINARY) on the proxy
+# route, with ROUTE_KEY added to it, on its own port, database and WAL
+# directory.
 count_obleth() {
   local label=$1 p
   p=$(port)
@@ -50,9 +54,12 @@ count_obleth() {
     bench_proxy_sections "${2:-}"
   } >"$work/$label.yaml"
   OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-    count "$label" "$p" target/release/obleth run -c "$work/$label.yaml"
+    count "$label" "$p" "${3:-target/release/obleth}" run -c "$work/$label.yaml"
 }
 count_obleth obleth
+if [ -n "${OBLETH_BASELINE:-}" ]; then
+  count_obleth obleth-baseline "" "$OBLETH_BASELINE"
+fi
 # The same route with a per-client rate limit that never refuses: what
 # counting each request costs.
 count_obleth obleth+rate_limit "rate_limit: { by: client_ip, requests_per_second: 1000000000 }"

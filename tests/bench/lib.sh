@@ -52,12 +52,12 @@ start_upstream() {
   wait_port "$UP"
 }
 
-# start_obleth_release NAME PORT: the release obleth with $work/NAME.yaml on
-# PROXY_CORE (stderr to $work/NAME.err), waited for until PORT opens; sets
-# OBLETH_PID.
+# start_obleth_release NAME PORT [BINARY]: the release obleth (or BINARY)
+# with $work/NAME.yaml on PROXY_CORE (stderr to $work/NAME.err), waited for
+# until PORT opens; sets OBLETH_PID.
 start_obleth_release() {
   OBLETH_ADMIN_TOKEN=bench-admin-token-0123456789abcdef0123 \
-    taskset -c "$PROXY_CORE" target/release/obleth run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
+    taskset -c "$PROXY_CORE" "${3:-target/release/obleth}" run -c "$work/$1.yaml" >/dev/null 2>"$work/$1.err" &
   OBLETH_PID=$!
   pids+=("$OBLETH_PID")
   wait_port "$2"

@@ -83,13 +83,12 @@ impl ProxyProtocol {
     }
 
     async fn read_header(&self, stream: &mut L4Stream) -> Result<(), Refusal> {
-        let peer = peer_of(stream).ok_or(Refusal::Untrusted)?;
-        if !self
-            .settings
-            .trusted
-            .iter()
-            .any(|net| net.contains(&peer.ip()))
-        {
+        // A relay reaching a `[::]` listener over IPv4 shows as ::ffff:a.b.c.d.
+        let peer = peer_of(stream)
+            .ok_or(Refusal::Untrusted)?
+            .ip()
+            .to_canonical();
+        if !self.settings.trusted.iter().any(|net| net.contains(&peer)) {
             return Err(Refusal::Untrusted);
         }
         let (header, rest) =
