@@ -214,6 +214,15 @@ fn the_benchmark_sample_is_the_configuration_the_benchmark_generates() {
 }
 
 #[test]
+fn the_command_has_help() {
+    let (ok, out, _) = obleth(&["import-haproxy", "--help"]);
+    assert!(
+        ok && out.contains("Usage") && out.contains("--frontend"),
+        "{out}"
+    );
+}
+
+#[test]
 fn unreadable_files_and_files_without_a_frontend_fail_with_a_clear_message() {
     let (ok, out, err) = obleth(&["import-haproxy", "/nonexistent/haproxy.cfg"]);
     assert!(!ok && out.is_empty(), "{out}");
@@ -310,8 +319,9 @@ struct HaProxy {
 
 impl HaProxy {
     /// Starts `haproxy -f cfg -db` and waits until every one of `ports`
-    /// accepts connections.
-    async fn start(cfg: &Path, ports: &[u16]) -> Self {
+    /// accepts connections; `None` when another process took one of them
+    /// first.
+    async fn start(cfg: &Path, ports: &[u16]) -> Option<Self> {
         let version = Command::new("haproxy").arg("-v").output();
         assert!(
             version.is_ok_and(|o| o.status.success()),
@@ -342,6 +352,9 @@ impl HaProxy {
         for port in ports {
             loop {
                 if let Ok(Some(status)) = haproxy.child.try_wait() {
+                    if haproxy.log().contains("cannot bind socket") {
+                        return None;
+                    }
                     panic!("haproxy exited ({status}):\n{}", haproxy.log());
                 }
                 if tokio::net::TcpStream::connect(("127.0.0.1", *port))
@@ -358,7 +371,7 @@ impl HaProxy {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
-        haproxy
+        Some(haproxy)
     }
 
     fn log(&self) -> String {
@@ -587,35 +600,41 @@ impl Stage {
             addresses.insert(name, u.addr);
             upstreams.push(u);
         }
-        let ports = free_ports::<16>();
-        assert!(bind_list.len() * 2 <= ports.len());
-        let binds: Vec<Bind> = bind_list
-            .into_iter()
-            .enumerate()
-            .map(|(i, (frontend, ssl))| Bind {
-                frontend,
-                ssl,
-                haproxy: ports[2 * i],
-                obleth: ports[2 * i + 1],
-            })
-            .collect();
-        let for_haproxy = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &for_haproxy,
-            rewrite(&text, dir.path(), &addresses, &binds, true),
-        )
-        .expect("write");
-        let for_obleth = dir.path().join(file);
-        std::fs::write(
-            &for_obleth,
-            rewrite(&text, dir.path(), &addresses, &binds, false),
-        )
-        .expect("write");
-        let haproxy = HaProxy::start(
-            &for_haproxy,
-            &binds.iter().map(|b| b.haproxy).collect::<Vec<_>>(),
-        )
-        .await;
+        // Ports picked now may be taken by another test before HAProxy
+        // binds them: then pick again.
+        let mut attempts = 0;
+        let (haproxy, binds, for_obleth) = loop {
+            attempts += 1;
+            let ports = free_ports::<16>();
+            assert!(bind_list.len() * 2 <= ports.len());
+            let binds: Vec<Bind> = bind_list
+                .iter()
+                .enumerate()
+                .map(|(i, (frontend, ssl))| Bind {
+                    frontend: frontend.clone(),
+                    ssl: *ssl,
+                    haproxy: ports[2 * i],
+                    obleth: ports[2 * i + 1],
+                })
+                .collect();
+            let for_haproxy = dir.path().join("haproxy.cfg");
+            std::fs::write(
+                &for_haproxy,
+                rewrite(&text, dir.path(), &addresses, &binds, true),
+            )
+            .expect("write");
+            let for_obleth = dir.path().join(file);
+            std::fs::write(
+                &for_obleth,
+                rewrite(&text, dir.path(), &addresses, &binds, false),
+            )
+            .expect("write");
+            let ports: Vec<u16> = binds.iter().map(|b| b.haproxy).collect();
+            match HaProxy::start(&for_haproxy, &ports).await {
+                Some(h) => break (h, binds, for_obleth),
+                None => assert!(attempts < 4, "haproxy found its ports taken four times"),
+            }
+        };
         let mut obleths = Vec::new();
         for frontend in frontends {
             let args: Vec<&str> = frontend.map(|f| vec!["--frontend", f]).unwrap_or_default();
@@ -876,6 +895,13 @@ async fn the_multisite_import_routes_requests_as_haproxy_does() {
         site("old-shop.example.com", "/p?q=1", "301"),
         site("legacy.example.org", "/x?y=2", "302"),
         site("www.legacy.example.org", "/", "302"),
+        site("shop.example.com", "/admin/public/logo", "be_admin"),
+        Req {
+            method: "DELETE",
+            ..site("shop.example.com", "/admin/public/x", "403")
+        },
+        site("doc.example.com", "/guide?v=2", "301"),
+        site("doc.example.com", "/raw/file", "be_shop"),
         site("other.example.com", "/reports/42", "be_reports"),
         site("other.example.com", "/reports/abc", "be_shop"),
         Req {

@@ -268,14 +268,64 @@ fn meet_path(a: &PathTest, b: &PathTest) -> Result<Option<PathTest>, String> {
             }
         }
         (Exact(x), Regex(r)) | (Regex(r), Exact(x)) => regex_holds(r, x).then(|| Exact(x.clone())),
-        _ => {
-            return Err(format!(
-                "obleth's route match takes one path test, and {} AND {} cannot be written as one",
-                describe(a),
-                describe(b)
-            ))
-        }
+        (Prefix(p), Regex(r)) | (Regex(r), Prefix(p)) => match anchored_literal(r) {
+            // The regex only matches paths that start with its literal.
+            Some(lit) if lit.starts_with(p.as_str()) => Some(Regex(r.clone())),
+            Some(lit) if !p.starts_with(lit.as_str()) => None,
+            _ => return Err(cannot(a, b)),
+        },
+        (Regex(r), Regex(q)) => match (anchored_literal(r), anchored_literal(q)) {
+            (Some(x), Some(y)) if !x.starts_with(y.as_str()) && !y.starts_with(x.as_str()) => None,
+            _ => return Err(cannot(a, b)),
+        },
     })
+}
+
+fn cannot(a: &PathTest, b: &PathTest) -> String {
+    format!(
+        "obleth's route match takes one path test, and {} AND {} cannot be written as one",
+        describe(a),
+        describe(b)
+    )
+}
+
+/// The literal text every match of a `^`-anchored regex starts with
+/// (`^/reports/[0-9]+$` → `/reports/`); `None` without the anchor, with a
+/// top-level alternative or with flags.
+fn anchored_literal(regex: &str) -> Option<String> {
+    let rest = regex.strip_prefix('^')?;
+    // A `|` outside groups and classes anchors one branch only.
+    let (mut depth, mut class, mut escaped) = (0usize, false, false);
+    for c in rest.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' => class = true,
+            ']' => class = false,
+            '(' if !class => depth += 1,
+            ')' if !class => depth = depth.saturating_sub(1),
+            '|' if !class && depth == 0 => return None,
+            _ => {}
+        }
+    }
+    let mut lit = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        let ch = match c {
+            '\\' => match chars.next() {
+                Some(n) if !n.is_ascii_alphanumeric() => n,
+                _ => break,
+            },
+            '.' | '[' | '(' | ')' | '|' | '$' | '^' | '{' | '}' | '*' | '+' | '?' => break,
+            c => c,
+        };
+        // A quantifier makes this character optional or repeated.
+        if matches!(chars.peek(), Some('*' | '?' | '{' | '+')) {
+            break;
+        }
+        lit.push(ch);
+    }
+    Some(lit)
 }
 
 fn describe(p: &PathTest) -> String {
@@ -705,6 +755,23 @@ mod tests {
             "{:?}",
             notes.list()
         );
+    }
+
+    #[test]
+    fn anchored_regexes_meet_prefixes_by_their_literal_start() {
+        assert_eq!(
+            anchored_literal("^/reports/[0-9]+$").as_deref(),
+            Some("/reports/")
+        );
+        assert_eq!(anchored_literal(r"^/a\.b/c?").as_deref(), Some("/a.b/"));
+        assert_eq!(anchored_literal("^/a|/b"), None);
+        assert_eq!(anchored_literal("(?i)^/a"), None);
+        assert_eq!(anchored_literal("/a"), None);
+        let prefix = |p: &str| PathTest::Prefix(p.into());
+        let regex = PathTest::Regex("^/reports/[0-9]+$".into());
+        assert_eq!(meet_path(&prefix("/raw/"), &regex), Ok(None));
+        assert_eq!(meet_path(&prefix("/rep"), &regex), Ok(Some(regex.clone())));
+        assert!(meet_path(&prefix("/reports/1"), &regex).is_err());
     }
 
     #[test]

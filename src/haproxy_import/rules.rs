@@ -152,7 +152,24 @@ pub(super) fn frontend_entries(
         });
     }
     let mut host_header = None;
+    // Unconditional header edits (name, line), and whether an `allow`
+    // came before one.
+    let mut edited: Vec<(String, &Line)> = Vec::new();
+    let mut allowed = false;
     for line in &p.http_request {
+        let edit = matches!(line.word(1), "set-header" | "add-header" | "del-header")
+            && cond_start(&line.words, 2) == line.words.len();
+        if edit {
+            edited.push((line.word(2).to_ascii_lowercase(), line));
+            if allowed {
+                notes.approximated(
+                    line.number,
+                    &line.text(),
+                    "obleth edits every proxied request, also those an earlier `http-request allow` let through",
+                );
+            }
+        }
+        allowed |= line.word(1) == "allow";
         if let Some((step, at)) = http_request_step(
             line,
             ctx,
@@ -244,7 +261,42 @@ pub(super) fn frontend_entries(
     lists
         .backends
         .extend(entries_of(&line, acl::always(), Step::Final(step), ctx));
+    report_edited_tests(&lists, &edited, notes);
     lists
+}
+
+/// HAProxy's rules after a header edit see the edited header; obleth
+/// matches routes on the request as the client sent it. Reports the edits
+/// a later rule tests.
+fn report_edited_tests(lists: &FrontendLists, edited: &[(String, &Line)], notes: &mut Notes) {
+    let tested = |e: &Entry, name: &str| {
+        e.conj.pos.iter().chain(&e.conj.neg).any(|l| match &l.test {
+            Test::Header { name: n, .. } => n == name,
+            Test::Host(_) => name == "host",
+            _ => false,
+        })
+    };
+    for (name, line) in edited {
+        // `http-request` rules after the edit; `redirect` and
+        // `use_backend` rules always run after every `http-request` rule.
+        let later = lists
+            .http
+            .iter()
+            .filter(|e| e.line > line.number)
+            .chain(&lists.redirects)
+            .chain(&lists.backends)
+            .find(|e| tested(e, name));
+        if let Some(e) = later {
+            notes.approximated(
+                line.number,
+                &line.text(),
+                format!(
+                    "line {} tests {name}: obleth matches routes on the request as the client sent it, before this edit",
+                    e.line
+                ),
+            );
+        }
+    }
 }
 
 /// `http-response set-header` / `del-header` without a condition.
