@@ -599,7 +599,15 @@ fn alternation(
     let flags = if ci { "(?i)" } else { "" };
     let text = format!("{flags}{before}{body}{after}");
     regex::Regex::new(&text).map_err(|e| {
-        format!("the regular expression {text:?} is not one obleth's engine accepts ({e})")
+        // The engine's message ends with the reason, after a drawing of where.
+        let text_error = e.to_string();
+        let reason = text_error
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        format!("the regular expression {text:?} is not one obleth's engine accepts ({reason})")
     })?;
     Ok(text)
 }

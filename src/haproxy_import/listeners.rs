@@ -358,7 +358,15 @@ pub(super) fn certificates(
                             in_options = true;
                         }
                         if !in_options && !w.starts_with('!') {
-                            names.push(w.to_ascii_lowercase());
+                            if server_name(w) {
+                                names.push(w.to_ascii_lowercase());
+                            } else {
+                                notes.skipped(
+                                    line.number,
+                                    &line.text(),
+                                    format!("{w:?} in {path} is not a host name obleth can select a certificate by"),
+                                );
+                            }
                         }
                         if w.ends_with(']') {
                             in_options = false;
@@ -457,7 +465,23 @@ pub(super) fn certificate_names(pem: &[u8]) -> Vec<String> {
             .filter_map(|e| e.data().to_string().ok().map(|s| s.to_ascii_lowercase()))
             .collect();
     }
+    names.retain(|n| server_name(n));
     names
+}
+
+/// A name a client may send as SNI (`*.` and one allowed first); a CN such
+/// as `My Company` is none.
+pub(super) fn server_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -484,5 +508,94 @@ mod tests {
         );
         assert!(bind_addresses("/run/h.sock").is_err());
         assert!(bind_addresses(":8000-8010").is_err());
+    }
+
+    /// A self-signed certificate for `names` (the first also its CN) and
+    /// its key, as PEM.
+    fn self_signed(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        use openssl::{asn1::Asn1Time, ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
+        let key = PKey::from_ec_key(ec::EcKey::generate(&group).expect("key")).expect("pkey");
+        let mut name = x509::X509NameBuilder::new().expect("name");
+        name.append_entry_by_nid(Nid::COMMONNAME, names[0])
+            .expect("cn");
+        let name = name.build();
+        let mut b = x509::X509Builder::new().expect("builder");
+        b.set_subject_name(&name).expect("subject");
+        b.set_issuer_name(&name).expect("issuer");
+        b.set_pubkey(&key).expect("pubkey");
+        b.set_not_before(&Asn1Time::days_from_now(0).expect("time"))
+            .expect("nb");
+        b.set_not_after(&Asn1Time::days_from_now(2).expect("time"))
+            .expect("na");
+        let mut san = x509::extension::SubjectAlternativeName::new();
+        for n in names {
+            san.dns(n);
+        }
+        let san = san.build(&b.x509v3_context(None, None)).expect("san");
+        b.append_extension(san).expect("ext");
+        b.sign(&key, MessageDigest::sha256()).expect("sign");
+        (
+            b.build().to_pem().expect("pem"),
+            key.private_key_to_pem_pkcs8().expect("key pem"),
+        )
+    }
+
+    #[test]
+    fn certificates_come_with_their_keys_and_names() {
+        let dir = std::env::temp_dir().join(format!("obleth-import-certs-{}", std::process::id()));
+        let sites = dir.join("sites");
+        std::fs::create_dir_all(&sites).expect("dir");
+        // One file with both, as HAProxy keeps them.
+        let (cert, key) = self_signed(&["a.example.com", "*.a.example.com"]);
+        std::fs::write(sites.join("a.pem"), [cert, key].concat()).expect("write");
+        // The key beside the certificate, as `b.pem.key`; and in `c.key`.
+        let (cert, key) = self_signed(&["b.example.com"]);
+        std::fs::write(sites.join("b.pem"), cert).expect("write");
+        std::fs::write(sites.join("b.pem.key"), key).expect("write");
+        let (cert, key) = self_signed(&["My Company"]);
+        std::fs::write(dir.join("c.crt"), cert).expect("write");
+        std::fs::write(dir.join("c.key"), key).expect("write");
+        std::fs::write(
+            dir.join("list"),
+            "c.crt [alpn h2] shop.example.com !old.example.com\n# a comment\n",
+        )
+        .expect("write");
+        let g = Global {
+            crt_base: Some(dir.display().to_string()),
+            ..Global::default()
+        };
+        let line = Line {
+            number: 3,
+            words: vec!["bind".into()],
+        };
+        let mut notes = Notes::default();
+        let list = certificates(&["sites".into()], &["list".into()], &g, &line, &mut notes);
+        let d = |f: &str| dir.join(f).display().to_string();
+        assert_eq!(
+            list,
+            [
+                Certificate {
+                    cert: d("sites/a.pem"),
+                    key: d("sites/a.pem"),
+                    names: vec!["a.example.com".into(), "*.a.example.com".into()]
+                },
+                Certificate {
+                    cert: d("sites/b.pem"),
+                    key: d("sites/b.pem.key"),
+                    names: vec!["b.example.com".into()]
+                },
+                Certificate {
+                    cert: d("c.crt"),
+                    key: d("c.key"),
+                    names: vec!["shop.example.com".into()]
+                },
+            ]
+        );
+        assert!(notes.list().is_empty(), "{:?}", notes.list());
+        // A certificate named only by a CN that is no host name has no names.
+        let only_cn = certificate(&d("c.crt"), Vec::new(), &line, &mut notes);
+        assert!(only_cn.names.is_empty(), "{only_cn:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -102,6 +102,8 @@ pub struct Notes(Vec<Note>);
 
 impl Notes {
     fn push(&mut self, line: usize, directive: &str, verdict: Verdict, why: String) {
+        // One report line each.
+        let why = why.split('\n').map(str::trim).collect::<Vec<_>>().join(" ");
         let note = Note {
             line,
             directive: directive.to_string(),
@@ -461,5 +463,125 @@ backend be
             text.contains("\nx.cfg:4: frontend f: not translated: mode tcp (line 5)"),
             "{text}"
         );
+    }
+
+    /// Odd and unsupported lines of every kind: the import must neither fail
+    /// nor write a file obleth refuses.
+    const KITCHEN_SINK: &str = r#"
+global
+    nbthread 0
+    tune.bufsize 32768
+    lua-load /etc/haproxy/x.lua
+    setenv FOO bar
+.if defined(HAPROXY_LOCALPEER)
+    node edge-1
+.else
+    node edge-2
+.endif
+resolvers dns
+    nameserver ns1 10.0.0.53:53
+userlist admins
+    user admin password x
+defaults base
+    mode http
+    timeout client 0
+    timeout connect 1500ms
+    timeout queue 5s
+    timeout tunnel 1h
+    option http-server-close
+    option forwardfor except 127.0.0.0/8
+    option tcp-check
+    balance hash req.cook(session)
+    hash-type map-based
+    default-server check inter 3s fastinter 1s send-proxy-v2
+defaults from base
+    retries 99
+frontend odd from base
+    bind :9090,:9091
+    bind unix@/run/odd.sock
+    bind :8000-8010
+    bind [::]:8443 ssl crt-list /nonexistent/list.txt strict-sni
+    bind :8444 crt /nonexistent/plain.pem
+    capture request header Host len 32
+    acl a path_reg (a)\1
+    acl b hdr(x-a),lower foo
+    acl c hdr_cnt(x-c) gt 3
+    acl d hdr(x-d) -m len 3
+    acl e src -f /nonexistent/nets.lst
+    acl f path_dir api
+    acl g url_beg /old
+    http-request deny if a
+    http-request deny if nope
+    http-request deny if { path_beg /x
+    http-request set-header X-Id %[uuid()]
+    http-request set-header "Bad Name" v
+    http-request replace-path ^/api(.*) \1
+    http-request auth realm x if { path_beg /private }
+    http-request return status 204 hdr X-A b if { path /empty }
+    http-request return status 200 content-type "text/plain" lf-string "%[src]" if { path /ip }
+    http-request deny deny_status 499 if { path /weird }
+    http-request redirect location /%[src] if { path /src }
+    http-request redirect location /{x} if { path /brace }
+    http-request redirect code 305 location /y if { path /code }
+    http-request allow if f
+    http-response set-header X-Served-By edge
+    http-response set-header X-Cond 1 if { status 200 }
+    tcp-request connection reject if { src 192.0.2.1 }
+    use_backend %[req.hdr(host),lower,map(/etc/haproxy/hosts.map)]
+    use_backend ghost if g
+    use_backend tcpb if f
+    use_backend empty if { path /empty2 }
+    use_backend be if { method PURGE } METH_GET
+    use_backend be if g !{ path_end .html } || { hdr_beg(host) -i m. } { path_sub /x/ }
+    default_backend be
+backend be from base
+    cookie SRV insert indirect nocache
+    server-template web 3 10.0.9.1:80
+    server a 127.0.0.1:80 weight 0
+    server b 127.0.0.1:81 cookie b
+    server b2 127.0.0.1:81
+    server c ipv6@::1 check port 9000
+    server d 127.0.0.1:+1
+    server e 127.0.0.1:82 backup
+backend empty
+    mode http
+    server x 127.0.0.1:83 disabled
+backend tcpb
+    mode tcp
+    server t 127.0.0.1:5432
+listen old 127.0.0.1:9999
+    mode http
+    server o 127.0.0.1:84 check
+peers mypeers
+    peer edge-1 10.0.0.1:1024
+"#;
+
+    #[test]
+    fn odd_and_unsupported_lines_never_break_the_import() {
+        for caps in [Capabilities::default(), Capabilities::all()] {
+            let import = run(KITCHEN_SINK, caps);
+            if caps == Capabilities::default() {
+                assert_valid(&import);
+            }
+            let lines: std::collections::BTreeSet<usize> =
+                import.notes.iter().map(|n| n.line).collect();
+            // Section headers, `.endif`, and lines translated as written
+            // (a rule whose method tests cannot both hold matches nothing
+            // in HAProxy either).
+            let quiet = [
+                2, 11, 16, 17, 19, 25, 28, 30, 42, 53, 57, 58, 64, 65, 67, 68, 78,
+            ];
+            for (i, line) in KITCHEN_SINK.lines().enumerate() {
+                let n = i + 1;
+                if line.trim().is_empty() || quiet.contains(&n) {
+                    continue;
+                }
+                assert!(
+                    lines.contains(&n),
+                    "line {n} ({line:?}) is not reported:\n{:#?}",
+                    import.notes
+                );
+            }
+        }
     }
 }

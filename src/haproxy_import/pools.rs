@@ -551,7 +551,7 @@ pub(super) fn algorithm(p: &Proxy, notes: &mut Notes) -> (&'static str, Option<S
         }
         "source" => hashed("client_ip".into()),
         s if s.starts_with("hdr(") => match arg("hdr(") {
-            Some(name) if !name.is_empty() => {
+            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
                 if line.words.len() > 2 {
                     notes.approximated(
                         n,
@@ -578,7 +578,10 @@ pub(super) fn algorithm(p: &Proxy, notes: &mut Notes) -> (&'static str, Option<S
                 .or_else(|| inside("cook("))
             {
                 hashed(format!("cookie:{c}"))
-            } else if let Some(h) = inside("req.hdr(").or_else(|| inside("hdr(")) {
+            } else if let Some(h) = inside("req.hdr(")
+                .or_else(|| inside("hdr("))
+                .filter(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok())
+            {
                 hashed(format!("header:{}", h.to_ascii_lowercase()))
             } else if expr == "src" {
                 hashed("client_ip".into())

@@ -500,6 +500,11 @@ impl<'a> Compiler<'a> {
                     return;
                 }
                 // A backend obleth does not serve (disabled, TCP): 503.
+                self.notes.approximated(
+                    e.line,
+                    &e.text,
+                    format!("backend {name} is not translated (see its line): requests for it are answered 503"),
+                );
                 (format!("{name}-no-server"), unavailable())
             }
             Final::Proxy {

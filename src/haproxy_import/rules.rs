@@ -311,16 +311,30 @@ pub(super) fn read_responses(p: &Proxy, edits: &mut HeaderEdits, notes: &mut Not
                 &t,
                 "obleth's header edits apply to every response of a route; put this one in a route of its own",
             ),
-            "set-header" | "add-header" if line.words.len() == 4 && !line.word(3).contains("%[") => {
+            "set-header" | "add-header" if line.words.len() == 4 && valid_edit(&line.words[2..]) => {
                 if line.word(1) == "add-header" {
                     notes.approximated(n, &t, "obleth sets the header, replacing a value the server sent");
                 }
                 edits.set(line.word(2), line.word(3));
             }
-            "del-header" if line.words.len() == 3 => edits.remove(line.word(2)),
+            "del-header" if line.words.len() == 3 && valid_edit(&line.words[2..]) => edits.remove(line.word(2)),
             _ => notes.skipped(n, &t, "obleth's response edits are only fixed set-header and del-header"),
         }
     }
+}
+
+/// Whether `NAME [VALUE]` of a header edit is one obleth can write: a
+/// header name and a fixed, valid value (no `%[…]` expression).
+fn valid_edit(args: &[String]) -> bool {
+    let name_ok = args
+        .first()
+        .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok());
+    let value_ok = match args {
+        [_] => true,
+        [_, v] => !v.contains("%[") && http::HeaderValue::from_str(v).is_ok(),
+        _ => false,
+    };
+    name_ok && value_ok
 }
 
 /// One `http-request` rule: the step it takes and where its condition
@@ -358,7 +372,15 @@ pub(super) fn http_request_step(
             notes.skipped(n, &t, "obleth's header edits apply to every request of a route; put this one in a route of its own");
             None
         }
-        "set-header" | "add-header" if args.len() == 2 && !args[1].contains("%[") => {
+        "set-header" | "add-header" | "del-header" if !valid_edit(args) => {
+            notes.skipped(
+                n,
+                &t,
+                "obleth's header edits take fixed, valid names and values",
+            );
+            None
+        }
+        "set-header" | "add-header" if args.len() == 2 => {
             if action == "add-header" {
                 notes.approximated(
                     n,
@@ -375,10 +397,6 @@ pub(super) fn http_request_step(
         }
         "del-header" if args.len() == 1 => {
             edits.remove(&args[0]);
-            None
-        }
-        "set-header" | "add-header" | "del-header" => {
-            notes.skipped(n, &t, "obleth's header edits take fixed names and values");
             None
         }
         "set-path" | "replace-path" | "set-uri" | "replace-uri" | "set-query" | "set-pathq"
@@ -440,7 +458,11 @@ pub(super) fn respond(
                 i += 2;
             }
             "content-type" => {
-                content_type = Some(arg(i)?);
+                let v = arg(i)?;
+                if http::HeaderValue::from_str(&v).is_err() {
+                    return Err(format!("{v:?} is not a header value"));
+                }
+                content_type = Some(v);
                 i += 2;
             }
             "string" => {

@@ -132,6 +132,9 @@ pub fn time(text: &str) -> Option<u64> {
 
 /// Microseconds as an obleth duration, in the largest exact unit.
 pub fn duration(us: u64) -> String {
+    if us == 0 {
+        return "0s".into();
+    }
     if !us.is_multiple_of(1_000) {
         return format!("{us}us");
     }
@@ -426,7 +429,23 @@ pub fn translate(
         if i == primary || signature(&f.routes) == primary_sig {
             notes.extend(f.notes);
             out.access_log_httplog |= f.proxy.s.httplog;
-            out.listeners.extend(f.listeners);
+            for mut l in f.listeners {
+                if out.listeners.iter().any(|o| o.address == l.address) {
+                    notes.skipped(
+                        l.line,
+                        &l.address,
+                        "another frontend binds this address already",
+                    );
+                    continue;
+                }
+                let stem = l.name.clone();
+                let mut n = 2;
+                while out.listeners.iter().any(|o| o.name == l.name) {
+                    l.name = format!("{stem}-{n}");
+                    n += 1;
+                }
+                out.listeners.push(l);
+            }
             if i == primary {
                 out.routes = f.routes;
             }
