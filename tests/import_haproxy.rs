@@ -124,6 +124,7 @@ const MULTISITE: Sample = Sample {
 const BENCH: Sample = Sample {
     file: "bench-edge.cfg",
     reported: &[
+        "nbthread",
         "maxconn",
         "option http-keep-alive",
         "http-reuse",

@@ -348,10 +348,14 @@ backend api
         );
         assert_eq!(
             reported(&import),
-            [(3, Verdict::NotNeeded), (15, Verdict::Approximated)]
+            [
+                (2, Verdict::Approximated),
+                (3, Verdict::NotNeeded),
+                (15, Verdict::Approximated)
+            ]
         );
         assert_eq!(
-            import.report_line(&import.notes[0]),
+            import.report_line(&import.notes[1]),
             "/etc/haproxy/haproxy.cfg:3: daemon: not needed: run obleth under a service manager (deploy/systemd/obleth.service) or in a container, which sets its user, files and restarts"
         );
     }

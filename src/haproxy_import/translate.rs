@@ -586,7 +586,14 @@ pub(super) fn read_global(section: &Section, g: &mut Global, notes: &mut Notes) 
         let value = line.word(1);
         match line.keyword() {
             "nbthread" => match value.parse::<u64>() {
-                Ok(v) if v >= 1 => g.threads = Some(v),
+                Ok(v) if v >= 1 => {
+                    g.threads = Some(v);
+                    notes.approximated(
+                        n,
+                        &t,
+                        format!("server.threads: {v}, which obleth runs for each listener (HAProxy's threads serve all its binds)"),
+                    );
+                }
                 _ => notes.skipped(n, &t, "not a thread count"),
             },
             "hard-stop-after" => match time(value) {
