@@ -87,7 +87,8 @@ if ! command -v promtool >/dev/null 2>&1; then
   $sudo install -m 0755 "$tmp/usr/bin/promtool" "$bin/promtool"
 fi
 
-# Only `haproxy -c` is needed. Debian's package starts the service on
+# The deployment checks run `haproxy -c`, and tests/import_haproxy.rs runs
+# HAProxy beside obleth on its own ports. Debian's package starts the service on
 # install; a policy-rc.d that refuses keeps it stopped (one that already
 # exists, as in containers, is left as it is).
 if ! command -v haproxy >/dev/null 2>&1; then

@@ -7,6 +7,8 @@
 //! Configuration
 //! - [`config`]: YAML and `OBLETH_*` overrides → a validated [`config::Config`],
 //!   errors with file:line:column; route definitions are data here.
+//! - [`haproxy_import`]: `obleth import-haproxy`, an `haproxy.cfg` → an obleth
+//!   configuration and the list of lines it could not translate exactly.
 //!
 //! Edge plane (what HAProxy does; no tenants or tokens)
 //! - [`edge`]: client connections under Pingora's parser, routing, pools and
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod haproxy_import;
 pub mod llm;
 pub mod metrics;
 pub mod otel;

@@ -44,6 +44,18 @@ enum Command {
         #[arg(short, long, default_value = "conf/obleth.yaml")]
         config: PathBuf,
     },
+    /// Translate an haproxy.cfg into an obleth configuration, written to
+    /// standard output. Lines that are not translated exactly are listed on
+    /// standard error as FILE:LINE: directive: why (and at the end of the
+    /// output); exits 1 when the file cannot be read or has no HTTP frontend.
+    ImportHaproxy {
+        /// The haproxy.cfg to read.
+        file: PathBuf,
+        /// Translate the routes of this frontend (or listen section); by
+        /// default those of the frontend that uses the most backends.
+        #[arg(long)]
+        frontend: Option<String>,
+    },
     /// Apply pending database migrations to the configured store.
     Migrate {
         /// The YAML configuration file.
@@ -138,6 +150,7 @@ fn main() -> ExitCode {
             }
             Err(e) => report(&e),
         },
+        Command::ImportHaproxy { file, frontend } => import_haproxy(&file, frontend),
         Command::Migrate { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -227,6 +240,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `obleth import-haproxy`: the configuration on stdout, the notes and a
+/// summary on stderr.
+fn import_haproxy(file: &std::path::Path, frontend: Option<String>) -> ExitCode {
+    let options = obleth::haproxy_import::Options { frontend };
+    match obleth::haproxy_import::import_file(file, &options) {
+        Ok(import) => {
+            for note in &import.notes {
+                eprintln!("{}", import.report_line(note));
+            }
+            eprintln!(
+                "obleth import-haproxy: {} listener(s), {} pool(s), {} route(s); {} line(s) not translated exactly",
+                import.listeners,
+                import.pools,
+                import.routes,
+                import.notes.len()
+            );
+            say(import.yaml.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
