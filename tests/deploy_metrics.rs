@@ -1,7 +1,8 @@
 //! The Grafana dashboard and the alert rules query only what obleth
 //! exports: every `obleth_*` name in `deploy/grafana/obleth.json` and
 //! `deploy/prometheus/alerts.yml` is in the `/metrics` output of a running
-//! obleth that served an LLM request, with tracing and health checks on.
+//! obleth that served an LLM request, with tracing, health checks and a
+//! TLS listener on.
 
 mod common;
 
@@ -37,8 +38,11 @@ fn exported(metrics: &str) -> BTreeSet<String> {
 async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let upstream = mock("a").await;
     let closed_collector = format!("http://127.0.0.1:{}", free_port());
+    let certs = TempDir::new();
+    let (cert, key) = self_signed(&certs, "localhost");
     let config = format!(
-        "pools:\n{}\
+        "listeners:\n  - name: http\n    address: {LISTEN}\n  - name: https\n    address: 127.0.0.1:{}\n    tls: {{ cert: '{cert}', key: '{key}' }}\n\
+pools:\n{}\
 seed:
   tenants: [{{ name: acme }}]
   models: [{{ name: small, pool: p }}]
@@ -48,6 +52,7 @@ routes:
     match: {{ path: {{ prefix: /v1/ }} }}
     llm: {{}}
 ",
+        free_port(),
         pool(
             "p",
             &[&upstream],
