@@ -108,7 +108,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     };
     let mut pingora_server = Server::new_with_opt_and_conf(Some(opt), conf);
     if upgrade {
-        crate::upgrade::ask_for_sockets(&server.pid_file, &server.upgrade_socket)?;
+        crate::upgrade::ask_for_sockets(server.pid_file(), &server.upgrade_socket)?;
     }
     // Receives the old process's listening sockets when upgrading.
     pingora_server.bootstrap();
@@ -132,6 +132,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
         routes,
         ..
     } = config;
+    let pid_file = server.pid_file().to_path_buf();
 
     let shared = Arc::new(Shared::new(
         Generation::build(routes, pools, None),
@@ -184,7 +185,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
             shared: shared.clone(),
             certificates,
             config_path: source,
-            pid_file: server.pid_file,
+            pid_file,
+            pid_file_configured: server.pid_file.is_some(),
             probe_addresses: listeners.iter().map(|l| l.address).collect(),
         },
     ));
@@ -263,6 +265,9 @@ struct Lifecycle {
     shared: Arc<Shared>,
     certificates: CertificateRegistry,
     pid_file: PathBuf,
+    /// Whether `server.pid_file` was set: failing to write the default one
+    /// (a read-only root) is no reason to warn.
+    pid_file_configured: bool,
     config_path: PathBuf,
     probe_addresses: Vec<SocketAddr>,
 }
@@ -287,11 +292,13 @@ impl BackgroundService for Lifecycle {
             wait_until_accepting(*addr).await;
         }
         crate::supervision::set_phase(crate::supervision::Phase::Serving);
-        if let Err(e) = crate::upgrade::write_pid_file(&self.pid_file) {
-            tracing::warn!(
+        match crate::upgrade::write_pid_file(&self.pid_file) {
+            Err(e) if self.pid_file_configured => tracing::warn!(
                 "cannot write {} ({e}); `obleth run --upgrade` will not find this process",
                 self.pid_file.display()
-            );
+            ),
+            Err(e) => tracing::debug!("no pid file at {} ({e})", self.pid_file.display()),
+            Ok(()) => {}
         }
         tracing::info!("ready");
         loop {

@@ -2,7 +2,7 @@
 //! default applied and every reference resolved.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -181,11 +181,24 @@ pub struct ServerSettings {
     /// multi-thread scheduler) or each thread keeps the connections it was
     /// given, as HAProxy's threads do.
     pub work_stealing: bool,
-    /// Where the serving process writes its pid, for `obleth run --upgrade`
-    /// to find the process it takes over from.
-    pub pid_file: PathBuf,
+    /// `server.pid_file` when set; otherwise [`DEFAULT_PID_FILE`] is used,
+    /// best effort (a read-only container root has no `/tmp`).
+    pub pid_file: Option<PathBuf>,
     /// The Unix socket the listening sockets are handed over on.
     pub upgrade_socket: PathBuf,
+}
+
+/// Where the serving process writes its pid unless `server.pid_file` says,
+/// for `obleth run --upgrade` to find the process it takes over from.
+pub const DEFAULT_PID_FILE: &str = "/tmp/obleth.pid";
+
+impl ServerSettings {
+    /// The pid file `obleth run --upgrade` reads and a serving process writes.
+    pub fn pid_file(&self) -> &Path {
+        self.pid_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_PID_FILE))
+    }
 }
 
 #[derive(Debug)]

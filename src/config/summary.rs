@@ -15,7 +15,7 @@ impl Config {
             s.threads,
             s.grace,
             s.trusted_proxies,
-            s.pid_file.display(),
+            s.pid_file().display(),
             s.upgrade_socket.display()
         );
         for l in &self.listeners {

@@ -278,10 +278,7 @@ impl Validator {
             trusted_proxies,
             upstream_keepalive_pool: raw.upstream_keepalive_pool.unwrap_or(1024),
             work_stealing: raw.work_stealing.unwrap_or(true),
-            pid_file: raw
-                .pid_file
-                .unwrap_or_else(|| "/tmp/obleth.pid".into())
-                .into(),
+            pid_file: raw.pid_file.map(PathBuf::from),
             upgrade_socket: raw
                 .upgrade_socket
                 .unwrap_or_else(|| "/tmp/obleth_upgrade.sock".into())
