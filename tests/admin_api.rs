@@ -153,6 +153,16 @@ async fn admin_api_validates_audits_every_mutation_and_never_keeps_secrets() {
     admin
         .post("/models", json!({ "name": "nowhere" }), 400)
         .await;
+    // The document allows 64 aliases; 65 as sent are refused even when
+    // they repeat one name.
+    let refused = admin
+        .post(
+            "/models",
+            json!({ "name": "many", "pool": "p", "aliases": vec!["same"; 65] }),
+            400,
+        )
+        .await;
+    assert_eq!(refused["error"]["field"], "aliases", "{refused}");
 
     let CreatedKey { id: key_id, secret } = admin.create_key("acme", json!({ "name": "ci" })).await;
     mutations += 1;

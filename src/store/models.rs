@@ -114,14 +114,21 @@ impl ModelSpec {
         spec
     }
 
-    pub fn validate(&self) -> Result<(), StoreError> {
-        check_model_name("name", &self.name)?;
+    /// At most [`ALIASES_MAX`] aliases, counted as sent (the document's
+    /// `maxItems`) and again once repeats are dropped.
+    fn check_alias_count(&self) -> Result<(), StoreError> {
         if self.aliases.len() > ALIASES_MAX {
             return Err(StoreError::invalid(
                 "aliases",
                 format!("at most {ALIASES_MAX} aliases"),
             ));
         }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_model_name("name", &self.name)?;
+        self.check_alias_count()?;
         for (i, a) in self.aliases.iter().enumerate() {
             check_model_name(&format!("aliases[{i}]"), a)?;
         }
@@ -253,6 +260,7 @@ impl Store {
         spec: &ModelSpec,
         create: bool,
     ) -> Result<Model, StoreError> {
+        spec.check_alias_count()?;
         let spec = &spec.normalized();
         spec.validate()?;
         let (mut tx, _writer) = self.begin().await?;
