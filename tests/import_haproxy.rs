@@ -260,8 +260,7 @@ fn unreadable_files_and_files_without_a_frontend_fail_with_a_clear_message() {
 }
 
 #[test]
-fn accept_proxy_and_several_certificates_use_the_keys_this_build_has() {
-    let caps = obleth::haproxy_import::Capabilities::of_this_build();
+fn accept_proxy_and_several_certificates_become_proxy_protocol_and_a_certificate_list() {
     let dir = TempDir::new();
     site_pem(dir.path(), "a.pem", &["a.example.com"]);
     site_pem(dir.path(), "b.pem", &["b.example.com", "*.b.example.com"]);
@@ -276,38 +275,27 @@ fn accept_proxy_and_several_certificates_use_the_keys_this_build_has() {
     .expect("write");
     let (yaml, report) = import(&cfg, &[]);
     assert_checks(&dir, "edge.yaml", &yaml);
-    if caps.proxy_protocol {
-        assert!(
-            yaml.contains(r#"proxy_protocol: { trusted: [0.0.0.0/0, "::/0"] }"#),
-            "{yaml}"
-        );
-        assert!(
-            report.contains(":4: ") && report.contains("narrow `trusted`"),
-            "{report}"
-        );
-    } else {
-        assert!(!yaml.contains("    proxy_protocol:"), "{yaml}");
-        assert!(
-            report.contains("accept-proxy: this obleth has no listeners[].proxy_protocol"),
-            "{report}"
-        );
-    }
-    if caps.certificates {
-        assert!(yaml.contains("certificates:"), "{yaml}");
-        assert!(
-            yaml.contains("names: [b.example.com, \"*.b.example.com\"]"),
-            "{yaml}"
-        );
-    } else {
-        assert!(
-            yaml.contains(&format!(
-                "tls: {{ cert: {0}/a.pem, key: {0}/a.pem }}",
-                dir.path().display()
-            )),
-            "{yaml}"
-        );
-        assert!(report.contains("one certificate per listener"), "{report}");
-    }
+    assert!(
+        yaml.contains(r#"proxy_protocol: { trusted: [0.0.0.0/0, "::/0"] }"#),
+        "{yaml}"
+    );
+    assert!(
+        report.contains(":4: ") && report.contains("narrow `trusted`"),
+        "{report}"
+    );
+    let listed = yaml
+        .split_once("      certificates:\n")
+        .map(|(_, rest)| rest);
+    let a = format!("cert: {}/a.pem", dir.path().display());
+    let b = format!("cert: {}/b.pem", dir.path().display());
+    assert!(
+        listed.is_some_and(|rest| rest.find(&a).zip(rest.find(&b)).is_some_and(|(a, b)| a < b)),
+        "the first certificate is the default: {yaml}"
+    );
+    assert!(
+        yaml.contains("names: [b.example.com, \"*.b.example.com\"]"),
+        "{yaml}"
+    );
 }
 
 // ------------------------------------------------------------------ HAProxy

@@ -148,21 +148,7 @@ pub(super) fn build_listeners(
                     cert: c.cert,
                     key: c.key,
                 }),
-                _ if ctx.caps.certificates => Some(Tls::Many(list)),
-                _ => {
-                    notes.skipped(
-                        n,
-                        &t,
-                        format!(
-                            "this obleth takes one certificate per listener (no listeners[].tls.certificates): only {} is used",
-                            list[0].cert
-                        ),
-                    );
-                    list.into_iter().next().map(|c| Tls::One {
-                        cert: c.cert,
-                        key: c.key,
-                    })
-                }
+                _ => Some(Tls::Many(list)),
             }
         } else {
             if !crts.is_empty() || !crt_lists.is_empty() {
@@ -175,17 +161,12 @@ pub(super) fn build_listeners(
             None
         };
         let trusted = if proxy {
-            if ctx.caps.proxy_protocol {
-                notes.approximated(
-                    n,
-                    &t,
-                    "accept-proxy becomes proxy_protocol trusting every address (0.0.0.0/0, ::/0): narrow `trusted` to your load balancers' addresses",
-                );
-                Some(vec!["0.0.0.0/0".to_string(), "::/0".to_string()])
-            } else {
-                notes.skipped(n, &t, "accept-proxy: this obleth has no listeners[].proxy_protocol; the PROXY header would be read as a bad request");
-                None
-            }
+            notes.approximated(
+                n,
+                &t,
+                "accept-proxy becomes proxy_protocol trusting every address (0.0.0.0/0, ::/0): narrow `trusted` to your load balancers' addresses",
+            );
+            Some(vec!["0.0.0.0/0".to_string(), "::/0".to_string()])
         } else {
             None
         };

@@ -14,10 +14,9 @@
 //!   servers) and `listeners` (`bind` lines and certificates).
 //! - `model`: the obleth keys produced; `yaml`: the YAML writer.
 //!
-//! The import never invents a key obleth lacks. Two keys are used only when
-//! this build of obleth accepts them (see [`Capabilities`]):
-//! `listeners[].proxy_protocol` (for `accept-proxy`) and
-//! `listeners[].tls.certificates` (for several `crt`).
+//! The import never invents a key obleth lacks. `accept-proxy` becomes
+//! `listeners[].proxy_protocol` and several `crt` become
+//! `listeners[].tls.certificates`, the first the default.
 
 mod acl;
 mod listeners;
@@ -31,8 +30,6 @@ mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-pub use translate::Capabilities;
 
 /// Why an import produced no configuration.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +172,7 @@ pub struct Options {
 }
 
 /// Reads `path` and translates it, with this process's environment for
-/// `${NAME}` and this build's [`Capabilities`].
+/// `${NAME}`.
 pub fn import_file(path: &Path, options: &Options) -> Result<Import, ImportError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
@@ -183,7 +180,7 @@ pub fn import_file(path: &Path, options: &Options) -> Result<Import, ImportError
         source,
     })?;
     let env = |name: &str| std::env::var(name).ok();
-    import_text(&text, &file, options, Capabilities::of_this_build(), &env)
+    import_text(&text, &file, options, &env)
 }
 
 /// Translates `text`, read from `file` (the name used in notes and the
@@ -192,7 +189,6 @@ pub fn import_text(
     text: &str,
     file: &str,
     options: &Options,
-    caps: Capabilities,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Import, ImportError> {
     let mut notes = Notes::default();
@@ -206,7 +202,6 @@ pub fn import_text(
     let ctx = translate::Context {
         file: file.to_string(),
         short: source_name,
-        caps,
         read: &read,
         frontend: options.frontend.clone(),
     };
@@ -266,16 +261,9 @@ pub fn import_text(
 mod tests {
     use super::*;
 
-    fn run(text: &str, caps: Capabilities) -> Import {
+    fn run(text: &str) -> Import {
         let env = |name: &str| (name == "APP_PORT").then(|| "8081".to_string());
-        import_text(
-            text,
-            "/etc/haproxy/haproxy.cfg",
-            &Options::default(),
-            caps,
-            &env,
-        )
-        .expect("imports")
+        import_text(text, "/etc/haproxy/haproxy.cfg", &Options::default(), &env).expect("imports")
     }
 
     fn reported(import: &Import) -> Vec<(usize, Verdict)> {
@@ -312,7 +300,7 @@ backend api
 
     #[test]
     fn a_listen_section_and_a_backend_import_into_a_valid_configuration() {
-        let import = run(SMALL, Capabilities::default());
+        let import = run(SMALL);
         assert_valid(&import);
         let y = &import.yaml;
         assert!(
@@ -372,7 +360,7 @@ backend be
 
     #[test]
     fn accept_proxy_and_several_certificates_have_the_agreed_shape() {
-        let import = run(EDGE, Capabilities::all());
+        let import = run(EDGE);
         let y = &import.yaml;
         assert!(
             y.contains(
@@ -393,37 +381,9 @@ backend be
     }
 
     #[test]
-    fn without_those_keys_the_first_certificate_is_used_and_the_rest_reported() {
-        let import = run(EDGE, Capabilities::default());
-        let y = &import.yaml;
-        assert!(
-            y.contains("    tls: { cert: /certs/a.pem, key: /certs/a.pem }\n"),
-            "{y}"
-        );
-        assert!(!y.contains("    proxy_protocol:"), "{y}");
-        let why: Vec<&str> = import
-            .notes
-            .iter()
-            .filter(|n| n.verdict == Verdict::NotTranslated)
-            .map(|n| n.why.as_str())
-            .collect();
-        assert!(
-            why.iter()
-                .any(|w| w.contains("one certificate per listener")),
-            "{why:?}"
-        );
-        assert!(
-            why.iter()
-                .any(|w| w.contains("no listeners[].proxy_protocol")),
-            "{why:?}"
-        );
-    }
-
-    #[test]
     fn a_frontend_without_a_default_backend_answers_503_like_haproxy() {
         let import = run(
             "defaults\n  mode http\nfrontend fe\n  bind :8080\n  use_backend b if { hdr(host) -i b.example }\nbackend b\n  server s 127.0.0.1:1\n",
-            Capabilities::default(),
         );
         assert_valid(&import);
         assert!(
@@ -439,7 +399,6 @@ backend be
     fn tcp_sections_and_unknown_keywords_are_reported_never_dropped() {
         let import = run(
             "frontend t\n  bind :5432\n  default_backend db\nbackend db\n  server p 10.0.0.1:5432\ndefaults\n  mode http\nfrontend w\n  bind :80\n  frobnicate yes\n  default_backend app\nbackend app\n  server a 10.0.0.2:80\n",
-            Capabilities::default(),
         );
         assert_valid(&import);
         let lines: Vec<usize> = import.notes.iter().map(|n| n.line).collect();
@@ -457,7 +416,6 @@ backend be
             "backend b\n  mode http\n  server s 127.0.0.1:1\nfrontend f\n  mode tcp\n  bind :1\n",
             "x.cfg",
             &Options::default(),
-            Capabilities::default(),
             &|_| None,
         )
         .expect_err("no frontend");
@@ -562,30 +520,26 @@ peers mypeers
 
     #[test]
     fn odd_and_unsupported_lines_never_break_the_import() {
-        for caps in [Capabilities::default(), Capabilities::all()] {
-            let import = run(KITCHEN_SINK, caps);
-            if caps == Capabilities::default() {
-                assert_valid(&import);
+        let import = run(KITCHEN_SINK);
+        assert_valid(&import);
+        let lines: std::collections::BTreeSet<usize> =
+            import.notes.iter().map(|n| n.line).collect();
+        // Section headers, `.endif`, and lines translated as written
+        // (a rule whose method tests cannot both hold matches nothing
+        // in HAProxy either).
+        let quiet = [
+            2, 11, 16, 17, 19, 25, 28, 30, 42, 53, 57, 58, 64, 65, 67, 68, 78,
+        ];
+        for (i, line) in KITCHEN_SINK.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() || quiet.contains(&n) {
+                continue;
             }
-            let lines: std::collections::BTreeSet<usize> =
-                import.notes.iter().map(|n| n.line).collect();
-            // Section headers, `.endif`, and lines translated as written
-            // (a rule whose method tests cannot both hold matches nothing
-            // in HAProxy either).
-            let quiet = [
-                2, 11, 16, 17, 19, 25, 28, 30, 42, 53, 57, 58, 64, 65, 67, 68, 78,
-            ];
-            for (i, line) in KITCHEN_SINK.lines().enumerate() {
-                let n = i + 1;
-                if line.trim().is_empty() || quiet.contains(&n) {
-                    continue;
-                }
-                assert!(
-                    lines.contains(&n),
-                    "line {n} ({line:?}) is not reported:\n{:#?}",
-                    import.notes
-                );
-            }
+            assert!(
+                lines.contains(&n),
+                "line {n} ({line:?}) is not reported:\n{:#?}",
+                import.notes
+            );
         }
     }
 }

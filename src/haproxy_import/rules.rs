@@ -770,7 +770,6 @@ mod tests {
         let ctx = Context {
             file: "f".into(),
             short: "f".into(),
-            caps: super::super::Capabilities::default(),
             read: &|_| Err("no".into()),
             frontend: None,
         };

@@ -8,7 +8,6 @@
 //! and reported. Every line is either translated or reported.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 use super::acl::FileReader;
 use super::listeners::build_listeners;
@@ -19,60 +18,12 @@ use super::routes::{BackendRules, Compiler};
 use super::rules::{backend_entries, frontend_entries, read_acls};
 use super::{ImportError, Notes};
 
-/// Keys of obleth's configuration that the import uses only when this build
-/// accepts them: `listeners[].proxy_protocol` and
-/// `listeners[].tls.certificates`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// `listeners[].proxy_protocol: { trusted: [CIDR, …] }` (for `accept-proxy`).
-    pub proxy_protocol: bool,
-    /// `listeners[].tls.certificates: [{ cert, key, names }]`, the first the
-    /// default (for several `crt` on one `bind`).
-    pub certificates: bool,
-}
-
-impl Capabilities {
-    /// What this build's configuration schema accepts, found by asking its
-    /// own parser: when a key is added, the import starts writing it.
-    pub fn of_this_build() -> Self {
-        Self {
-            proxy_protocol: schema_accepts(
-                "listeners:\n  - address: 127.0.0.1:1\n    proxy_protocol: { trusted: [127.0.0.1] }\n",
-            ),
-            certificates: schema_accepts(
-                "listeners:\n  - address: 127.0.0.1:1\n    tls:\n      certificates: [{ cert: /nonexistent, key: /nonexistent, names: [a.example] }]\n",
-            ),
-        }
-    }
-
-    /// Every key, as obleth builds that have them accept.
-    pub fn all() -> Self {
-        Self {
-            proxy_protocol: true,
-            certificates: true,
-        }
-    }
-}
-
-/// Whether obleth's parser knows every key of `yaml` (other problems, such
-/// as files that do not exist, do not matter here).
-pub(super) fn schema_accepts(yaml: &str) -> bool {
-    match crate::config::Config::parse(yaml, Path::new("probe.yaml"), |_| None) {
-        Ok(_) => true,
-        Err(e) => {
-            let text = e.to_string();
-            !text.contains("unknown field") && !text.contains("missing field")
-        }
-    }
-}
-
 /// What the translation needs besides the file.
 pub struct Context<'a> {
     /// The file as given, for messages.
     pub file: String,
     /// Its name without directories, for comments in the output.
     pub short: String,
-    pub caps: Capabilities,
     /// Reads files the configuration names (`-f` patterns, `crt-list`,
     /// `return file`).
     pub read: FileReader<'a>,
@@ -891,17 +842,5 @@ mod tests {
         assert_eq!(duration(3_600_000_000), "1h");
         assert_eq!(duration(1_500_000), "1500ms");
         assert_eq!(duration(250), "250us");
-    }
-
-    #[test]
-    fn this_build_reports_which_new_keys_it_takes() {
-        // Whatever the answer, asking must not fail; a key obleth lacks is
-        // reported as such by its parser.
-        let caps = Capabilities::of_this_build();
-        assert!(!schema_accepts(
-            "listeners:\n  - address: 127.0.0.1:1\n    colour: red\n"
-        ));
-        assert!(schema_accepts("listeners:\n  - address: 127.0.0.1:1\n"));
-        let _ = caps;
     }
 }
