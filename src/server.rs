@@ -418,8 +418,12 @@ fn spawn_drain_watch(
                 "draining: {} requests in flight, grace {grace:?}",
                 shared.in_flight()
             );
+            // Pingora closes idle connections at shutdown; one still open
+            // is being read or answered.
             let deadline = std::time::Instant::now() + grace;
-            while shared.in_flight() > 0 && std::time::Instant::now() < deadline {
+            while (shared.in_flight() > 0 || crate::supervision::open_connections() > 0)
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let left = shared.in_flight();

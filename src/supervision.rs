@@ -4,7 +4,7 @@
 //! or usage shipper shows up on every dashboard instead of failing silently.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::metrics::FAMILIES;
@@ -28,6 +28,38 @@ pub enum Phase {
 }
 
 static PHASE: AtomicU8 = AtomicU8::new(Phase::Starting as u8);
+
+/// Client connections a listener is serving (see [`OpenConnection`]).
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a client connection from accept to close, so a drain waits for
+/// one accepted but not yet read: its request is not in flight yet, and
+/// exiting under it would reset the client.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Default for OpenConnection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Client connections open right now.
+pub fn open_connections() -> usize {
+    OPEN_CONNECTIONS.load(Ordering::Relaxed)
+}
 
 /// Dependencies the configuration requires that are not reachable yet.
 static WAITING: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());

@@ -441,6 +441,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             }
             None => stream,
         };
+        let _open = crate::supervision::OpenConnection::new();
         let mut stream = stream;
         if crate::supervision::closing_connections() {
             // A connection accepted while this process hands over or drains
