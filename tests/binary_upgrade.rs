@@ -38,7 +38,7 @@ struct Tally {
 /// ones opening a connection per request (what a refused connection would
 /// fail).
 fn load(
-    request: impl Fn(&reqwest::Client, bool) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
     stop: Arc<AtomicBool>,
     old_gone: Arc<AtomicBool>,
     tally: Arc<Tally>,
@@ -56,7 +56,11 @@ fn load(
                 let client = client();
                 let fresh_connections = i % 3 == 0;
                 while !stop.load(Ordering::Relaxed) {
-                    match request(&client, fresh_connections).send().await {
+                    let mut r = request(&client);
+                    if fresh_connections {
+                        r = r.header("connection", "close");
+                    }
+                    match r.send().await {
                         Ok(r) if r.status() == 200 => {
                             let _ = r.bytes().await;
                             tally.ok.fetch_add(1, Ordering::Relaxed);
@@ -97,7 +101,7 @@ fn start_upgrade(old: &Obleth, dir: &TempDir) -> Child {
 async fn upgrade_under_load(
     mut old: Obleth,
     dir: &TempDir,
-    request: impl Fn(&reqwest::Client, bool) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
 ) -> Child {
     let old_pid = std::fs::read_to_string(dir.path().join("obleth.pid")).expect("pid file");
     assert_eq!(old_pid.trim(), old.pid().to_string());
@@ -179,15 +183,7 @@ async fn an_upgrade_under_load_refuses_no_connection_and_fails_no_request() {
     ))
     .await;
     let url = old.url("/echo");
-    let mut new = upgrade_under_load(old, &dir, move |client, fresh| {
-        let r = client.get(&url);
-        if fresh {
-            r.header("connection", "close")
-        } else {
-            r
-        }
-    })
-    .await;
+    let mut new = upgrade_under_load(old, &dir, move |client| client.get(&url)).await;
     let _ = new.kill();
     let _ = new.wait();
 }
@@ -200,16 +196,11 @@ async fn an_upgrade_with_the_llm_plane_hands_over_the_usage_log_and_fails_no_req
     let config = budget_config(&up, "{ name: acme }", key, &server_section(&dir));
     let old = Obleth::start(&config).await;
     let url = old.url("/v1/chat/completions");
-    let mut new = upgrade_under_load(old, &dir, move |client, fresh| {
-        let r = client
+    let mut new = upgrade_under_load(old, &dir, move |client| {
+        client
             .post(&url)
             .bearer_auth(key)
-            .json(&two_token_chat("m"));
-        if fresh {
-            r.header("connection", "close")
-        } else {
-            r
-        }
+            .json(&two_token_chat("m"))
     })
     .await;
     let _ = new.kill();

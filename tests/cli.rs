@@ -7,18 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn obleth(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
-        .args(args)
-        .output()
-        .expect("obleth runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn write(dir: &TempDir, text: &str) -> String {
     let path = dir.path().join("conf.yaml");
     std::fs::write(&path, text).expect("write");

@@ -19,19 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SAMPLES: &str = "tests/haproxy";
 
-/// Runs `obleth ARGS`; returns success, stdout and stderr.
-fn obleth(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
-        .args(args)
-        .output()
-        .expect("obleth runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Imports `cfg` (with `extra` arguments), asserting success; returns the
 /// YAML and the report.
 fn import(cfg: &Path, extra: &[&str]) -> (String, String) {

@@ -31,6 +31,7 @@ use raw::RawConfig;
 pub use routes::*;
 pub use settings::*;
 use validate::Validator;
+pub use validate_edge::valid_server_name;
 
 /// One problem found in a configuration.
 #[derive(Debug, Clone)]

@@ -690,8 +690,9 @@ impl Validator {
     }
 }
 
-/// A DNS name a client may send as SNI, or `*.` and one.
-fn valid_server_name(name: &str) -> bool {
+/// A DNS name a client may send as SNI, or `*.` and one: what
+/// `tls.certificates[].names` takes.
+pub fn valid_server_name(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

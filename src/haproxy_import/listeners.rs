@@ -1,6 +1,7 @@
 //! `bind` lines → listeners: addresses, TLS certificates (with their keys
 //! and the names they serve), the PROXY protocol and client timeouts.
 
+use crate::config::valid_server_name;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -339,7 +340,7 @@ pub(super) fn certificates(
                             in_options = true;
                         }
                         if !in_options && !w.starts_with('!') {
-                            if server_name(w) {
+                            if valid_server_name(w) {
                                 names.push(w.to_ascii_lowercase());
                             } else {
                                 notes.skipped(
@@ -446,23 +447,8 @@ pub(super) fn certificate_names(pem: &[u8]) -> Vec<String> {
             .filter_map(|e| e.data().to_string().ok().map(|s| s.to_ascii_lowercase()))
             .collect();
     }
-    names.retain(|n| server_name(n));
+    names.retain(|n| valid_server_name(n));
     names
-}
-
-/// A name a client may send as SNI (`*.` and one allowed first); a CN such
-/// as `My Company` is none.
-pub(super) fn server_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 #[cfg(test)]

@@ -970,3 +970,16 @@ pub fn self_signed_for(dir: &TempDir, names: &[&str], ecdsa: bool) -> (String, S
 pub fn self_signed(dir: &TempDir, name: &str) -> (String, String) {
     self_signed_for(dir, &[name], false)
 }
+
+/// Runs `obleth ARGS` to completion; returns success, stdout and stderr.
+pub fn obleth(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(args)
+        .output()
+        .expect("obleth runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
