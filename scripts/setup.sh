@@ -2,7 +2,8 @@
 # Installs what a fresh Debian machine lacks to build and test obleth:
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
 # pkg-config, curl, the openssl tool (tests make certificates with it) and
-# clickhouse-server (the telemetry tests start their own), the OTLP protos
+# clickhouse-server (the telemetry tests start their own), redis-sentinel and
+# redis-tools (the Redis topology tests start sentinels and a cluster), the OTLP protos
 # for the tracing tests, and the deployment checks' tools (deploy-tools.sh).
 # Benchmarks additionally need haproxy, wrk and valgrind: `scripts/setup.sh bench`.
 set -euo pipefail
@@ -14,6 +15,9 @@ done
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 # The compose check runs HAProxy in a network namespace of its own.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The Redis topology tests run their own sentinels and cluster nodes.
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # Usage telemetry tests run their own ClickHouse servers (Debian's 18.16).
 [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
 if [ "${1:-}" = bench ]; then

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis_link::Connection;
 use async_trait::async_trait;
 use moka::future::Cache;
 use moka::Expiry;
-use redis::aio::ConnectionManager;
 
 use crate::redis_link::{Outcome, RedisLink};
 use redis::AsyncCommands;
@@ -161,10 +161,7 @@ impl HotCache {
 
     /// Runs `call` on the connection within [`HOT_DEADLINE`], telling the
     /// breaker how it went; `None` while Redis is known down.
-    async fn call<T, F>(
-        &self,
-        call: impl FnOnce(ConnectionManager) -> F,
-    ) -> Option<redis::RedisResult<T>>
+    async fn call<T, F>(&self, call: impl FnOnce(Connection) -> F) -> Option<redis::RedisResult<T>>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {

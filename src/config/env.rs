@@ -78,6 +78,26 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         apply: |raw, text| set(&mut raw.redis.url, text.into()),
     },
     EnvOverride {
+        name: "OBLETH_REDIS_MODE",
+        key: "redis.mode",
+        apply: |raw, text| set(&mut raw.redis.mode, variant(text)?),
+    },
+    EnvOverride {
+        name: "OBLETH_REDIS_SENTINELS",
+        key: "redis.sentinels",
+        apply: |raw, text| set(&mut raw.redis.sentinels, list(text)),
+    },
+    EnvOverride {
+        name: "OBLETH_REDIS_MASTER_NAME",
+        key: "redis.master_name",
+        apply: |raw, text| set(&mut raw.redis.master_name, text.into()),
+    },
+    EnvOverride {
+        name: "OBLETH_REDIS_NODES",
+        key: "redis.nodes",
+        apply: |raw, text| set(&mut raw.redis.nodes, list(text)),
+    },
+    EnvOverride {
         name: "OBLETH_FAIL_OPEN",
         key: "budgets.fail_open",
         apply: |raw, text| {
@@ -140,6 +160,15 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
 fn set<T>(slot: &mut Option<T>, value: T) -> Result<(), String> {
     *slot = Some(value);
     Ok(())
+}
+
+/// A comma-separated list, blanks dropped.
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {

@@ -116,6 +116,14 @@ impl Config {
         if let Some(ch) = config.telemetry.clickhouse.as_mut() {
             ch.connection.password = env("OBLETH_CLICKHOUSE_PASSWORD");
         }
+        if let Some(redis) = config.redis.as_mut() {
+            use obleth_filters::redis_link::Topology;
+            if let Topology::Sentinel { auth, .. } | Topology::Cluster { auth, .. } =
+                &mut redis.topology
+            {
+                auth.password = env("OBLETH_REDIS_PASSWORD");
+            }
+        }
         if v.problems.is_empty() {
             Ok(config)
         } else {

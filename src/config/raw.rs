@@ -199,8 +199,24 @@ pub struct RawStore {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
+    pub mode: Option<RedisMode>,
     pub url: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub master_name: Option<String>,
+    pub nodes: Option<Vec<String>>,
+    pub username: Option<String>,
     pub prefix: Option<String>,
+    pub replica_acks: Option<u32>,
+    pub replica_ack_timeout: Option<RawDuration>,
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Standalone,
+    Sentinel,
+    Cluster,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -50,12 +50,19 @@ pub struct StoreConfig {
     pub migrate: bool,
 }
 
-/// The shared Redis: hot key cache and cache invalidation across replicas.
+/// The shared Redis: hot key cache, budgets and cache invalidation across
+/// replicas.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: String,
+    pub topology: obleth_filters::redis_link::Topology,
     /// Prepended to every Redis key and channel obleth uses.
     pub prefix: String,
+    /// Replicas that must acknowledge a budget write before it counts
+    /// (Redis' `WAIT`), so a failover cannot lose it; 0 trusts asynchronous
+    /// replication.
+    pub replica_acks: u32,
+    /// How long a budget write waits for those acknowledgements.
+    pub replica_ack_timeout: std::time::Duration,
 }
 
 /// How token budgets behave.

@@ -137,21 +137,7 @@ impl Validator {
                 "must start with postgres://, postgresql:// or sqlite:",
             );
         }
-        let redis = raw.redis.url.map(|url| {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://"))
-            {
-                self.problem(
-                    "redis.url",
-                    "must start with redis://, rediss:// or unix://",
-                );
-            }
-            RedisConfig {
-                url,
-                prefix: raw.redis.prefix.clone().unwrap_or_else(|| "obleth:".into()),
-            }
-        });
+        let redis = self.redis(raw.redis);
         let seed = self.seed(raw.seed, &pools);
         let default_max_tokens = raw.budgets.default_max_tokens.unwrap_or(4096);
         if default_max_tokens == 0 {

@@ -10,6 +10,127 @@ use super::raw::*;
 use super::*;
 
 impl Validator {
+    /// The shared Redis, if any: one server (`url`), a Sentinel-managed
+    /// master, or a cluster. Keys that belong to another mode are refused
+    /// rather than ignored.
+    pub(super) fn redis(&mut self, raw: RawRedis) -> Option<RedisConfig> {
+        use obleth_filters::redis_link::{NodeAuth, Topology};
+        let mode = raw.mode.unwrap_or(RedisMode::Standalone);
+        let foreign = |key: &str, set: bool| set.then(|| key.to_string());
+        let mut out_of_mode = Vec::new();
+        match mode {
+            RedisMode::Standalone => {
+                out_of_mode.extend(foreign("redis.sentinels", raw.sentinels.is_some()));
+                out_of_mode.extend(foreign("redis.master_name", raw.master_name.is_some()));
+                out_of_mode.extend(foreign("redis.nodes", raw.nodes.is_some()));
+                out_of_mode.extend(foreign("redis.username", raw.username.is_some()));
+            }
+            RedisMode::Sentinel => {
+                out_of_mode.extend(foreign("redis.url", raw.url.is_some()));
+                out_of_mode.extend(foreign("redis.nodes", raw.nodes.is_some()));
+            }
+            RedisMode::Cluster => {
+                out_of_mode.extend(foreign("redis.url", raw.url.is_some()));
+                out_of_mode.extend(foreign("redis.sentinels", raw.sentinels.is_some()));
+                out_of_mode.extend(foreign("redis.master_name", raw.master_name.is_some()));
+            }
+        }
+        let mode_name = format!("{mode:?}").to_lowercase();
+        for key in out_of_mode {
+            let hint = match mode {
+                RedisMode::Standalone if key == "redis.username" => {
+                    "put the credentials in redis.url (redis://user:password@host:6379)"
+                }
+                RedisMode::Standalone => "set redis.mode: sentinel or cluster to use it",
+                _ => "belongs to another redis.mode",
+            };
+            self.problem(
+                &key,
+                format!("not used when redis.mode is {mode_name}; {hint}"),
+            );
+        }
+        // The password is a secret: `OBLETH_REDIS_PASSWORD`, set by the loader.
+        let auth = NodeAuth {
+            username: raw.username,
+            password: None,
+        };
+        let topology = match mode {
+            RedisMode::Standalone => {
+                let url = raw.url?;
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://"))
+                {
+                    self.problem(
+                        "redis.url",
+                        "must start with redis://, rediss:// or unix://",
+                    );
+                }
+                Topology::Standalone { url }
+            }
+            RedisMode::Sentinel => {
+                let sentinels = self.redis_addresses("redis.sentinels", raw.sentinels);
+                let master_name = raw.master_name.unwrap_or_default();
+                if master_name.is_empty() {
+                    self.problem(
+                        "redis.master_name",
+                        "required when redis.mode is sentinel: the name the sentinels monitor",
+                    );
+                }
+                Topology::Sentinel {
+                    sentinels,
+                    master_name,
+                    auth,
+                }
+            }
+            RedisMode::Cluster => Topology::Cluster {
+                nodes: self.redis_addresses("redis.nodes", raw.nodes),
+                auth,
+            },
+        };
+        if let Err(e) = topology.validate() {
+            self.problem(&format!("redis.{}", topology_key(&topology)), e.to_string());
+        }
+        let replica_acks = raw.replica_acks.unwrap_or(0);
+        if replica_acks > 16 {
+            self.problem("redis.replica_acks", "at most 16");
+        }
+        let replica_ack_timeout = self.positive_duration(
+            "redis.replica_ack_timeout",
+            raw.replica_ack_timeout.as_ref(),
+            Duration::from_millis(100),
+        );
+        if replica_ack_timeout > Duration::from_millis(500) {
+            self.problem(
+                "redis.replica_ack_timeout",
+                "at most 500ms: a budget check waits for Redis at most 750ms in all",
+            );
+        }
+        Some(RedisConfig {
+            topology,
+            prefix: raw.prefix.unwrap_or_else(|| "obleth:".into()),
+            replica_acks,
+            replica_ack_timeout,
+        })
+    }
+
+    /// `host:port` entries or `redis://` URLs, as URLs; at least one.
+    fn redis_addresses(&mut self, key: &str, raw: Option<Vec<String>>) -> Vec<String> {
+        let list = raw.unwrap_or_default();
+        if list.is_empty() {
+            self.problem(key, "needs at least one host:port");
+        }
+        list.into_iter()
+            .map(|a| {
+                if a.contains("://") {
+                    a
+                } else {
+                    format!("redis://{a}")
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn admission(&mut self, raw: &RawAdmission) -> AdmissionSettings {
         let global_max_in_flight = raw.global_max_in_flight.unwrap_or(64);
         if global_max_in_flight == 0 {
@@ -209,5 +330,133 @@ impl Validator {
                 }
             }
         }
+    }
+}
+
+/// The key that holds a topology's addresses, for errors.
+fn topology_key(topology: &obleth_filters::redis_link::Topology) -> &'static str {
+    use obleth_filters::redis_link::Topology;
+    match topology {
+        Topology::Standalone { .. } => "url",
+        Topology::Sentinel { .. } => "sentinels",
+        Topology::Cluster { .. } => "nodes",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use obleth_filters::redis_link::{NodeAuth, Topology};
+
+    use crate::config::{Config, ConfigError};
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(text, Path::new("test.yaml"), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| match e {
+            ConfigError::Invalid(p) => p.iter().map(|p| p.to_string()).collect(),
+            other => vec![other.to_string()],
+        })
+    }
+
+    #[test]
+    fn a_sentinel_set_is_read_with_its_password_from_the_environment() {
+        let config = parse(
+            "redis:\n  mode: sentinel\n  sentinels: [10.0.0.1:26379, 'redis://:s3@10.0.0.2:26379']\n  \
+             master_name: obleth\n  username: gw\n  replica_acks: 1\n",
+            &[("OBLETH_REDIS_PASSWORD", "hunter2")],
+        )
+        .expect("valid");
+        let redis = config.redis.expect("redis configured");
+        assert_eq!(
+            redis.topology,
+            Topology::Sentinel {
+                sentinels: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://:s3@10.0.0.2:26379".into()
+                ],
+                master_name: "obleth".into(),
+                auth: NodeAuth {
+                    username: Some("gw".into()),
+                    password: Some("hunter2".into()),
+                },
+            }
+        );
+        assert_eq!(redis.replica_acks, 1);
+    }
+
+    #[test]
+    fn cluster_seed_nodes_come_from_the_file_or_the_environment() {
+        let config = parse(
+            "redis:\n  mode: cluster\n  nodes: [10.0.0.1:7000]\n",
+            &[("OBLETH_REDIS_NODES", "10.0.0.5:7000, 10.0.0.6:7000")],
+        )
+        .expect("valid");
+        match config.redis.expect("redis").topology {
+            Topology::Cluster { nodes, .. } => {
+                assert_eq!(nodes, ["redis://10.0.0.5:7000", "redis://10.0.0.6:7000"])
+            }
+            other => panic!("{other:?}"),
+        }
+        // OBLETH_REDIS_URL keeps meaning one server.
+        let config = parse("", &[("OBLETH_REDIS_URL", "redis://10.0.0.9:6379")]).expect("valid");
+        assert_eq!(
+            config.redis.expect("redis").topology,
+            Topology::Standalone {
+                url: "redis://10.0.0.9:6379".into()
+            }
+        );
+    }
+
+    #[test]
+    fn keys_of_another_mode_and_missing_addresses_are_refused_where_they_are() {
+        let problems = parse(
+            "redis:\n  mode: sentinel\n  url: redis://10.0.0.1:6379\n  nodes: [a:1]\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(
+            all.contains("test.yaml:3:3: redis.url: not used when redis.mode is sentinel"),
+            "{all}"
+        );
+        assert!(
+            all.contains("redis.nodes: not used when redis.mode is sentinel"),
+            "{all}"
+        );
+        assert!(
+            all.contains("redis.sentinels: needs at least one host:port"),
+            "{all}"
+        );
+        assert!(
+            all.contains("redis.master_name: required when redis.mode is sentinel"),
+            "{all}"
+        );
+
+        let problems = parse(
+            "redis:\n  url: redis://10.0.0.1:6379\n  sentinels: [a:1]\n  replica_ack_timeout: 2s\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let all = problems.join("\n");
+        assert!(all.contains("redis.sentinels: not used when redis.mode is standalone; set redis.mode: sentinel or cluster"), "{all}");
+        assert!(
+            all.contains("redis.replica_ack_timeout: at most 500ms"),
+            "{all}"
+        );
+
+        let problems = parse("redis:\n  mode: cluster\n", &[]).expect_err("invalid");
+        assert!(
+            problems
+                .join("\n")
+                .contains("redis.nodes: needs at least one host:port"),
+            "{problems:?}"
+        );
     }
 }

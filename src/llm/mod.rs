@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use obleth_filters::admission::{Capacity, Scheduler};
 use obleth_filters::auth::{HotCache, KeyHasher, KeyResolver};
-use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets};
-use obleth_filters::redis_link::RedisLink;
+use obleth_filters::budget::{BudgetStore, LocalBudgets, RedisBudgets, ReplicaAcks};
+use obleth_filters::redis_link::{RedisLink, Topology};
 
 use crate::config::{AdmissionSettings, BudgetSettings, Config, Seed};
 use crate::store::secrets::UpstreamKeyCipher;
@@ -94,12 +94,12 @@ impl LlmState {
 
         let (hot, publisher, channel) = match &config.redis {
             Some(redis) => {
-                let link = RedisLink::connect(&redis.url).await.map_err(|source| {
-                    LlmStartError::Redis {
-                        url: crate::config::redact_url(&redis.url),
+                let link = RedisLink::open(redis.topology.clone())
+                    .await
+                    .map_err(|source| LlmStartError::Redis {
+                        url: redis_target(&redis.topology),
                         source,
-                    }
-                })?;
+                    })?;
                 (
                     Some(HotCache::new(link.clone(), redis.prefix.clone())),
                     Some(link),
@@ -109,10 +109,13 @@ impl LlmState {
             None => (None, None, String::new()),
         };
         let budgets: Arc<dyn BudgetStore> = match (&publisher, &config.redis) {
-            (Some(link), Some(redis)) => Arc::new(RedisBudgets::new(
-                link.clone(),
-                format!("{}budget:", redis.prefix),
-            )),
+            (Some(link), Some(redis)) => Arc::new(
+                RedisBudgets::new(link.clone(), format!("{}budget:", redis.prefix))
+                    .with_replica_acks(ReplicaAcks {
+                        replicas: redis.replica_acks,
+                        timeout: redis.replica_ack_timeout,
+                    }),
+            ),
             _ => Arc::new(LocalBudgets::default()),
         };
         let state = Arc::new(LlmState {
@@ -148,11 +151,8 @@ impl LlmState {
         } else {
             state.reload_models().await;
         }
-        if let Some(redis) = &config.redis {
-            crate::supervision::spawn(
-                "invalidation",
-                listen_for_changes(state.clone(), redis.url.clone()),
-            );
+        if let Some(link) = state.publisher.clone() {
+            crate::supervision::spawn("invalidation", listen_for_changes(state.clone(), link));
         }
         if let Some(ledger) = state.telemetry.clickhouse.clone() {
             crate::supervision::spawn(
@@ -250,26 +250,56 @@ async fn wait_for_store(state: Arc<LlmState>, url: String, migrate: bool, seed: 
     tracing::info!(store = %url, "store reachable; ready");
 }
 
-/// Follows the invalidation channel, reconnecting with a pause when Redis
-/// goes away; every message (and every reconnect, which may have missed
-/// messages) refreshes this replica.
-async fn listen_for_changes(state: Arc<LlmState>, url: String) {
+/// Where Redis is, for errors, without credentials.
+fn redis_target(topology: &Topology) -> String {
+    let urls = |list: &[String]| {
+        list.iter()
+            .map(|u| crate::config::redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match topology {
+        Topology::Standalone { url } => crate::config::redact_url(url),
+        Topology::Sentinel {
+            sentinels,
+            master_name,
+            ..
+        } => format!("master {master_name:?} of sentinels {}", urls(sentinels)),
+        Topology::Cluster { nodes, .. } => format!("cluster of {}", urls(nodes)),
+    }
+}
+
+/// Follows the invalidation channel, resubscribing with a pause when its
+/// server goes away and whenever Redis comes back (after a failover the
+/// channel may live on another server); every message (and every
+/// resubscription, which may have missed messages) refreshes this replica.
+async fn listen_for_changes(state: Arc<LlmState>, link: RedisLink) {
+    let mut up = link.watch();
     loop {
-        let subscribed = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&state.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        match subscribed {
+        match link.subscribe(&state.channel).await {
             Ok(mut pubsub) => {
                 state.refresh_local().await;
+                up.borrow_and_update();
                 let mut messages = pubsub.on_message();
-                while messages.next().await.is_some() {
-                    state.refresh_local().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(_) => state.refresh_local().await,
+                            None => {
+                                tracing::warn!("redis invalidation channel closed; resubscribing");
+                                break;
+                            }
+                        },
+                        changed = up.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if *up.borrow_and_update() {
+                                break;
+                            }
+                        }
+                    }
                 }
-                tracing::warn!("redis invalidation channel closed; resubscribing");
             }
             Err(e) => tracing::warn!("cannot subscribe to redis invalidations: {e}"),
         }

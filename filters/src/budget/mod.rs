@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::redis_link::Connection;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::redis_link::{Outcome, RedisLink};
@@ -199,17 +199,53 @@ pub struct RedisBudgets {
     settler: Arc<Settler>,
 }
 
+/// Replicas that must acknowledge a budget write before it counts, so a
+/// failover (which promotes a replica) cannot lose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAcks {
+    pub replicas: u32,
+    /// Must stay under [`REDIS_DEADLINE`].
+    pub timeout: std::time::Duration,
+}
+
 /// Settles in Redis, keeping what could not reach it for replay.
 struct Settler {
     link: RedisLink,
     prefix: String,
     settle: Script,
     pending: Mutex<VecDeque<PendingSettlement>>,
+    acks: std::sync::OnceLock<ReplicaAcks>,
 }
 
-/// Keys of one scope share the hash tag `{scope}`.
+/// Keys of one scope share the hash tag `{scope}`, so each script's keys
+/// lie in one Redis Cluster slot.
 fn scope_key(prefix: &str, scope: &Scope, suffix: &str) -> String {
     format!("{prefix}{{{}}}:{suffix}", scope.id)
+}
+
+/// `KEYS` of reserve.lua: bucket, spend, this request's reservation, the
+/// open reservations.
+fn reserve_keys(prefix: &str, scope: &Scope, request_id: &str) -> [String; 4] {
+    let key = |suffix: &str| scope_key(prefix, scope, suffix);
+    [
+        key("bucket"),
+        key("spend"),
+        key(&format!("res:{request_id}")),
+        key("open"),
+    ]
+}
+
+/// `KEYS` of settle.lua: bucket, spend, this request's reservation, its
+/// settled marker, the open reservations.
+fn settle_keys(prefix: &str, scope: &Scope, request_id: &str) -> [String; 5] {
+    let key = |suffix: &str| scope_key(prefix, scope, suffix);
+    [
+        key("bucket"),
+        key("spend"),
+        key(&format!("res:{request_id}")),
+        key(&format!("done:{request_id}")),
+        key("open"),
+    ]
 }
 
 impl RedisBudgets {
@@ -226,6 +262,7 @@ impl RedisBudgets {
                 include_str!("settle.lua")
             )),
             pending: Mutex::default(),
+            acks: std::sync::OnceLock::new(),
         });
         tokio::spawn(replay_when_back(Arc::downgrade(&settler)));
         Self {
@@ -248,8 +285,19 @@ impl RedisBudgets {
         self
     }
 
+    /// Makes every reservation and settlement wait until `acks.replicas`
+    /// replicas hold it (Redis' `WAIT`). One that is not acknowledged in
+    /// time is taken back (a reservation) or kept for replay (a
+    /// settlement), and the caller applies `fail_open`.
+    pub fn with_replica_acks(self, acks: ReplicaAcks) -> Self {
+        if acks.replicas > 0 {
+            let _ = self.settler.acks.set(acks);
+        }
+        self
+    }
+
     /// The connection, or at once an error while Redis is known down.
-    fn conn(&self) -> Result<ConnectionManager, BudgetUnavailable> {
+    fn conn(&self) -> Result<Connection, BudgetUnavailable> {
         connection(&self.link)
     }
 
@@ -267,7 +315,7 @@ impl RedisBudgets {
     }
 }
 
-fn connection(link: &RedisLink) -> Result<ConnectionManager, BudgetUnavailable> {
+fn connection(link: &RedisLink) -> Result<Connection, BudgetUnavailable> {
     link.connection()
         .ok_or_else(|| BudgetUnavailable(STORE_DOWN.into()))
 }
@@ -289,13 +337,10 @@ impl Settler {
         now_ms: i64,
     ) -> Result<bool, BudgetUnavailable> {
         let mut conn = connection(&self.link)?;
-        let key = |suffix: &str| scope_key(&self.prefix, scope, suffix);
-        let mut invocation = self.settle.key(key("bucket"));
+        let keys = settle_keys(&self.prefix, scope, request_id);
+        let mut invocation = self.settle.prepare_invoke();
         invocation
-            .key(key("spend"))
-            .key(key(&format!("res:{request_id}")))
-            .key(key(&format!("done:{request_id}")))
-            .key(key("open"))
+            .key(&keys[..])
             .arg(now_ms)
             .arg(scope.limits.tokens_per_minute)
             .arg(actual.tokens)
@@ -305,7 +350,28 @@ impl Settler {
             .arg(request_id);
         let reply: Vec<i64> =
             within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
+        self.confirm(&mut conn, &keys[1]).await?;
         Ok(reply.first() == Some(&1))
+    }
+
+    /// Waits for the replicas [`RedisBudgets::with_replica_acks`] asks
+    /// for to hold what was written so far on `conn` (the master of `key`).
+    async fn confirm(&self, conn: &mut Connection, key: &str) -> Result<(), BudgetUnavailable> {
+        let Some(acks) = self.acks.get() else {
+            return Ok(());
+        };
+        let acked = within_deadline(
+            &self.link,
+            conn.wait_for_replicas(key, acks.replicas, acks.timeout),
+        )
+        .await?;
+        if acked < acks.replicas {
+            return Err(BudgetUnavailable(format!(
+                "{acked} of {} replicas acknowledged the budget write within {:?}",
+                acks.replicas, acks.timeout
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -363,11 +429,10 @@ impl BudgetStore for RedisBudgets {
     ) -> Result<Decision, BudgetUnavailable> {
         let l = &scope.limits;
         let mut conn = self.conn()?;
-        let mut invocation = self.reserve.key(self.key(scope, "bucket"));
+        let keys = reserve_keys(&self.prefix, scope, request_id);
+        let mut invocation = self.reserve.prepare_invoke();
         invocation
-            .key(self.key(scope, "spend"))
-            .key(self.key(scope, &format!("res:{request_id}")))
-            .key(self.key(scope, "open"))
+            .key(&keys[..])
             .arg(now_ms)
             .arg(l.tokens_per_minute)
             .arg(estimate.tokens)
@@ -379,6 +444,17 @@ impl BudgetStore for RedisBudgets {
             .arg(request_id);
         let reply: Vec<i64> =
             within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
+        if reply.first() == Some(&1) {
+            if let Err(e) = self.settler.confirm(&mut conn, &keys[1]).await {
+                // A reservation a failover may lose must not be relied on:
+                // take it back (now, or by replay once Redis answers). The
+                // caller, told it failed, never settles this scope.
+                let _ = self
+                    .settle(scope, request_id, Cost::default(), now_ms)
+                    .await;
+                return Err(e);
+            }
+        }
         Ok(match reply.as_slice() {
             [1, remaining] | [2, remaining] => Decision::Admitted {
                 remaining_tokens: (*remaining >= 0).then_some(*remaining as u64),
@@ -691,6 +767,39 @@ impl BudgetStore for LocalBudgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_scripts_keys_lie_in_one_cluster_slot_for_every_scope_shape() {
+        use crate::redis_link::key_slot;
+        // Tenant and key scopes as the gateway names them, and prefixes with
+        // and without colons or braces of their own.
+        let ids = ["t:ten_01hx8k2m", "k:key_01hx8k2n", "t:", "k:key_{odd}"];
+        let prefixes = ["obleth:budget:", "", "a:b:c:", "x}{y:"];
+        for prefix in prefixes {
+            for id in ids {
+                let scope = Scope {
+                    id: id.into(),
+                    ..scope(1000, Some(5))
+                };
+                let request = "0f3c9a1e5b7d4c2a8e6f0b1d3c5a7e9f";
+                let scripts: [(&str, Vec<String>); 3] = [
+                    ("reserve", reserve_keys(prefix, &scope, request).to_vec()),
+                    ("settle", settle_keys(prefix, &scope, request).to_vec()),
+                    ("raise", vec![scope_key(prefix, &scope, "spend")]),
+                ];
+                let slot = key_slot(scope_key(prefix, &scope, "spend").as_bytes());
+                for (script, keys) in scripts {
+                    for key in keys {
+                        assert_eq!(
+                            key_slot(key.as_bytes()),
+                            slot,
+                            "{script}.lua: {key} is in another slot than its scope"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     fn scope(tpm: u64, budget: Option<u64>) -> Scope {
         Scope {
