@@ -574,6 +574,7 @@ fn secrets_come_from_the_existing_secret_only() {
             ("OBLETH_ENCRYPTION_KEY", false),
             ("OBLETH_CLICKHOUSE_PASSWORD", true),
             ("OBLETH_REDIS_URL", true),
+            ("OBLETH_REDIS_PASSWORD", true),
         ] {
             let var = env(obleth, key).unwrap_or_else(|| panic!("{what}: {key}"));
             assert!(

@@ -73,14 +73,30 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         apply: |raw, text| set(&mut raw.store.database_url, text.into()),
     },
     EnvOverride {
+        name: "OBLETH_REDIS_MODE",
+        key: "redis.mode",
+        apply: |raw, text| {
+            // The environment picks the deployment: addresses the file
+            // gives for another mode are dropped, not reported.
+            let mode: RedisMode = variant(text)?;
+            let r = &mut raw.redis;
+            if mode != RedisMode::Standalone {
+                r.url = None;
+            }
+            if mode != RedisMode::Sentinel {
+                r.sentinels = None;
+                r.master_name = None;
+            }
+            if mode != RedisMode::Cluster {
+                r.nodes = None;
+            }
+            set(&mut r.mode, mode)
+        },
+    },
+    EnvOverride {
         name: "OBLETH_REDIS_URL",
         key: "redis.url",
         apply: |raw, text| set(&mut raw.redis.url, text.into()),
-    },
-    EnvOverride {
-        name: "OBLETH_REDIS_MODE",
-        key: "redis.mode",
-        apply: |raw, text| set(&mut raw.redis.mode, variant(text)?),
     },
     EnvOverride {
         name: "OBLETH_REDIS_SENTINELS",

@@ -415,6 +415,40 @@ mod tests {
     }
 
     #[test]
+    fn a_mode_from_the_environment_replaces_the_files_addresses_of_another_mode() {
+        let config = parse(
+            "redis:\n  url: redis://redis:6379\n",
+            &[
+                ("OBLETH_REDIS_MODE", "sentinel"),
+                ("OBLETH_REDIS_SENTINELS", "s1:26379,s2:26379"),
+                ("OBLETH_REDIS_MASTER_NAME", "obleth"),
+            ],
+        )
+        .expect("valid");
+        assert!(matches!(
+            config.redis.expect("redis").topology,
+            Topology::Sentinel { ref sentinels, .. } if sentinels.len() == 2
+        ));
+        // Both the mode and another mode's address from the environment is
+        // a contradiction, and said so.
+        let problems = parse(
+            "",
+            &[
+                ("OBLETH_REDIS_MODE", "cluster"),
+                ("OBLETH_REDIS_NODES", "n1:7000"),
+                ("OBLETH_REDIS_URL", "redis://r:6379"),
+            ],
+        )
+        .expect_err("invalid");
+        assert!(
+            problems
+                .join("\n")
+                .contains("redis.url: not used when redis.mode is cluster"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn keys_of_another_mode_and_missing_addresses_are_refused_where_they_are() {
         let problems = parse(
             "redis:\n  mode: sentinel\n  url: redis://10.0.0.1:6379\n  nodes: [a:1]\n",

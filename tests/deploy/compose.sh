@@ -78,6 +78,16 @@ def interpolate(text):
         return value or ""
     return VAR.sub(one, text)
 
+# COMPOSE_OVERRIDE names a file layered on the main one (-f a -f b): its
+# services are added and obleth's environment is extended.
+override = os.environ.get("COMPOSE_OVERRIDE")
+if override and mode in ("hosts", "env"):
+    layered = yaml.safe_load(open(override)).get("services", {})
+    for name, service in layered.items():
+        if name == "obleth":
+            services["obleth"].setdefault("environment", {}).update(service.get("environment", {}))
+        else:
+            services.setdefault(name, service)
 if mode == "hosts":
     print("\n".join(services))
     sys.exit(0)
@@ -373,10 +383,12 @@ EOF
 
 # obleth resolves pool servers when it loads the file, so the compose service
 # names are mapped to the loopback in a mount namespace of the check's own.
+# With an argument, that compose file is layered on the main one.
 obleth_check() {
   local hosts env=()
+  export COMPOSE_OVERRIDE="${1:-}"
   hosts="$(mktemp)"
-  trap 'rm -f "$hosts"' RETURN
+  trap 'rm -f "$hosts"; unset COMPOSE_OVERRIDE' RETURN
   { echo "127.0.0.1 localhost"; inspect hosts | sed 's/^/127.0.0.1 /'; } >"$hosts"
   mapfile -t env < <(inspect env)
   env "${env[@]}" unshare --map-root-user --mount sh -c \
@@ -514,6 +526,9 @@ fi
 if [ ${#compose[@]} -gt 0 ]; then
   check "${compose[*]} config (with .env.example)" \
     "${compose[@]}" --env-file "$dir/.env.example" -f "$dir/docker-compose.yml" config -q
+  check "${compose[*]} config with the Sentinel layer" \
+    "${compose[@]}" --env-file "$dir/.env.example" -f "$dir/docker-compose.yml" \
+    -f "$dir/docker-compose.sentinel.yml" config -q
 else
   skip "docker compose config" "no Compose v2 on this machine"
 fi
@@ -537,6 +552,8 @@ elif ! unshare --map-root-user --mount true 2>/dev/null; then
   skip "obleth check -c $dir/obleth.yaml" "no mount namespace to resolve the compose service names in"
 else
   check "obleth check -c $dir/obleth.yaml (compose environment)" obleth_check
+  check "obleth check -c $dir/obleth.yaml (with the Sentinel layer)" \
+    obleth_check "$dir/docker-compose.sentinel.yml"
 fi
 
 name="image runtime: uid 10001, read-only root, writes only /var/lib/obleth"
