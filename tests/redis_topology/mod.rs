@@ -100,12 +100,13 @@ fn wait_port(port: u16) {
     }
 }
 
-/// Polls `check` every 100 ms until it holds, failing after `limit`.
-pub fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+/// Polls `check` every 100 ms until it holds, failing after `limit`. The
+/// test's other tasks (its load) run while it waits.
+pub async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -142,7 +143,7 @@ pub struct SentinelSet {
 }
 
 impl SentinelSet {
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let dir = TempDir::new();
         let data = |name: &str| -> PathBuf {
             let path = dir.path().join(name);
@@ -169,7 +170,8 @@ impl SentinelSet {
             replica
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
-        });
+        })
+        .await;
         let sentinels = (0..3)
             .map(|i| {
                 let port = free_port();
@@ -206,7 +208,8 @@ impl SentinelSet {
                     };
                     field("num-slaves") == "1" && field("num-other-sentinels") == "2"
                 },
-            );
+            )
+            .await;
         }
         SentinelSet {
             _dir: dir,
@@ -236,7 +239,7 @@ impl SentinelSet {
 
     /// Has the sentinels promote the replica (`SENTINEL FAILOVER`) and
     /// waits until the old master follows the new one.
-    pub fn fail_over(&self) -> u16 {
+    pub async fn fail_over(&self) -> u16 {
         let before = self.master_port();
         let answer = self.sentinels[0].cli(&["SENTINEL", "FAILOVER", MASTER_NAME]);
         assert_eq!(answer, "OK", "SENTINEL FAILOVER");
@@ -248,12 +251,14 @@ impl SentinelSet {
                 after = self.master_port();
                 after != before && cli(after, &["ROLE"]).starts_with("master")
             },
-        );
+        )
+        .await;
         until(
             "the old master replicates the new one",
             Duration::from_secs(20),
             || cli(before, &["INFO", "replication"]).contains("master_link_status:up"),
-        );
+        )
+        .await;
         after
     }
 }
@@ -265,7 +270,7 @@ pub struct ClusterSet {
 }
 
 impl ClusterSet {
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let dir = TempDir::new();
         let mut nodes = Vec::new();
         while nodes.len() < 6 {
@@ -314,13 +319,13 @@ impl ClusterSet {
             .expect("redis-cli --cluster create runs");
         assert!(created.success(), "redis-cli --cluster create");
         let set = ClusterSet { _dir: dir, nodes };
-        set.until_healthy();
+        set.until_healthy().await;
         set
     }
 
     /// Waits until every running node says the cluster is ok and three
     /// replicas are in sync with their masters (only those can take over).
-    pub fn until_healthy(&self) {
+    pub async fn until_healthy(&self) {
         until("the cluster is ok", Duration::from_secs(30), || {
             let running = self.nodes.iter().filter(|n| n.child.is_some());
             let mut in_sync = 0;
@@ -335,7 +340,8 @@ impl ClusterSet {
                 }
             }
             in_sync == 3
-        });
+        })
+        .await;
     }
 
     /// The seed nodes as obleth's configuration lists them.

@@ -442,19 +442,33 @@ impl BudgetStore for RedisBudgets {
             .arg(&l.period)
             .arg(self.reservation_ttl)
             .arg(request_id);
-        let reply: Vec<i64> =
-            within_deadline(&self.link, invocation.invoke_async(&mut conn)).await?;
-        if reply.first() == Some(&1) {
-            if let Err(e) = self.settler.confirm(&mut conn, &keys[1]).await {
-                // A reservation a failover may lose must not be relied on:
-                // take it back (now, or by replay once Redis answers). The
-                // caller, told it failed, never settles this scope.
-                let _ = self
-                    .settle(scope, request_id, Cost::default(), now_ms)
-                    .await;
+        let answered: Result<Vec<i64>, _> =
+            within_deadline(&self.link, invocation.invoke_async(&mut conn)).await;
+        let confirmed = match answered {
+            Ok(reply) if reply.first() == Some(&1) => self
+                .settler
+                .confirm(&mut conn, &keys[1])
+                .await
+                .map(|()| reply),
+            other => other,
+        };
+        let reply: Vec<i64> = match confirmed {
+            Ok(reply) => reply,
+            Err(e) => {
+                // The script may have run although its answer was lost (a
+                // timeout), or a failover may lose it (not acknowledged):
+                // the caller, told it failed, never settles this scope, so
+                // the reservation is taken back by the replay of a
+                // zero-cost settlement, which is a no-op if none was made.
+                self.settler.defer(PendingSettlement {
+                    scope: scope.clone(),
+                    request_id: request_id.to_string(),
+                    actual: Cost::default(),
+                    now_ms,
+                });
                 return Err(e);
             }
-        }
+        };
         Ok(match reply.as_slice() {
             [1, remaining] | [2, remaining] => Decision::Admitted {
                 remaining_tokens: (*remaining >= 0).then_some(*remaining as u64),

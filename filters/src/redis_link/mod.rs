@@ -150,7 +150,13 @@ impl RedisLink {
     pub async fn subscribe(&self, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
         let mut last =
             redis::RedisError::from((redis::ErrorKind::IoError, "no node to subscribe on"));
-        for client in self.inner.topology.subscription_clients().await {
+        let master = self
+            .inner
+            .address
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for client in self.inner.topology.subscription_clients(&master) {
             let subscribed = async {
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(channel).await?;

@@ -124,35 +124,24 @@ impl Topology {
         }
     }
 
-    /// Addresses to subscribe on for invalidations, in the order to try:
-    /// the standalone server, the current master, or every seed node (a
-    /// cluster forwards PUBLISH to all its nodes, so any one will do).
-    pub(super) async fn subscription_clients(&self) -> Vec<redis::Client> {
-        match self {
-            Topology::Standalone { url } => redis::Client::open(url.as_str()).into_iter().collect(),
-            Topology::Sentinel { .. } => match self.connect().await {
-                Ok((_, address)) => self
-                    .node_url(&address)
-                    .and_then(|url| redis::Client::open(url).ok())
-                    .into_iter()
-                    .collect(),
-                Err(_) => Vec::new(),
-            },
-            Topology::Cluster { nodes, auth } => nodes
-                .iter()
-                .filter_map(|n| redis::Client::open(with_auth(n, auth)).ok())
-                .collect(),
-        }
-    }
-
-    fn node_url(&self, address: &str) -> Option<String> {
-        match self {
-            Topology::Sentinel { auth, .. } => Some(with_auth(&format!("redis://{address}"), auth)),
-            _ => None,
-        }
+    /// Servers to subscribe on for invalidations, in the order to try:
+    /// the standalone server, the master last reached (`master`, behind
+    /// Sentinel), or every seed node (a cluster forwards PUBLISH to all its
+    /// nodes, so any one will do).
+    pub(super) fn subscription_clients(&self, master: &str) -> Vec<redis::Client> {
+        let urls = match self {
+            Topology::Standalone { url } => vec![url.clone()],
+            Topology::Sentinel { auth, .. } if !master.is_empty() => {
+                vec![with_auth(&format!("redis://{master}"), auth)]
+            }
+            Topology::Sentinel { .. } => Vec::new(),
+            Topology::Cluster { nodes, auth } => nodes.iter().map(|n| with_auth(n, auth)).collect(),
+        };
+        urls.iter()
+            .filter_map(|url| redis::Client::open(url.as_str()).ok())
+            .collect()
     }
 }
-
 /// `url` with the node credentials, unless it has its own.
 fn with_auth(url: &str, auth: &NodeAuth) -> String {
     match (&auth.password, url.strip_prefix("redis://")) {
