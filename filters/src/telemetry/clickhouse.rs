@@ -122,10 +122,6 @@ fn zookeeper_path(database: &str, table: &str) -> String {
 /// many other processes insert meanwhile.
 const DEDUPLICATION_WINDOW: u32 = 1000;
 
-/// The least time a distributed DDL statement is given: every replica
-/// creates its table and registers it in ZooKeeper before it returns.
-const DDL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The replicated form of a migration: every object qualified with the
 /// database and created `ON CLUSTER`, `ReplacingMergeTree` and
 /// `SummingMergeTree` replaced by their replicated engines on ZooKeeper
@@ -166,6 +162,14 @@ fn on_cluster(sql: &str, database: &str, cluster: &str) -> Result<String, SinkEr
             (
                 "ENGINE = SummingMergeTree()",
                 engine("SummingMergeTree", "usage_daily"),
+            ),
+            // Not deduplicated itself: two batches may well sum to the same
+            // daily block, and a batch skipped as a duplicate in `usage`
+            // never reaches the view.
+            (
+                "ORDER BY (tenant, model, day)\nAS SELECT",
+                "ORDER BY (tenant, model, day)\nSETTINGS replicated_deduplication_window = 0\nAS SELECT"
+                    .to_string(),
             ),
             ("FROM usage\n", format!("FROM {db}.usage\n")),
         ]
@@ -229,15 +233,6 @@ impl ClickHouseSink {
         F: Fn(&Replica) -> Fut,
         Fut: std::future::Future<Output = clickhouse::error::Result<T>>,
     {
-        self.bounded_by(self.config.timeout, what, f).await
-    }
-
-    /// [`Self::bounded`] with a bound of its own.
-    async fn bounded_by<T, F, Fut>(&self, bound: Duration, what: &str, f: F) -> Result<T, SinkError>
-    where
-        F: Fn(&Replica) -> Fut,
-        Fut: std::future::Future<Output = clickhouse::error::Result<T>>,
-    {
         let n = self.replicas.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut error = failed(what, "no ClickHouse server configured");
@@ -246,7 +241,7 @@ impl ClickHouseSink {
             let Some(replica) = self.replicas.get(at) else {
                 break;
             };
-            let result = match tokio::time::timeout(bound, f(replica)).await {
+            let result = match tokio::time::timeout(self.config.timeout, f(replica)).await {
                 Ok(result) => result.map_err(|e| failed(what, e)),
                 Err(_) => Err(failed(what, "timed out")),
             };
@@ -335,65 +330,88 @@ impl ClickHouseSink {
 
     async fn migrate_cluster(&self, cluster: &str) -> Result<(), SinkError> {
         let database = &self.config.database;
-        // A distributed DDL statement waits for every replica to run it;
-        // one that is down would hold it for ClickHouse's default of 180 s.
-        // Bounded (30 s, or the timeout if longer), it fails instead and is
-        // retried, while the replica runs it from the queue once back.
-        let bound = self.config.timeout.max(DDL_TIMEOUT);
-        let wait = bound.as_secs().saturating_sub(2).max(1);
-        let ddl = |sql: String| async move {
-            self.bounded_by(bound, "migrate", |r| {
-                r.server
-                    .query(&sql)
-                    .with_setting("distributed_ddl_task_timeout", wait.to_string())
-                    .execute()
-            })
-            .await
+        let has_database = || async {
+            let n: u64 = self
+                .bounded("migrate", |r| {
+                    r.server
+                        .query("SELECT count() FROM system.databases WHERE name = ?")
+                        .bind(database)
+                        .fetch_one()
+                })
+                .await?;
+            Ok::<bool, SinkError>(n > 0)
         };
-        let databases: u64 = self
-            .bounded("migrate", |r| {
-                r.server
-                    .query("SELECT count() FROM system.databases WHERE name = ?")
-                    .bind(database)
-                    .fetch_one()
-            })
-            .await?;
-        if databases == 0 {
-            ddl(format!(
-                "CREATE DATABASE IF NOT EXISTS `{database}` ON CLUSTER `{cluster}`"
-            ))
-            .await?;
-        }
-        match self.engine("usage").await? {
-            Some(engine) if !engine.starts_with("Replicated") => {
-                return Err(failed(
-                    "migrate",
-                    format!(
-                        "telemetry.clickhouse.cluster is set but {database}.usage is a {engine}, \
-                         not replicated: converting an existing table is a manual step"
-                    ),
-                ));
+        if !has_database().await? {
+            let create =
+                format!("CREATE DATABASE IF NOT EXISTS `{database}` ON CLUSTER `{cluster}`");
+            if let Err(e) = self.ddl(create).await {
+                self.done_here(e, has_database().await?)?;
             }
-            Some(_) => {}
-            None => {
-                let replicated = on_cluster(SCHEMA, database, cluster)?;
-                if let Some(create) = statements(&replicated).into_iter().next() {
-                    ddl(create).await?;
+        }
+        let replicated = on_cluster(SCHEMA, database, cluster)?;
+        let creates = statements(&replicated);
+        for (table, create) in ["usage", "usage_daily"].into_iter().zip(creates) {
+            match self.engine(table).await? {
+                Some(engine) if table == "usage" && !engine.starts_with("Replicated") => {
+                    return Err(failed(
+                        "migrate",
+                        format!(
+                            "telemetry.clickhouse.cluster is set but {database}.usage is a {engine}, \
+                             not replicated: converting an existing table is a manual step"
+                        ),
+                    ));
                 }
-            }
-        }
-        if self.engine("usage_daily").await?.is_none() {
-            let replicated = on_cluster(SCHEMA, database, cluster)?;
-            if let Some(create) = statements(&replicated).into_iter().nth(1) {
-                ddl(create).await?;
+                Some(_) => {}
+                None => {
+                    if let Err(e) = self.ddl(create).await {
+                        self.done_here(e, self.engine(table).await?.is_some())?;
+                    }
+                }
             }
         }
         if !self.has_outcome().await? {
             for statement in statements(&on_cluster(OUTCOME, database, cluster)?) {
-                ddl(statement).await?;
+                if let Err(e) = self.ddl(statement).await {
+                    self.done_here(e, self.has_outcome().await?)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Runs a distributed DDL statement through the current replica (not
+    /// failed over: the statement is the cluster's, whoever relays it).
+    /// It waits for every replica to run it; one that is down would hold
+    /// it for ClickHouse's default of 180 s, so the wait is bounded below
+    /// the timeout.
+    async fn ddl(&self, sql: String) -> Result<(), SinkError> {
+        let at = self.current.load(Ordering::Relaxed);
+        let Some(replica) = self.replicas.get(at) else {
+            return Err(failed("migrate", "no ClickHouse server configured"));
+        };
+        let wait = self.config.timeout.as_secs().saturating_sub(1).max(1);
+        let run = replica
+            .server
+            .query(&sql)
+            .with_setting("distributed_ddl_task_timeout", wait.to_string())
+            .execute();
+        match tokio::time::timeout(self.config.timeout, run).await {
+            Ok(result) => result.map_err(|e| failed("migrate", e)),
+            Err(_) => Err(failed("migrate", "timed out")),
+        }
+    }
+
+    /// A DDL statement that failed (typically: not every replica answered
+    /// in time) is done as far as this migration goes if the answering
+    /// replica has the object now: the others run the statement from the
+    /// cluster's DDL queue in ZooKeeper, once they are back.
+    fn done_here(&self, e: SinkError, present: bool) -> Result<(), SinkError> {
+        if present {
+            tracing::warn!("ClickHouse schema created here; replicas that did not answer in time apply it from the DDL queue: {e}");
+            Ok(())
+        } else {
+            Err(e)
+        }
     }
 
     /// Drops day partitions older than `days`.
@@ -592,6 +610,9 @@ mod tests {
         assert!(statements[1].starts_with(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS `obleth`.usage_daily ON CLUSTER `usage`\n\
              ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/obleth/usage_daily', '{replica}')"
+        ));
+        assert!(statements[1].contains(
+            "ORDER BY (tenant, model, day)\nSETTINGS replicated_deduplication_window = 0\nAS SELECT"
         ));
         assert!(statements[1].contains("FROM `obleth`.usage\nGROUP BY day, tenant, model"));
         // Same columns as the single-node table.
