@@ -2,8 +2,9 @@
 # Installs what a fresh Debian machine lacks to build and test obleth:
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
 # pkg-config, curl, the openssl tool (tests make certificates with it) and
-# clickhouse-server (the telemetry tests start their own), redis-sentinel and
-# redis-tools (the Redis topology tests start sentinels and a cluster), the OTLP protos
+# clickhouse-server and zookeeper (the telemetry tests start their own),
+# redis-sentinel and redis-tools (the Redis topology tests start sentinels and
+# a cluster), the OTLP protos
 # for the tracing tests, and the deployment checks' tools (deploy-tools.sh).
 # Benchmarks additionally need haproxy, wrk and valgrind: `scripts/setup.sh bench`.
 set -euo pipefail
@@ -20,6 +21,8 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # Usage telemetry tests run their own ClickHouse servers (Debian's 18.16).
 [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
+# The replicated-ClickHouse tests run their own ZooKeeper (Debian's, on Java).
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

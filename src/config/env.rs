@@ -163,7 +163,9 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
                 .telemetry
                 .clickhouse
                 .get_or_insert_with(Default::default);
-            set(&mut clickhouse.url, text.into())
+            // A comma-separated list names the replicas of a cluster.
+            let urls: Vec<String> = text.split(',').map(|u| u.trim().to_string()).collect();
+            set(&mut clickhouse.url, OneOrMany::Many(urls))
         },
     },
     EnvOverride {

@@ -161,8 +161,11 @@ pub struct RawTelemetry {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawClickHouse {
-    pub url: Option<String>,
+    /// One server, or the replicas of `cluster` (failed over in order).
+    pub url: Option<OneOrMany>,
     pub database: Option<String>,
+    /// Creates the schema `ON CLUSTER` with replicated engines.
+    pub cluster: Option<String>,
     pub user: Option<String>,
     pub batch_rows: Option<usize>,
     pub batch_interval: Option<RawDuration>,

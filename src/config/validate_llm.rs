@@ -187,14 +187,39 @@ impl Validator {
                 .unwrap_or_else(|| "obleth".into())
         });
         let clickhouse = raw.clickhouse.as_ref().and_then(|ch| {
-            let Some(url) = ch.url.clone() else {
+            let urls = match &ch.url {
+                None => Vec::new(),
+                Some(OneOrMany::One(url)) => vec![url.clone()],
+                Some(OneOrMany::Many(urls)) => urls.clone(),
+            };
+            if urls.is_empty() {
                 self.problem("telemetry.clickhouse.url", "is required");
                 return None;
-            };
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            }
+            for url in &urls {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.problem(
+                        "telemetry.clickhouse.url",
+                        format!("{url:?} must be the HTTP interface: http://host:8123"),
+                    );
+                }
+            }
+            let database = ch.database.clone().unwrap_or_else(|| "obleth".into());
+            if let Some(cluster) = &ch.cluster {
+                if let Err(why) = clickhouse_cluster_name(cluster) {
+                    self.problem("telemetry.clickhouse.cluster", why);
+                }
+                // Part of the ZooKeeper paths of the replicated tables.
+                if let Err(why) = clickhouse_cluster_name(&database) {
+                    self.problem(
+                        "telemetry.clickhouse.database",
+                        format!("with a cluster, {}", why.replacen("must", "it must", 1)),
+                    );
+                }
+            } else if urls.len() > 1 {
                 self.problem(
                     "telemetry.clickhouse.url",
-                    "must be the HTTP interface: http://host:8123",
+                    "several URLs are the replicas of one cluster: set telemetry.clickhouse.cluster",
                 );
             }
             let batch_rows = ch.batch_rows.unwrap_or(5000);
@@ -203,8 +228,9 @@ impl Validator {
             }
             Some(ClickHouseSettings {
                 connection: obleth_filters::telemetry::ClickHouseConfig {
-                    url,
-                    database: ch.database.clone().unwrap_or_else(|| "obleth".into()),
+                    urls,
+                    database,
+                    cluster: ch.cluster.clone(),
                     user: ch.user.clone(),
                     password: None,
                     timeout: self.positive_duration(
@@ -343,13 +369,34 @@ fn topology_key(topology: &obleth_filters::redis_link::Topology) -> &'static str
     }
 }
 
+/// A ClickHouse cluster (as named in the servers' `<remote_servers>`) or,
+/// with a cluster, the database, which is part of the ZooKeeper paths:
+/// letters, digits, `_` and `-`, starting with a letter or `_`, at most 64
+/// (nothing that needs quoting in SQL, XML or a path).
+fn clickhouse_cluster_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be letters, digits, _ and - (starting with a letter or _), at most 64"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use obleth_filters::redis_link::{NodeAuth, Topology};
 
-    use crate::config::{Config, ConfigError};
+    use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<String>> {
         let env: Vec<(String, String)> = env
@@ -490,6 +537,110 @@ mod tests {
             problems
                 .join("\n")
                 .contains("redis.nodes: needs at least one host:port"),
+            "{problems:?}"
+        );
+    }
+
+    fn connection(text: &str, env: &[(&str, &str)]) -> obleth_filters::telemetry::ClickHouseConfig {
+        match parse(text, env) {
+            Ok(c) => c.telemetry.clickhouse.expect("clickhouse").connection,
+            Err(p) => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn one_url_is_one_server_without_a_cluster() {
+        let c = connection("telemetry: { clickhouse: { url: 'http://a:8123' } }", &[]);
+        assert_eq!(c.urls, ["http://a:8123"]);
+        assert_eq!(c.cluster, None);
+        assert_eq!(c.database, "obleth");
+    }
+
+    #[test]
+    fn a_list_of_urls_names_the_replicas_of_a_cluster() {
+        let c = connection(
+            "telemetry: { clickhouse: { url: ['http://a:8123', 'http://b:8123'], cluster: usage_1 } }",
+            &[],
+        );
+        assert_eq!(c.urls, ["http://a:8123", "http://b:8123"]);
+        assert_eq!(c.cluster.as_deref(), Some("usage_1"));
+    }
+
+    #[test]
+    fn the_environment_gives_one_url_or_a_comma_separated_list() {
+        let file = "telemetry: { clickhouse: { url: 'http://a:8123', cluster: c } }";
+        let one = connection(file, &[("OBLETH_CLICKHOUSE_URL", "http://x:8123")]);
+        assert_eq!(one.urls, ["http://x:8123"]);
+        let two = connection(
+            file,
+            &[("OBLETH_CLICKHOUSE_URL", "http://x:8123, http://y:8123")],
+        );
+        assert_eq!(two.urls, ["http://x:8123", "http://y:8123"]);
+    }
+
+    #[test]
+    fn an_invalid_cluster_name_is_refused() {
+        for name in ["'x'", "1st", "-a", "a b", "a/b", "a`b", "{shard}", ""] {
+            let text = format!(
+                "telemetry: {{ clickhouse: {{ url: 'http://a:8123', cluster: \"{name}\" }} }}"
+            );
+            let problems = parse(&text, &[]).expect_err(name);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains("telemetry.clickhouse.cluster")
+                        && p.contains("letters, digits, _ and -")),
+                "{name}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_a_cluster_the_database_must_fit_a_zookeeper_path() {
+        let problems = parse(
+            "telemetry: { clickhouse: { url: 'http://a:8123', cluster: c, database: 'a/b' } }",
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("telemetry.clickhouse.database")),
+            "{problems:?}"
+        );
+        // Without a cluster the name is only quoted, as before.
+        assert!(parse(
+            "telemetry: { clickhouse: { url: 'http://a:8123', database: 'a b' } }",
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn several_urls_need_a_cluster_and_each_must_be_http() {
+        let problems = parse(
+            "telemetry: { clickhouse: { url: ['http://a:8123', 'http://b:8123'] } }",
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("set telemetry.clickhouse.cluster")),
+            "{problems:?}"
+        );
+        let problems = parse(
+            "telemetry: { clickhouse: { url: ['http://a:8123', 'tcp://b:9000'], cluster: c } }",
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            problems.iter().any(|p| p.contains("tcp://b:9000")),
+            "{problems:?}"
+        );
+        let problems = parse("telemetry: { clickhouse: { url: [] } }", &[]).expect_err("refused");
+        assert!(
+            problems.iter().any(|p| p.contains("is required")),
             "{problems:?}"
         );
     }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use obleth_mock_upstream::{MockConfig, MockUpstream};
+
+pub mod clickhouse_cluster;
 use serde_json::{json, Value};
 
 /// The admin token every test instance runs with.
@@ -827,8 +829,15 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub async fn start() -> Self {
+        let [http, tcp] = free_ports();
+        Self::start_with(http, tcp, "").await
+    }
+
+    /// Starts a server on the given HTTP and native ports with `extra`
+    /// configuration elements (a cluster's replicas need ZooKeeper,
+    /// macros and each other's addresses).
+    pub async fn start_with(http: u16, tcp: u16, extra: &str) -> Self {
         let dir = TempDir::new();
-        let http = free_port();
         let root = dir.path().display().to_string();
         let config = dir.path().join("config.xml");
         std::fs::write(
@@ -842,8 +851,8 @@ impl ClickHouse {
                  <users_config>{root}/users.xml</users_config>\n\
                  <default_profile>default</default_profile><default_database>default</default_database>\n\
                  <mark_cache_size>104857600</mark_cache_size><uncompressed_cache_size>104857600</uncompressed_cache_size>\n\
-                 </yandex>\n",
-                free_port()
+                 {extra}</yandex>\n",
+                tcp
             ),
         )
         .expect("clickhouse config");

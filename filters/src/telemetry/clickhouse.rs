@@ -1,8 +1,12 @@
 //! ClickHouse as the usage sink: inserts in RowBinary without schema
 //! validation (so ClickHouse 18.16 is served as well as current releases),
-//! the schema of `migrations/clickhouse`, retention by day partition, and
-//! the queries behind the admin API's usage endpoints.
+//! the schema of `migrations/clickhouse` (single-node, or replicated `ON
+//! CLUSTER`), retention by day partition, and the queries behind the admin
+//! API's usage endpoints. With several replicas listed, every call goes to
+//! the replica that answered last and fails over to the next in the list.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,9 +22,13 @@ const OUTCOME: &str = include_str!("../../../migrations/clickhouse/0002_outcome.
 /// How to reach ClickHouse.
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
-    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
-    pub url: String,
+    /// The HTTP interfaces, e.g. `http://127.0.0.1:8123`: one server, or
+    /// the replicas of `cluster` in order of preference (never empty).
+    pub urls: Vec<String>,
     pub database: String,
+    /// With a cluster name the schema is created `ON CLUSTER` with
+    /// replicated engines; without, single-node tables.
+    pub cluster: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
     /// Bound on every request, so a hung server counts as a failure.
@@ -80,11 +88,21 @@ pub struct RequestRow {
     pub cost_usd: f64,
 }
 
-/// A ClickHouse connection (HTTP; cheap to clone).
-#[derive(Clone)]
-pub struct ClickHouseSink {
+/// One ClickHouse server: a client on the usage database and one on the
+/// server (for `CREATE DATABASE` and `system` tables).
+struct Replica {
+    url: String,
     client: Client,
     server: Client,
+}
+
+/// A ClickHouse connection (HTTP; cheap to clone) to one server or to the
+/// replicas of a cluster.
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    replicas: Arc<[Replica]>,
+    /// The replica calls go to first: the one that answered last.
+    current: Arc<AtomicUsize>,
     config: ClickHouseConfig,
 }
 
@@ -92,63 +110,308 @@ fn failed(what: &str, e: impl std::fmt::Display) -> SinkError {
     SinkError(format!("clickhouse {what}: {e}"))
 }
 
+/// The ZooKeeper path shared by the replicas of `table`: `{shard}` is each
+/// server's macro, so replicas of one shard share it.
+fn zookeeper_path(database: &str, table: &str) -> String {
+    format!("/clickhouse/tables/{{shard}}/{database}/{table}")
+}
+
+/// Recent insert blocks whose hashes ZooKeeper keeps per replicated table
+/// (ClickHouse's default is 100): a batch retried on another replica, with
+/// the same rows, is recognised and skipped while it is among them, however
+/// many other processes insert meanwhile.
+const DEDUPLICATION_WINDOW: u32 = 1000;
+
+/// The replicated form of a migration: every object qualified with the
+/// database and created `ON CLUSTER`, `ReplacingMergeTree` and
+/// `SummingMergeTree` replaced by their replicated engines on ZooKeeper
+/// paths under `/clickhouse/tables/{shard}/<database>/` with the
+/// `{replica}` macro. Each rewrite must apply exactly once, so a migration
+/// edited out of this shape fails loudly instead of creating a
+/// non-replicated table on one server.
+fn on_cluster(sql: &str, database: &str, cluster: &str) -> Result<String, SinkError> {
+    let db = format!("`{database}`");
+    let on = format!("ON CLUSTER `{cluster}`");
+    let engine = |name: &str, table: &str| {
+        format!(
+            "ENGINE = Replicated{name}('{}', '{{replica}}')",
+            zookeeper_path(database, table)
+        )
+    };
+    let rewrites: Vec<(&str, String)> = if sql.contains("CREATE TABLE IF NOT EXISTS usage (") {
+        vec![
+            (
+                "CREATE TABLE IF NOT EXISTS usage (",
+                format!("CREATE TABLE IF NOT EXISTS {db}.usage {on} ("),
+            ),
+            (
+                "ENGINE = ReplacingMergeTree()",
+                engine("ReplacingMergeTree", "usage"),
+            ),
+            (
+                "ORDER BY (tenant, time, request_id, record_id);",
+                format!(
+                    "ORDER BY (tenant, time, request_id, record_id)\n\
+                     SETTINGS replicated_deduplication_window = {DEDUPLICATION_WINDOW};"
+                ),
+            ),
+            (
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS usage_daily",
+                format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_daily {on}"),
+            ),
+            (
+                "ENGINE = SummingMergeTree()",
+                engine("SummingMergeTree", "usage_daily"),
+            ),
+            // Not deduplicated itself: two batches may well sum to the same
+            // daily block, and a batch skipped as a duplicate in `usage`
+            // never reaches the view.
+            (
+                "ORDER BY (tenant, model, day)\nAS SELECT",
+                "ORDER BY (tenant, model, day)\nSETTINGS replicated_deduplication_window = 0\nAS SELECT"
+                    .to_string(),
+            ),
+            ("FROM usage\n", format!("FROM {db}.usage\n")),
+        ]
+    } else {
+        vec![(
+            "ALTER TABLE usage ADD",
+            format!("ALTER TABLE {db}.usage {on} ADD"),
+        )]
+    };
+    let mut out = sql.to_string();
+    for (from, to) in rewrites {
+        if out.matches(from).count() != 1 {
+            return Err(failed(
+                "migrate",
+                format!("the replicated schema expects {from:?} once in the migration"),
+            ));
+        }
+        out = out.replacen(from, &to, 1);
+    }
+    Ok(out)
+}
+
 impl ClickHouseSink {
     pub fn new(config: ClickHouseConfig) -> Self {
-        let mut server = Client::default()
-            .with_url(config.url.clone())
-            .with_validation(false);
-        if let Some(user) = &config.user {
-            server = server.with_user(user.clone());
-        }
-        if let Some(password) = &config.password {
-            server = server.with_password(password.clone());
-        }
-        let client = server.clone().with_database(config.database.clone());
+        let replicas: Vec<Replica> = config
+            .urls
+            .iter()
+            .map(|url| {
+                let mut server = Client::default()
+                    .with_url(url.clone())
+                    .with_validation(false);
+                if let Some(user) = &config.user {
+                    server = server.with_user(user.clone());
+                }
+                if let Some(password) = &config.password {
+                    server = server.with_password(password.clone());
+                }
+                let client = server.clone().with_database(config.database.clone());
+                Replica {
+                    url: url.clone(),
+                    client,
+                    server,
+                }
+            })
+            .collect();
         Self {
-            client,
-            server,
+            replicas: replicas.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             config,
         }
     }
 
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = clickhouse::error::Result<T>>,
-    ) -> Result<T, SinkError> {
-        match tokio::time::timeout(self.config.timeout, f).await {
-            Ok(result) => result.map_err(|e| failed(what, e)),
-            Err(_) => Err(failed(what, "timed out")),
+    /// Runs `f` on the current replica, bounded by the timeout; when it
+    /// fails, on the next one, each replica once at most. The first that
+    /// answers becomes current, so a replica that went away is left at
+    /// once and is tried again when the one after it fails. An insert
+    /// retried this way sends the same rows, which a replicated table
+    /// recognises by their block hash (see [`on_cluster`]).
+    async fn bounded<T, F, Fut>(&self, what: &str, f: F) -> Result<T, SinkError>
+    where
+        F: Fn(&Replica) -> Fut,
+        Fut: std::future::Future<Output = clickhouse::error::Result<T>>,
+    {
+        let n = self.replicas.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut error = failed(what, "no ClickHouse server configured");
+        for i in 0..n {
+            let at = (start + i) % n;
+            let Some(replica) = self.replicas.get(at) else {
+                break;
+            };
+            let result = match tokio::time::timeout(self.config.timeout, f(replica)).await {
+                Ok(result) => result.map_err(|e| failed(what, e)),
+                Err(_) => Err(failed(what, "timed out")),
+            };
+            match result {
+                Ok(value) => {
+                    if at != start
+                        && self
+                            .current
+                            .compare_exchange(start, at, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(replica = %replica.url, "ClickHouse calls fail over to this replica");
+                    }
+                    return Ok(value);
+                }
+                Err(e) => {
+                    if n > 1 {
+                        tracing::debug!(replica = %replica.url, "ClickHouse replica failed: {e}");
+                    }
+                    error = e;
+                }
+            }
+        }
+        Err(error)
+    }
+
+    /// Creates the database, the usage table and the daily rollup: on the
+    /// server, or `ON CLUSTER` with replicated engines when a cluster is
+    /// configured. Objects the answering server already has are left
+    /// alone, so a migration that a replica down made fail completes on
+    /// the next attempt (the cluster's DDL queue in ZooKeeper brings the
+    /// replica up to date once it is back).
+    pub async fn migrate(&self) -> Result<(), SinkError> {
+        match &self.config.cluster {
+            None => self.migrate_single().await,
+            Some(cluster) => self.migrate_cluster(cluster).await,
         }
     }
 
-    /// Creates the database, the usage table and the daily rollup.
-    pub async fn migrate(&self) -> Result<(), SinkError> {
+    async fn migrate_single(&self) -> Result<(), SinkError> {
         let create = format!("CREATE DATABASE IF NOT EXISTS `{}`", self.config.database);
-        self.bounded("create database", self.server.query(&create).execute())
+        self.bounded("create database", |r| r.server.query(&create).execute())
             .await?;
         for statement in statements(SCHEMA) {
-            self.bounded("migrate", self.client.query(&statement).execute())
+            self.bounded("migrate", |r| r.client.query(&statement).execute())
                 .await?;
         }
-        let has_outcome = self
-            .bounded(
-                "migrate",
-                self.client
-                    .query(
-                        "SELECT count() FROM system.columns \
-                         WHERE database = currentDatabase() AND table = 'usage' AND name = 'outcome'",
-                    )
-                    .fetch_one::<u64>(),
-            )
-            .await?;
-        if has_outcome == 0 {
+        if !self.has_outcome().await? {
             for statement in statements(OUTCOME) {
-                self.bounded("migrate", self.client.query(&statement).execute())
+                self.bounded("migrate", |r| r.client.query(&statement).execute())
                     .await?;
             }
         }
         Ok(())
+    }
+
+    async fn has_outcome(&self) -> Result<bool, SinkError> {
+        let n = self
+            .bounded("migrate", |r| {
+                r.server
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = ? AND table = 'usage' AND name = 'outcome'",
+                    )
+                    .bind(&self.config.database)
+                    .fetch_one::<u64>()
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The engine of `table` in the usage database, `None` when it does
+    /// not exist (on the answering server).
+    async fn engine(&self, table: &str) -> Result<Option<String>, SinkError> {
+        let engines: Vec<String> = self
+            .bounded("migrate", |r| {
+                r.server
+                    .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.config.database)
+                    .bind(table)
+                    .fetch_all()
+            })
+            .await?;
+        Ok(engines.into_iter().next())
+    }
+
+    async fn migrate_cluster(&self, cluster: &str) -> Result<(), SinkError> {
+        let database = &self.config.database;
+        let has_database = || async {
+            let n: u64 = self
+                .bounded("migrate", |r| {
+                    r.server
+                        .query("SELECT count() FROM system.databases WHERE name = ?")
+                        .bind(database)
+                        .fetch_one()
+                })
+                .await?;
+            Ok::<bool, SinkError>(n > 0)
+        };
+        if !has_database().await? {
+            let create =
+                format!("CREATE DATABASE IF NOT EXISTS `{database}` ON CLUSTER `{cluster}`");
+            if let Err(e) = self.ddl(create).await {
+                self.done_here(e, has_database().await?)?;
+            }
+        }
+        let replicated = on_cluster(SCHEMA, database, cluster)?;
+        let creates = statements(&replicated);
+        for (table, create) in ["usage", "usage_daily"].into_iter().zip(creates) {
+            match self.engine(table).await? {
+                Some(engine) if table == "usage" && !engine.starts_with("Replicated") => {
+                    return Err(failed(
+                        "migrate",
+                        format!(
+                            "telemetry.clickhouse.cluster is set but {database}.usage is a {engine}, \
+                             not replicated: converting an existing table is a manual step"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = self.ddl(create).await {
+                        self.done_here(e, self.engine(table).await?.is_some())?;
+                    }
+                }
+            }
+        }
+        if !self.has_outcome().await? {
+            for statement in statements(&on_cluster(OUTCOME, database, cluster)?) {
+                if let Err(e) = self.ddl(statement).await {
+                    self.done_here(e, self.has_outcome().await?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a distributed DDL statement through the current replica (not
+    /// failed over: the statement is the cluster's, whoever relays it).
+    /// It waits for every replica to run it; one that is down would hold
+    /// it for ClickHouse's default of 180 s, so the wait is bounded below
+    /// the timeout.
+    async fn ddl(&self, sql: String) -> Result<(), SinkError> {
+        let at = self.current.load(Ordering::Relaxed);
+        let Some(replica) = self.replicas.get(at) else {
+            return Err(failed("migrate", "no ClickHouse server configured"));
+        };
+        let wait = self.config.timeout.as_secs().saturating_sub(1).max(1);
+        let run = replica
+            .server
+            .query(&sql)
+            .with_setting("distributed_ddl_task_timeout", wait.to_string())
+            .execute();
+        match tokio::time::timeout(self.config.timeout, run).await {
+            Ok(result) => result.map_err(|e| failed("migrate", e)),
+            Err(_) => Err(failed("migrate", "timed out")),
+        }
+    }
+
+    /// A DDL statement that failed (typically: not every replica answered
+    /// in time) is done as far as this migration goes if the answering
+    /// replica has the object now: the others run the statement from the
+    /// cluster's DDL queue in ZooKeeper, once they are back.
+    fn done_here(&self, e: SinkError, present: bool) -> Result<(), SinkError> {
+        if present {
+            tracing::warn!("ClickHouse schema created here; replicas that did not answer in time apply it from the DDL queue: {e}");
+            Ok(())
+        } else {
+            Err(e)
+        }
     }
 
     /// Drops day partitions older than `days`.
@@ -159,19 +422,19 @@ impl ClickHouseSink {
             .strftime("%Y%m%d")
             .to_string();
         let partitions: Vec<String> = self
-            .bounded(
-                "retention",
-                self.server
+            .bounded("retention", |r| {
+                r.server
                     .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = 'usage' AND active AND partition < ?")
                     .bind(&self.config.database)
                     .bind(&cutoff)
-                    .fetch_all(),
-            )
+                    .fetch_all()
+            })
             .await?;
         for partition in &partitions {
             if partition.chars().all(|c| c.is_ascii_digit()) {
                 let drop = format!("ALTER TABLE usage DROP PARTITION {partition}");
-                self.bounded("retention", self.client.query(&drop).execute())
+                // Replicated: the drop goes to every replica through ZooKeeper.
+                self.bounded("retention", |r| r.client.query(&drop).execute())
                     .await?;
             }
         }
@@ -198,16 +461,15 @@ impl ClickHouseSink {
              GROUP BY name ORDER BY name"
         );
         let tenant = tenant.unwrap_or("");
-        self.bounded(
-            "usage query",
-            self.client
+        self.bounded("usage query", |r| {
+            r.client
                 .query(&sql)
                 .bind(from)
                 .bind(to)
                 .bind(tenant)
                 .bind(tenant)
-                .fetch_all(),
-        )
+                .fetch_all()
+        })
         .await
     }
 
@@ -220,19 +482,17 @@ impl ClickHouseSink {
              WHERE {column} = ? AND time_ms >= ?"
         );
         let (tokens, usd): (u64, f64) = self
-            .bounded(
-                "ledger query",
-                self.client.query(&sql).bind(id).bind(since_ms).fetch_one(),
-            )
+            .bounded("ledger query", |r| {
+                r.client.query(&sql).bind(id).bind(since_ms).fetch_one()
+            })
             .await?;
         Ok((tokens, (usd * 1e6).round().max(0.0) as u64))
     }
 
     /// The latest `limit` requests of `tenant`, newest first.
     pub async fn recent(&self, tenant: &str, limit: u32) -> Result<Vec<RequestRow>, SinkError> {
-        self.bounded(
-            "request log query",
-            self.client
+        self.bounded("request log query", |r| {
+            r.client
                 .query(
                     "SELECT request_id, time_ms, key, model, admission, queue_wait_ms, ttfb_ms, total_ms, status, \
                      input_tokens, output_tokens, cost_usd FROM usage FINAL WHERE tenant = ? \
@@ -240,8 +500,8 @@ impl ClickHouseSink {
                 )
                 .bind(tenant)
                 .bind(limit)
-                .fetch_all(),
-        )
+                .fetch_all()
+        })
         .await
     }
 }
@@ -249,38 +509,48 @@ impl ClickHouseSink {
 #[async_trait]
 impl UsageSink for ClickHouseSink {
     async fn insert(&self, batch: &str, rows: &[UsageRecord]) -> Result<(), SinkError> {
-        let send = async {
-            let mut insert = self.client.insert::<UsageRow>("usage").await?;
-            for r in rows {
-                insert
-                    .write(&UsageRow {
-                        request_id: &r.request_id,
-                        record_id: &r.record_id,
-                        time: (r.time_ms / 1000) as u32,
-                        time_ms: r.time_ms,
-                        tenant: &r.tenant,
-                        key: &r.key,
-                        model: &r.model,
-                        route: &r.route,
-                        admission: &r.admission,
-                        queue_wait_ms: r.queue_wait_ms,
-                        ttfb_ms: r.ttfb_ms,
-                        total_ms: r.total_ms,
-                        status: r.status,
-                        input_tokens: r.input_tokens,
-                        output_tokens: r.output_tokens,
-                        estimated: u8::from(r.estimated),
-                        cost_usd: r.cost_usd,
-                        upstream: &r.upstream,
-                        replica: &r.replica,
-                        batch,
-                        outcome: r.outcome.label(),
-                    })
-                    .await?;
+        // The same rows in the same order on every replica tried: a block a
+        // replica took before it failed is then recognised by its hash.
+        let send = |replica: &Replica| {
+            let client = replica.client.clone();
+            async move {
+                let mut insert = client.insert::<UsageRow>("usage").await?;
+                for r in rows {
+                    insert
+                        .write(&UsageRow {
+                            request_id: &r.request_id,
+                            record_id: &r.record_id,
+                            time: (r.time_ms / 1000) as u32,
+                            time_ms: r.time_ms,
+                            tenant: &r.tenant,
+                            key: &r.key,
+                            model: &r.model,
+                            route: &r.route,
+                            admission: &r.admission,
+                            queue_wait_ms: r.queue_wait_ms,
+                            ttfb_ms: r.ttfb_ms,
+                            total_ms: r.total_ms,
+                            status: r.status,
+                            input_tokens: r.input_tokens,
+                            output_tokens: r.output_tokens,
+                            estimated: u8::from(r.estimated),
+                            cost_usd: r.cost_usd,
+                            upstream: &r.upstream,
+                            replica: &r.replica,
+                            batch,
+                            outcome: r.outcome.label(),
+                        })
+                        .await?;
+                }
+                insert.end().await
             }
-            insert.end().await
         };
         self.bounded("insert", send).await
+    }
+
+    /// Replicated tables recognise a block sent again by its hash.
+    fn deduplicates_retries(&self) -> bool {
+        self.config.cluster.is_some()
     }
 
     async fn inserted(&self, batch: &str, rows: &[UsageRecord]) -> Result<u64, SinkError> {
@@ -290,9 +560,8 @@ impl UsageSink for ClickHouseSink {
             seconds.clone().min().unwrap_or(0),
             seconds.max().unwrap_or(0),
         );
-        self.bounded(
-            "batch lookup",
-            self.client
+        self.bounded("batch lookup", |r| {
+            r.client
                 .query(
                     "SELECT count() FROM usage WHERE batch = ? \
                      AND time >= toDateTime(?) AND time <= toDateTime(?)",
@@ -300,8 +569,8 @@ impl UsageSink for ClickHouseSink {
                 .bind(batch)
                 .bind(from)
                 .bind(to)
-                .fetch_one::<u64>(),
-        )
+                .fetch_one::<u64>()
+        })
         .await
     }
 }
@@ -318,4 +587,64 @@ fn statements(sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replicated_schema_is_the_single_node_one_on_cluster_with_replicated_engines() {
+        let schema = on_cluster(SCHEMA, "obleth", "usage").expect("rewritten");
+        let statements = statements(&schema);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].starts_with(
+            "CREATE TABLE IF NOT EXISTS `obleth`.usage ON CLUSTER `usage` (\n    request_id String,"
+        ));
+        assert!(statements[0].contains(
+            "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/obleth/usage', '{replica}')\n\
+             PARTITION BY toYYYYMMDD(time)\n\
+             ORDER BY (tenant, time, request_id, record_id)\n\
+             SETTINGS replicated_deduplication_window = 1000"
+        ));
+        assert!(statements[1].starts_with(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `obleth`.usage_daily ON CLUSTER `usage`\n\
+             ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/obleth/usage_daily', '{replica}')"
+        ));
+        assert!(statements[1].contains(
+            "ORDER BY (tenant, model, day)\nSETTINGS replicated_deduplication_window = 0\nAS SELECT"
+        ));
+        assert!(statements[1].contains("FROM `obleth`.usage\nGROUP BY day, tenant, model"));
+        // Same columns as the single-node table.
+        let columns = |sql: &str| {
+            sql.lines()
+                .filter(|l| l.starts_with("    ") && l.trim_end().ends_with(','))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            columns(&statements[0]),
+            columns(&super::statements(SCHEMA)[0])
+        );
+        let outcome = on_cluster(OUTCOME, "obleth", "usage").expect("rewritten");
+        assert_eq!(
+            super::statements(&outcome),
+            ["ALTER TABLE `obleth`.usage ON CLUSTER `usage` ADD COLUMN outcome String DEFAULT 'completed'"]
+        );
+    }
+
+    #[test]
+    fn a_migration_out_of_the_expected_shape_is_refused_rather_than_created_unreplicated() {
+        let edited = SCHEMA.replace("ReplacingMergeTree()", "MergeTree()");
+        assert!(on_cluster(&edited, "obleth", "usage").is_err());
+        assert!(on_cluster("ALTER TABLE usage DROP COLUMN x", "obleth", "usage").is_err());
+    }
+
+    #[test]
+    fn every_replica_shares_the_path_of_its_shard() {
+        assert_eq!(
+            zookeeper_path("billing", "usage"),
+            "/clickhouse/tables/{shard}/billing/usage"
+        );
+    }
 }

@@ -4,7 +4,11 @@
 //! fully shipped segments are deleted. Every batch has an id derived from
 //! where it starts; after a failure or a restart the sink is asked how many
 //! rows of that batch it already holds, so a batch that went through just
-//! before the error (a timeout, a crash) is never inserted twice.
+//! before the error (a timeout, a crash) is never inserted twice. A batch
+//! that is retried is sent with exactly the rows it had (across a restart
+//! too, when the sink deduplicates retries): a replicated ClickHouse then
+//! recognises a block a vanished replica took by its hash, even where the
+//! replica asked has not fetched it yet.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -29,6 +33,14 @@ pub trait UsageSink: Send + Sync {
     /// How many rows of `batch` (whose rows are `rows`) the sink already
     /// holds.
     async fn inserted(&self, batch: &str, rows: &[UsageRecord]) -> Result<u64, SinkError>;
+    /// Whether inserting rows the sink already holds, sent again exactly
+    /// as before, is recognised and skipped (replicated ClickHouse tables
+    /// keep recent blocks' hashes in ZooKeeper). Then a batch of which
+    /// only a part is visible yet is sent again whole instead of being
+    /// split.
+    fn deduplicates_retries(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that could not take a batch; it is retried.
@@ -66,6 +78,8 @@ impl Wal {
             started_at: self.started_at(),
             log_id: self.log_id().to_string(),
             skip: 0,
+            pending: None,
+            sending: saved.sending.map(|end| (saved.at, end)),
             dir,
             sink,
             config,
@@ -160,6 +174,22 @@ struct Shipper {
     /// Records the sink is known to hold beyond what was read (an earlier
     /// batch was larger than `batch_rows` is now); moved past unsent.
     skip: usize,
+    /// The batch last sent and not acknowledged: the next attempt sends
+    /// exactly these entries again (not a fresh, longer read), so a sink
+    /// that took it unseen — a replica that went away after the insert —
+    /// gets a block identical to the one it holds.
+    pending: Option<Pending>,
+    /// Where the batch in flight when the last run ended stopped, from the
+    /// checkpoint (saved before inserting when the sink deduplicates
+    /// retries): the first batch after a restart is read up to there, no
+    /// further, so it is that batch again, row for row.
+    sending: Option<(Position, u64)>,
+}
+
+/// A batch in flight: where it starts and what it holds.
+struct Pending {
+    at: Position,
+    entries: Vec<(UsageRecord, u64)>,
 }
 
 /// File work (reads, fsyncs, deletes) runs off the async workers: the
@@ -217,9 +247,28 @@ impl Shipper {
             self.ship_crashed().await?;
             return Ok(Step::Progressed);
         }
-        let until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
+        let retry = self
+            .pending
+            .as_ref()
+            .filter(|p| p.at == self.checkpoint)
+            .map(|p| p.entries.clone());
+        if let Some(entries) = retry {
+            self.ship(&entries).await?;
+            return Ok(Step::Progressed);
+        }
+        let mut until = (self.checkpoint.segment == durable.segment).then_some(durable.offset);
+        let resumed = self
+            .sending
+            .take()
+            .filter(|(at, end)| *at == self.checkpoint && *end > at.offset)
+            .map(|(_, end)| end);
+        let mut max = self.config.batch_rows;
+        if let Some(end) = resumed {
+            until = Some(until.map_or(end, |u| u.min(end)));
+            max = usize::MAX;
+        }
         let path = segment_path(&self.dir, self.checkpoint.segment);
-        let (from, max) = (self.checkpoint.offset, self.config.batch_rows);
+        let from = self.checkpoint.offset;
         let read = match blocking(move || read_segment(&path, from, until, max)).await {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
@@ -245,6 +294,16 @@ impl Shipper {
             *waiting_since = None;
             let _ = self.durable.changed().await;
             return Ok(Step::Waited);
+        }
+        if resumed.is_some() {
+            // The last run's batch in flight: again, exactly, at once.
+            self.pending = Some(Pending {
+                at: self.checkpoint,
+                entries: read.records.clone(),
+            });
+            *waiting_since = None;
+            self.ship(&read.records).await?;
+            return Ok(Step::Progressed);
         }
         // A partial batch waits out batch_interval (once: not re-read on
         // every commit meanwhile); a full one goes at once.
@@ -286,8 +345,21 @@ impl Shipper {
                 0 => self.sink.inserted(&batch, &rows).await? as usize,
                 skip => skip,
             };
+            // Part of the batch sent before is visible, the rest perhaps
+            // not yet (another replica's copy still replicating): the same
+            // block again lets the sink drop what it holds.
+            let resend_whole = held < rows.len()
+                && self.sink.deduplicates_retries()
+                && self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.at == self.checkpoint);
             self.skip = held.saturating_sub(rows.len());
-            let held = held.min(rows.len());
+            let held = if resend_whole {
+                0
+            } else {
+                held.min(rows.len())
+            };
             if held > 0 {
                 // Already in: move past them; what follows is a new batch,
                 // checked the same way.
@@ -297,6 +369,18 @@ impl Shipper {
                 return self.consume(entries, ends[held - 1]).await;
             }
             self.verify = false;
+        }
+        let first_attempt = self
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.at != self.checkpoint);
+        self.pending = Some(Pending {
+            at: self.checkpoint,
+            entries: entries.to_vec(),
+        });
+        if first_attempt && self.sink.deduplicates_retries() {
+            // So that a restart sends this batch again unchanged.
+            self.save_sending(last).await?;
         }
         self.sink.insert(&batch, &rows).await?;
         self.counters
@@ -309,6 +393,7 @@ impl Shipper {
     /// entries that end there or before: their intents stay open until
     /// their completion is read.
     async fn consume(&mut self, entries: &[(UsageRecord, u64)], to: u64) -> Result<(), SinkError> {
+        self.pending = None;
         for (record, _) in entries.iter().filter(|(_, end)| *end <= to) {
             if record.outcome == Outcome::Intent {
                 self.open.insert(
@@ -385,6 +470,7 @@ impl Shipper {
         let saved = Checkpoint {
             at: to,
             open: self.open.values().cloned().collect(),
+            sending: None,
         };
         blocking(move || {
             save_checkpoint(&dir, &saved)?;
@@ -412,6 +498,20 @@ impl Shipper {
         .map_err(|e| SinkError(format!("cannot save the shipping checkpoint: {e}")))?;
         self.checkpoint = to;
         Ok(())
+    }
+
+    /// Saves the checkpoint as it is, noting that the batch from it up to
+    /// `end` is being sent.
+    async fn save_sending(&mut self, end: u64) -> Result<(), SinkError> {
+        let dir = self.dir.clone();
+        let saved = Checkpoint {
+            at: self.checkpoint,
+            open: self.open.values().cloned().collect(),
+            sending: Some(end),
+        };
+        blocking(move || save_checkpoint(&dir, &saved))
+            .await
+            .map_err(|e| SinkError(format!("cannot save the shipping checkpoint: {e}")))
     }
 
     /// Moves a checkpoint that names a segment no longer (or never) on disk
@@ -448,6 +548,10 @@ struct Checkpoint {
     at: Position,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     open: Vec<OpenIntent>,
+    /// The end (in `at`'s segment) of the batch being inserted when this
+    /// was saved, if it has not been acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sending: Option<u64>,
 }
 
 /// An intent read before the checkpoint, and the segment it is in (which
@@ -507,6 +611,7 @@ mod tests {
                 segment: 2,
                 record: record(1),
             }],
+            sending: Some(300),
         };
         save_checkpoint(&dir, &at).expect("saved");
         assert_eq!(load_checkpoint(&dir), at);
@@ -536,6 +641,13 @@ mod tests {
         held_from_before: Mutex<Option<u64>>,
         /// Calls made while down.
         refused: std::sync::atomic::AtomicUsize,
+        /// Answers lookups as a replica that has not fetched anything yet.
+        lagging: std::sync::atomic::AtomicBool,
+        /// Skips an insert identical to an earlier one (batch and rows), as
+        /// replicated ClickHouse does by block hash.
+        dedup: std::sync::atomic::AtomicBool,
+        /// The request ids of every insert call, in order.
+        calls: Mutex<Vec<Vec<String>>>,
     }
 
     #[async_trait]
@@ -545,12 +657,24 @@ mod tests {
                 self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(SinkError("down".into()));
             }
+            let ids: Vec<String> = std::iter::once(batch.to_string())
+                .chain(rows.iter().map(|r| r.request_id.clone()))
+                .collect();
+            let mut calls = self.calls.lock().unwrap();
+            let seen = calls.contains(&ids);
+            calls.push(ids);
             let mut held = self.rows.lock().unwrap();
-            held.extend(rows.iter().map(|r| (batch.to_string(), r.clone())));
+            if !(seen && self.dedup.load(Ordering::SeqCst)) {
+                held.extend(rows.iter().map(|r| (batch.to_string(), r.clone())));
+            }
             if self.lose_next_ack.swap(false, Ordering::SeqCst) {
                 return Err(SinkError("timed out".into()));
             }
             Ok(())
+        }
+
+        fn deduplicates_retries(&self) -> bool {
+            self.deduplicating()
         }
 
         async fn inserted(&self, batch: &str, _rows: &[UsageRecord]) -> Result<u64, SinkError> {
@@ -560,6 +684,9 @@ mod tests {
             }
             if let Some(held) = self.held_from_before.lock().unwrap().take() {
                 return Ok(held);
+            }
+            if self.lagging.load(Ordering::SeqCst) {
+                return Ok(0);
             }
             Ok(self
                 .rows
@@ -572,6 +699,10 @@ mod tests {
     }
 
     impl Memory {
+        fn deduplicating(&self) -> bool {
+            self.dedup.load(Ordering::SeqCst)
+        }
+
         fn request_ids(&self) -> Vec<String> {
             let rows = self.rows.lock().unwrap();
             rows.iter().map(|(_, r)| r.request_id.clone()).collect()
@@ -674,6 +805,87 @@ mod tests {
         assert_eq!(wal.stats().shipped, 5);
         shipping.abort();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A replica took a batch and went away before acknowledging it; the
+    /// lookup goes to another replica that has not fetched it yet. The
+    /// batch is sent again exactly as before — records logged meanwhile
+    /// stay out of it — so the block hash recognises it and nothing is
+    /// doubled.
+    #[tokio::test]
+    async fn a_batch_whose_acknowledgement_was_lost_is_sent_again_with_the_same_rows() {
+        let dir = temp_dir("same-rows");
+        let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+        let sink = Arc::new(Memory::default());
+        sink.lagging.store(true, Ordering::SeqCst);
+        sink.dedup.store(true, Ordering::SeqCst);
+        sink.lose_next_ack.store(true, Ordering::SeqCst);
+        let shipping = start_shipping(&wal, &sink);
+        for n in 0..3 {
+            wal.append(record(n)).unwrap();
+        }
+        until(|| !sink.calls.lock().unwrap().is_empty()).await;
+        for n in 3..5 {
+            wal.append(record(n)).unwrap();
+        }
+        until(|| wal.stats().backlog_bytes == 0 && wal.stats().shipped == 5).await;
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls[0], calls[1],
+            "the retry is the same batch, row for row"
+        );
+        let ids = sink.request_ids();
+        let expected: Vec<String> = (0..5).map(|n| format!("req-{n}")).collect();
+        assert_eq!(ids, expected, "each record once");
+        shipping.abort();
+        let _ = shipping.await;
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// As above, but the process ends before the retry: the batch in
+    /// flight is noted in the checkpoint, and the restarted shipper sends
+    /// it again row for row although the log holds more by then.
+    #[tokio::test]
+    async fn after_a_restart_the_batch_in_flight_is_sent_again_with_the_same_rows() {
+        let dir = temp_dir("same-rows-restart");
+        let sink = Arc::new(Memory::default());
+        sink.lagging.store(true, Ordering::SeqCst);
+        sink.dedup.store(true, Ordering::SeqCst);
+        sink.lose_next_ack.store(true, Ordering::SeqCst);
+        {
+            let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+            let shipping = start_shipping(&wal, &sink);
+            for n in 0..3 {
+                wal.append(record(n)).unwrap();
+            }
+            until(|| !sink.calls.lock().unwrap().is_empty()).await;
+            sink.down.store(true, Ordering::SeqCst);
+            for n in 3..5 {
+                wal.append(record(n)).unwrap();
+            }
+            assert!(wal.sync(Duration::from_secs(5)));
+            shipping.abort();
+            let _ = shipping.await;
+        }
+        assert!(
+            load_checkpoint(&dir).sending.is_some(),
+            "the batch in flight is noted"
+        );
+        sink.down.store(false, Ordering::SeqCst);
+        let wal = Arc::new(Wal::open(config(&dir)).unwrap());
+        let shipping = start_shipping(&wal, &sink);
+        until(|| sink.rows.lock().unwrap().len() >= 5 && wal.stats().backlog_bytes == 0).await;
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls[0], calls[1],
+            "the retry is the same batch, row for row"
+        );
+        let expected: Vec<String> = (0..5).map(|n| format!("req-{n}")).collect();
+        assert_eq!(sink.request_ids(), expected, "each record once");
+        assert_eq!(load_checkpoint(&dir).sending, None);
+        shipping.abort();
+        let _ = shipping.await;
+        let _ = fs::remove_dir_all(&dir);
     }
 
     async fn until(mut done: impl FnMut() -> bool) {
