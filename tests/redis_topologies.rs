@@ -228,6 +228,51 @@ async fn budgets_stay_exact_with_two_replicas_in_cluster_mode() {
 }
 
 #[tokio::test]
+async fn a_slot_moved_to_another_master_under_load_keeps_budgets_exact() {
+    let cluster = ClusterSet::start().await;
+    let (upstream, db, prefix) = shared_state().await;
+    let [a, b] = replicas(
+        &upstream,
+        &db,
+        "{ name: acme, budget_tokens: 4000 }",
+        &cluster_section(&cluster, &prefix, false),
+    )
+    .await;
+    let tenant_id = Admin::of(&a).ok("GET", "/tenants/acme", None, 200).await["id"]
+        .as_str()
+        .expect("tenant id")
+        .to_string();
+    let spend_key = format!("{prefix}budget:{{t:{tenant_id}}}:spend");
+    let load = Load::start(&[&a, &b], 6);
+    load.until("traffic flows first", |t| get(&t.ok) >= 20)
+        .await;
+    let from = cluster.master_of(&spend_key).expect("a master");
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && cluster.nodes[i].cli(&["ROLE"]).starts_with("master"))
+        .expect("another master");
+    cluster.move_slot(&spend_key, to).await;
+    let moved = get(&load.tally.ok);
+    load.until("served from the new master", |t| get(&t.ok) >= moved + 20)
+        .await;
+    load.until("the budget is exhausted", |t| get(&t.refused_budget) >= 20)
+        .await;
+    let tally = load.stop().await;
+    // MOVED and ASK are followed by the client; only a script that met the
+    // scope's keys split between the two masters (TRYAGAIN) answers 503.
+    assert_eq!(get(&tally.other), 0, "{}", tally.summary());
+    let committed = until_committed(&a, get(&tally.reported)).await;
+    assert!(
+        committed <= 4000,
+        "overspent across the reshard: {committed} ({})",
+        tally.summary()
+    );
+    eprintln!(
+        "slot moved: {}, committed {committed} of 4000",
+        tally.summary()
+    );
+}
+
+#[tokio::test]
 async fn key_invalidation_reaches_both_replicas_in_cluster_mode() {
     let cluster = ClusterSet::start().await;
     let (upstream, db, prefix) = shared_state().await;

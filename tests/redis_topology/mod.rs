@@ -385,6 +385,52 @@ impl ClusterSet {
         None
     }
 
+    /// Moves the slot of `key` to the master `to` while clients use it, as
+    /// `redis-cli --cluster reshard` does for each slot: the source answers
+    /// ASK for keys already moved, then every master learns the new owner
+    /// (MOVED from then on).
+    pub async fn move_slot(&self, key: &str, to: usize) {
+        let from = self.master_of(key).expect("a master");
+        assert_ne!(from, to, "the slot is already there");
+        let slot = self.running().cli(&["CLUSTER", "KEYSLOT", key]);
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let (src_id, dst_id) = (src.cli(&["CLUSTER", "MYID"]), dst.cli(&["CLUSTER", "MYID"]));
+        assert_eq!(
+            dst.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+            "OK"
+        );
+        assert_eq!(
+            src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+            "OK"
+        );
+        loop {
+            let listed = src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "10"]);
+            let keys: Vec<&str> = listed.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = dst.port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            assert_eq!(src.cli(&args), "OK", "MIGRATE");
+            // Clients meet the half-moved slot (ASK) meanwhile; ten keys at
+            // a time, as redis-cli's default pipeline moves them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for node in [dst, src] {
+            assert_eq!(
+                node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]),
+                "OK"
+            );
+        }
+        until(
+            "every node knows the slot moved",
+            Duration::from_secs(10),
+            || self.master_of(key) == Some(to),
+        )
+        .await;
+    }
+
     fn running(&self) -> &Node {
         self.nodes
             .iter()

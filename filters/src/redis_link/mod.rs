@@ -245,11 +245,13 @@ fn is_unreachable(e: &redis::RedisError) -> bool {
 
 /// The server answered, but is no longer (or not yet) the master for the
 /// key: a demoted master, or a cluster slot whose master is being replaced.
+/// (`TRYAGAIN`, a slot half-way through a move, is not: it concerns one
+/// slot for a moment, and only that call follows `fail_open`.)
 fn is_failing_over(e: &redis::RedisError) -> bool {
     use redis::ErrorKind::*;
     matches!(
         e.kind(),
-        ReadOnly | MasterDown | ClusterDown | TryAgain | ClusterConnectionNotFound
+        ReadOnly | MasterDown | ClusterDown | ClusterConnectionNotFound
     ) || e.code() == Some("READONLY")
         // A script's write refused inside it, as Redis 7 reports it.
         || e.to_string().contains("READONLY")
