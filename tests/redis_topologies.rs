@@ -51,6 +51,15 @@ async fn replicas(
     [Obleth::start(&config).await, Obleth::start(&config).await]
 }
 
+/// The Redis key of `acme`'s committed spend, as obleth names it.
+async fn spend_key(obleth: &Obleth, prefix: &str) -> String {
+    let tenant = Admin::of(obleth)
+        .ok("GET", "/tenants/acme", None, 200)
+        .await;
+    let id = tenant["id"].as_str().expect("tenant id");
+    format!("{prefix}budget:{{t:{id}}}:spend")
+}
+
 /// What a load run saw: statuses, and tokens the upstream reported for
 /// the admitted requests.
 #[derive(Default)]
@@ -197,6 +206,18 @@ async fn until_committed(obleth: &Obleth, reported: u64) -> u64 {
     }
 }
 
+/// Waits for settlement, then checks that `acme` was charged exactly what
+/// the upstream reported and no more than `budget`; returns the spend.
+async fn assert_exact(obleth: &Obleth, tally: &Tally, budget: u64, when: &str) -> u64 {
+    let committed = until_committed(obleth, get(&tally.reported)).await;
+    assert!(
+        committed <= budget,
+        "overspent {when}: {committed} of {budget} ({})",
+        tally.summary()
+    );
+    committed
+}
+
 #[tokio::test]
 async fn budgets_stay_exact_with_two_replicas_in_cluster_mode() {
     let cluster = ClusterSet::start().await;
@@ -209,12 +230,7 @@ async fn budgets_stay_exact_with_two_replicas_in_cluster_mode() {
     )
     .await;
     let tally = exhaust(&[&a, &b], 20).await;
-    let committed = until_committed(&a, get(&tally.reported)).await;
-    assert!(
-        committed <= 4000,
-        "overspent: {committed} of 4000 ({})",
-        tally.summary()
-    );
+    let committed = assert_exact(&a, &tally, 4000, "with two replicas").await;
     // Both replicas see the one spend the cluster holds.
     let view = Admin::of(&b).ok("GET", TENANT, None, 200).await;
     assert_eq!(standing(&view, "committed_tokens"), committed);
@@ -238,11 +254,7 @@ async fn a_slot_moved_to_another_master_under_load_keeps_budgets_exact() {
         &cluster_section(&cluster, &prefix, false),
     )
     .await;
-    let tenant_id = Admin::of(&a).ok("GET", "/tenants/acme", None, 200).await["id"]
-        .as_str()
-        .expect("tenant id")
-        .to_string();
-    let spend_key = format!("{prefix}budget:{{t:{tenant_id}}}:spend");
+    let spend_key = spend_key(&a, &prefix).await;
     let load = Load::start(&[&a, &b], 6);
     load.until("traffic flows first", |t| get(&t.ok) >= 20)
         .await;
@@ -260,12 +272,7 @@ async fn a_slot_moved_to_another_master_under_load_keeps_budgets_exact() {
     // MOVED and ASK are followed by the client; only a script that met the
     // scope's keys split between the two masters (TRYAGAIN) answers 503.
     assert_eq!(get(&tally.other), 0, "{}", tally.summary());
-    let committed = until_committed(&a, get(&tally.reported)).await;
-    assert!(
-        committed <= 4000,
-        "overspent across the reshard: {committed} ({})",
-        tally.summary()
-    );
+    let committed = assert_exact(&a, &tally, 4000, "across the move").await;
     eprintln!(
         "slot moved: {}, committed {committed} of 4000",
         tally.summary()
@@ -352,11 +359,7 @@ async fn a_cluster_master_killed_under_load_is_survived_as_fail_open_says() {
     ))
     .await;
     // Kill the master that holds the fail-open replica's budget.
-    let tenant_id = Admin::of(&open).ok("GET", "/tenants/acme", None, 200).await["id"]
-        .as_str()
-        .expect("tenant id")
-        .to_string();
-    let spend_key = format!("{open_prefix}budget:{{t:{tenant_id}}}:spend");
+    let spend_key = spend_key(&open, &open_prefix).await;
     let victim = cluster.master_of(&spend_key).expect("a master");
 
     let (open_load, closed_load) = (Load::start(&[&open], 4), Load::start(&[&closed], 4));
@@ -424,11 +427,7 @@ async fn a_cluster_master_killed_under_load_is_survived_as_fail_open_says() {
             )
             .await;
         let tally = exhaust(&[obleth], 10).await;
-        let committed = until_committed(obleth, get(&tally.reported)).await;
-        assert!(
-            committed <= 2000,
-            "overspent after the failover: {committed}"
-        );
+        assert_exact(obleth, &tally, 2000, "after the failover").await;
     }
 }
 
@@ -484,12 +483,7 @@ async fn budgets_stay_exact_across_a_sentinel_failover() {
         "served after the failover: {}",
         tally.summary()
     );
-    let committed = until_committed(&a, get(&tally.reported)).await;
-    assert!(
-        committed <= 4000,
-        "overspent across the failover: {committed} ({})",
-        tally.summary()
-    );
+    let committed = assert_exact(&a, &tally, 4000, "across the failover").await;
     eprintln!(
         "sentinel failover: {}, committed {committed} of 4000",
         tally.summary()
