@@ -37,22 +37,24 @@ pub enum Topology {
 
 /// Credentials for the data nodes a sentinel or a cluster points at (a
 /// standalone URL carries its own).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct NodeAuth {
     pub username: Option<String>,
     pub password: Option<String>,
 }
 
-impl Topology {
-    /// The mode's name, for logs and errors.
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Topology::Standalone { .. } => "standalone",
-            Topology::Sentinel { .. } => "sentinel",
-            Topology::Cluster { .. } => "cluster",
-        }
+/// Never prints the password, so a debug dump of the configuration is safe
+/// to log.
+impl std::fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
     }
+}
 
+impl Topology {
     /// Checks the addresses parse, so a typo fails at start-up rather than
     /// on every reconnect.
     pub fn validate(&self) -> RedisResult<()> {
@@ -256,6 +258,16 @@ mod tests {
             with_auth("redis://10.0.0.1:7000", &NodeAuth::default()),
             "redis://10.0.0.1:7000"
         );
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let auth = NodeAuth {
+            username: Some("gw".into()),
+            password: Some("hunter2".into()),
+        };
+        let text = format!("{auth:?}");
+        assert!(!text.contains("hunter2") && text.contains("***"), "{text}");
     }
 
     #[test]
