@@ -6,6 +6,7 @@
 //! and restarted, one after the other, loses and doubles no usage row, and
 //! every row ends up on both replicas.
 
+mod budget_common;
 mod common;
 
 use std::collections::BTreeSet;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use budget_common::budget_config;
 use common::clickhouse_cluster::ClickHouseCluster;
 use common::*;
 use serde_json::json;
@@ -27,13 +29,14 @@ fn telemetry(cluster: &ClickHouseCluster) -> String {
     )
 }
 
+/// One pool on `upstream`, tenant `acme` with the key [`KEY`], one `llm`
+/// route, and `telemetry` as given.
 fn config(upstream: &MockUpstream, telemetry: &str) -> String {
-    format!(
-        "pools:\n{}telemetry: {telemetry}\n\
-         seed:\n  tenants: [{{ name: acme }}]\n  models: [{{ name: m, pool: p, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 }}]\n\
-         \x20 keys: [{{ tenant: acme, name: k, secret: {KEY} }}]\n\
-         routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n",
-        pool("p", &[upstream], "")
+    budget_config(
+        upstream,
+        "{ name: acme }",
+        KEY,
+        &format!("telemetry: {telemetry}\n"),
     )
 }
 
