@@ -28,6 +28,8 @@ pub struct Families {
     pub budget_rejections: IntCounterVec,
     pub budget_fail_open: IntCounter,
     pub settlements: IntCounterVec,
+    pub budget_admissions: IntCounterVec,
+    pub lease_renewals: IntCounterVec,
     pub tokens: IntCounterVec,
     pub llm_requests: IntCounterVec,
     pub queue_wait: HistogramVec,
@@ -123,6 +125,18 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "obleth_budget_settlements_total",
         "Settlements, by outcome (charged, refunded, estimated, repeated, deferred until Redis is back, failed)",
         &["outcome"]
+    )
+    .expect("metric registers once"),
+    budget_admissions: register_int_counter_vec!(
+        "obleth_budget_admissions_total",
+        "Budget reservations admitted in Redis-backed scopes, by path (lease: against a lease already held, no round trip; renewal: after renewing the lease for the request)",
+        &["path"]
+    )
+    .expect("metric registers once"),
+    lease_renewals: register_int_counter_vec!(
+        "obleth_budget_lease_renewals_total",
+        "Budget lease renewals sent to Redis, by trigger (background, request) and result (ok, failed)",
+        &["trigger", "result"]
     )
     .expect("metric registers once"),
     tokens: register_int_counter_vec!(
@@ -290,6 +304,12 @@ pub fn process_started() {
         ],
     );
     zero(&f.tokens, &["input", "output"]);
+    zero(&f.budget_admissions, &["lease", "renewal"]);
+    for trigger in ["background", "request"] {
+        for result in ["ok", "failed"] {
+            f.lease_renewals.with_label_values(&[trigger, result]);
+        }
+    }
     zero(
         &f.connections_closed,
         &[
@@ -332,6 +352,39 @@ pub fn observe_telemetry(stats: &obleth_filters::telemetry::WalStats) {
     follow(&f.telemetry_shipped, stats.shipped);
     f.telemetry_backlog.set(stats.backlog_bytes as i64);
     f.telemetry_disk.set(stats.disk_bytes as i64);
+}
+
+/// Copies a leasing budget store's totals into the budget metrics; run at
+/// scrape time.
+pub fn observe_budgets(stats: &obleth_filters::budget::LeaseStats) {
+    let f = &*FAMILIES;
+    let follow = |counter: IntCounter, total: u64| {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    };
+    follow(
+        f.budget_admissions.with_label_values(&["lease"]),
+        stats.admitted_locally,
+    );
+    follow(
+        f.budget_admissions.with_label_values(&["renewal"]),
+        stats.admitted_after_renewal,
+    );
+    for (trigger, renewals) in [
+        ("background", stats.background),
+        ("request", stats.for_request),
+    ] {
+        follow(
+            f.lease_renewals.with_label_values(&[trigger, "ok"]),
+            renewals.answered,
+        );
+        follow(
+            f.lease_renewals.with_label_values(&[trigger, "failed"]),
+            renewals.failed,
+        );
+    }
 }
 
 /// Copies the admission scheduler's load into the gauges; run at scrape

@@ -156,6 +156,9 @@ pub fn metrics_router(llm: Option<Arc<crate::llm::LlmState>>) -> Router {
             if let Some(llm) = &llm {
                 crate::metrics::observe_admission(&llm.scheduler.snapshot());
                 crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
+                if let Some(stats) = llm.budgets.lease_stats() {
+                    crate::metrics::observe_budgets(&stats);
+                }
                 crate::metrics::FAMILIES
                     .budget_store_up
                     .set(i64::from(llm.budget_store_up()));

@@ -190,6 +190,7 @@ pub struct RawAdmission {
 pub struct RawBudgets {
     pub fail_open: Option<bool>,
     pub default_max_tokens: Option<u64>,
+    pub lease_ttl: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -73,6 +73,9 @@ pub struct BudgetSettings {
     pub fail_open: bool,
     /// Completion tokens reserved when a request gives no `max_tokens`.
     pub default_max_tokens: u64,
+    /// How long Redis keeps a replica's budget lease after its last
+    /// renewal: how soon a dead replica's slices return to the others.
+    pub lease_ttl: std::time::Duration,
 }
 
 /// Limits of fair admission on LLM routes.

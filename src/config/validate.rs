@@ -143,9 +143,21 @@ impl Validator {
         if default_max_tokens == 0 {
             self.problem("budgets.default_max_tokens", "must be at least 1");
         }
+        let lease_ttl = self.duration(
+            "budgets.lease_ttl",
+            raw.budgets.lease_ttl.as_ref(),
+            obleth_filters::budget::LEASE_TTL,
+        );
+        if lease_ttl < Duration::from_secs(2) {
+            self.problem(
+                "budgets.lease_ttl",
+                "must be at least 2s (a lease is renewed at a third of it)",
+            );
+        }
         let budgets = BudgetSettings {
             fail_open: raw.budgets.fail_open.unwrap_or(true),
             default_max_tokens: default_max_tokens.max(1),
+            lease_ttl,
         };
         let admission = self.admission(&raw.admission);
         for (i, route) in routes.iter().enumerate() {

@@ -111,6 +111,7 @@ impl LlmState {
         let budgets: Arc<dyn BudgetStore> = match (&publisher, &config.redis) {
             (Some(link), Some(redis)) => Arc::new(
                 RedisBudgets::new(link.clone(), format!("{}budget:", redis.prefix))
+                    .with_lease_ttl(config.budgets.lease_ttl)
                     .with_replica_acks(ReplicaAcks {
                         replicas: redis.replica_acks,
                         timeout: redis.replica_ack_timeout,
@@ -286,6 +287,7 @@ async fn listen_for_changes(state: Arc<LlmState>, link: RedisLink) {
                         message = messages.next() => match message {
                             Some(_) => state.refresh_local().await,
                             None => {
+                                link.connection_lost();
                                 tracing::warn!("redis invalidation channel closed; resubscribing");
                                 break;
                             }

@@ -36,6 +36,15 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// How long one probe waits for an answer.
 const PROBE_DEADLINE: Duration = Duration::from_millis(500);
 
+/// Word that a connection to Redis was lost (the invalidation listener
+/// reads the end of its stream the moment Redis dies): until Redis is
+/// asked again, answers held from before (budget leases) are not trusted.
+#[derive(Default)]
+struct Dropped {
+    unconfirmed: AtomicBool,
+    signal: Notify,
+}
+
 /// A shared Redis connection that knows whether Redis is reachable.
 #[derive(Clone)]
 pub struct RedisLink {
@@ -51,6 +60,7 @@ struct Inner {
     timeouts: AtomicU32,
     wake_probe: Notify,
     up: watch::Sender<bool>,
+    dropped: Arc<Dropped>,
 }
 
 /// How a call to Redis ended, for the breaker.
@@ -72,6 +82,7 @@ impl RedisLink {
     /// runtime.
     pub async fn open(topology: Topology) -> redis::RedisResult<RedisLink> {
         topology.validate()?;
+        let dropped = Arc::new(Dropped::default());
         let first = topology.connect().await;
         let (up, _) = watch::channel(first.is_ok());
         let (conn, address) = match &first {
@@ -87,6 +98,7 @@ impl RedisLink {
                 timeouts: AtomicU32::new(0),
                 wake_probe: Notify::new(),
                 up,
+                dropped,
             }),
         };
         if let Err(e) = &first {
@@ -111,6 +123,23 @@ impl RedisLink {
     /// Whether Redis is reachable now.
     pub fn is_up(&self) -> bool {
         !self.inner.down.load(Ordering::Relaxed)
+    }
+
+    /// Reports a connection to Redis found closed by its server: the probe
+    /// asks Redis at once, and opens the breaker when it does not answer.
+    pub fn connection_lost(&self) {
+        self.inner
+            .dropped
+            .unconfirmed
+            .store(true, Ordering::Relaxed);
+        self.inner.dropped.signal.notify_one();
+    }
+
+    /// Whether Redis is up and no connection to it was lost since it last
+    /// answered: what an answer held from before (a budget lease) may be
+    /// trusted on. A lost connection is checked at once by the probe.
+    pub fn is_steady(&self) -> bool {
+        self.is_up() && !self.inner.dropped.unconfirmed.load(Ordering::Relaxed)
     }
 
     /// Follows the link's state: `true` whenever Redis is (back) up.
@@ -179,7 +208,10 @@ impl RedisLink {
     async fn probe(self) {
         loop {
             if !self.inner.down.load(Ordering::Relaxed) {
-                self.inner.wake_probe.notified().await;
+                tokio::select! {
+                    _ = self.inner.wake_probe.notified() => {}
+                    _ = self.inner.dropped.signal.notified() => self.check_dropped().await,
+                }
                 continue;
             }
             tokio::time::sleep(PROBE_EVERY).await;
@@ -190,6 +222,21 @@ impl RedisLink {
                 tracing::info!("budget store back");
             }
         }
+    }
+
+    /// A connection was lost: Redis answers again (the client reconnected),
+    /// or the breaker opens now rather than at the next request.
+    async fn check_dropped(&self) {
+        if !self.inner.dropped.unconfirmed.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.is_back().await {
+            self.trip("the connection was lost and Redis does not answer");
+        }
+        self.inner
+            .dropped
+            .unconfirmed
+            .store(false, Ordering::Relaxed);
     }
 
     /// Whether Redis answers again. Behind Sentinel the master is asked for

@@ -174,13 +174,7 @@ pub(super) async fn reserve(
         };
         // Give back what earlier scopes reserved for this request.
         for reserved in &hold.scopes {
-            if let Err(e) = llm
-                .budgets
-                .settle(reserved, &hold.id, Cost::default(), now)
-                .await
-            {
-                tracing::warn!("cannot release a reservation: {e}");
-            }
+            llm.budgets.release(reserved, &hold.id).await;
         }
         return Err(rejection);
     }

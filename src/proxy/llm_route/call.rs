@@ -189,11 +189,12 @@ impl LlmCall {
         });
         let now = jiff::Timestamp::now().as_millisecond();
         for scope in &self.hold.scopes {
+            // Settling is local: Redis-backed budgets commit it in the
+            // background, once Redis answers when it is down.
             let label = match llm.budgets.settle(scope, &self.hold.id, actual, now).await {
+                Ok(true) if !llm.budget_store_up() => "deferred",
                 Ok(true) => outcome,
                 Ok(false) => "repeated",
-                // Redis-backed budgets replay it when Redis is back.
-                Err(e) if e.is_store_down() => "deferred",
                 Err(e) => {
                     tracing::error!(scope = %scope.id, "settlement failed: {e}");
                     "failed"
