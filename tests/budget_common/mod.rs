@@ -7,6 +7,8 @@
 //! check could read the spend before it landed.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
