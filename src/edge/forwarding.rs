@@ -222,6 +222,28 @@ impl IpText {
     }
 }
 
+/// Request fields that are hop-by-hop (RFC 9110 §7.6.1) or frame the body,
+/// which Pingora strips or renormalises before a request goes upstream.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+    "http2-settings",
+];
+
+/// Whether the request carries any field Pingora's upstream-request policy
+/// would strip or rewrite; when it carries none, the policy has nothing to
+/// do and can be skipped.
+pub fn carries_hop_by_hop(req: &RequestHeader) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|name| req.headers.contains_key(*name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +325,25 @@ mod tests {
             .insert_header("X-Request-Id", "x".repeat(129))
             .unwrap();
         assert!(!RequestId::of(&request).from_client);
+    }
+
+    #[test]
+    fn only_requests_with_hop_by_hop_fields_need_the_upstream_policy() {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("head");
+        req.insert_header("content-type", "application/json")
+            .expect("field");
+        req.insert_header("content-length", "10").expect("field");
+        assert!(!carries_hop_by_hop(&req));
+        for field in [
+            "Connection",
+            "TE",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Keep-Alive",
+        ] {
+            let mut with = req.clone();
+            with.insert_header(field, "x").expect("field");
+            assert!(carries_hop_by_hop(&with), "{field}");
+        }
     }
 }

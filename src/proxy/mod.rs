@@ -20,7 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
 
@@ -43,7 +43,7 @@ use crate::config::{Algorithm, ClientLimits};
 use crate::edge::access_log::{version_text, AccessRecord};
 use crate::edge::client_connection::HeadGuard;
 use crate::edge::forwarding::{
-    add_forwarding_headers, client_address, RequestId, X_REQUEST_ID_WIRE,
+    add_forwarding_headers, carries_hop_by_hop, client_address, RequestId, X_REQUEST_ID_WIRE,
 };
 use crate::edge::pool::balance_key;
 use crate::edge::rate_limit::RetryAfter;
@@ -302,7 +302,12 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.tried.push(claim.index());
-        let peer = Box::new(claim.server().peer().clone());
+        let mut peer = Box::new(claim.server().peer().clone());
+        if !carries_hop_by_hop(session.req_header()) {
+            // Nothing for Pingora's upstream-request sanitizing to strip:
+            // skip its pass over every header.
+            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        }
         ctx.server = Some(claim);
         let now = Instant::now();
         ctx.attempt_started = Some(now);

@@ -523,12 +523,12 @@ impl BudgetStore for RedisBudgets {
         .await
         {
             Ok(decided) => decided,
-            Err(_) => {
-                inner.link.observe(Outcome::TimedOut);
-                Err(BudgetUnavailable(format!(
-                    "no answer within {REDIS_DEADLINE:?}"
-                )))
-            }
+            // Not a sign of Redis being away by itself: the time may have
+            // gone waiting for another request's renewal of the scope (the
+            // breaker hears of Redis' own timeouts from each call).
+            Err(_) => Err(BudgetUnavailable(format!(
+                "no decision within {REDIS_DEADLINE:?}"
+            ))),
         }
     }
 
@@ -560,7 +560,12 @@ impl BudgetStore for RedisBudgets {
 
     async fn standing(&self, scope: &Scope, now_ms: i64) -> Result<Standing, BudgetUnavailable> {
         let inner = &self.inner;
-        inner.settle_up(scope).await?;
+        // A read does not need Redis to take this replica's renewal (it
+        // may be short of the replicas `replica_acks` asks for): what is
+        // not committed yet is added from here.
+        if let Err(e) = inner.settle_up(scope).await {
+            tracing::debug!("reading a budget without settling its lease up: {e}");
+        }
         let mut conn = inner.connection()?;
         let key = |suffix: &str| scope_key(&inner.prefix, scope, suffix);
         let bucket: (Option<f64>, Option<i64>, Option<f64>) = within_deadline(

@@ -216,11 +216,17 @@ impl RedisLink {
             }
             tokio::time::sleep(PROBE_EVERY).await;
             if self.is_back().await {
-                self.inner.timeouts.store(0, Ordering::Relaxed);
-                self.inner.down.store(false, Ordering::Relaxed);
-                self.inner.up.send_replace(true);
-                tracing::info!("budget store back");
+                self.close();
             }
+        }
+    }
+
+    /// Closes the breaker: Redis answered.
+    fn close(&self) {
+        self.inner.timeouts.store(0, Ordering::Relaxed);
+        if self.inner.down.swap(false, Ordering::Relaxed) {
+            self.inner.up.send_replace(true);
+            tracing::info!("budget store back");
         }
     }
 
@@ -230,7 +236,13 @@ impl RedisLink {
         if !self.inner.dropped.unconfirmed.load(Ordering::Relaxed) {
             return;
         }
-        if !self.is_back().await {
+        if self.is_back().await {
+            // The breaker may have opened meanwhile (a request saw the
+            // same loss): what answered closes it.
+            if self.inner.down.load(Ordering::Relaxed) {
+                self.close();
+            }
+        } else {
             self.trip("the connection was lost and Redis does not answer");
         }
         self.inner
