@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use obleth_filters::telemetry::{Outcome, UsageRecord, Wal, WalConfig};
+use obleth_filters::telemetry::{Durability, Outcome, UsageRecord, Wal, WalConfig};
 
 fn record(n: u64) -> UsageRecord {
     UsageRecord {
@@ -43,6 +43,8 @@ fn main() -> std::io::Result<()> {
         segment_bytes: 64 << 20,
         disk_cap_bytes: 16 << 30,
         queue: 100_000,
+        durability: Durability::Disk,
+        sync_interval: Duration::from_millis(50),
     })?);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);

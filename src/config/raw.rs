@@ -153,6 +153,8 @@ pub struct RawTelemetry {
     pub segment_bytes: Option<u64>,
     pub disk_cap_bytes: Option<u64>,
     pub queue: Option<usize>,
+    pub durability: Option<obleth_filters::telemetry::Durability>,
+    pub sync_interval: Option<RawDuration>,
     pub on_full: Option<OnFull>,
     pub replica: Option<String>,
     pub clickhouse: Option<RawClickHouse>,

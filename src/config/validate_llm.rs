@@ -264,6 +264,12 @@ impl Validator {
                 segment_bytes,
                 disk_cap_bytes,
                 queue: raw.queue.unwrap_or(10_000).max(1),
+                durability: raw.durability.unwrap_or_default(),
+                sync_interval: self.positive_duration(
+                    "telemetry.sync_interval",
+                    raw.sync_interval.as_ref(),
+                    Duration::from_millis(50),
+                ),
             },
             on_full,
             replica,

@@ -8,6 +8,8 @@
 #   full-chain    through a second obleth with the whole chain: cached key,
 #                 a per-minute and a term budget in Redis (leases), fair
 #                 admission, the usage WAL and the access log to a file;
+#   full-process  the same, with `telemetry.durability: process`: an
+#                 intent waits for its write, not its fdatasync;
 #   litellm       through the LiteLLM proxy (one worker, master key, no
 #                 database), installed into a throwaway venv; its rows are
 #                 left out when the install fails.
@@ -40,16 +42,24 @@ OB=$(port)
 start_obleth_release obleth "$OB"
 OB_PID=$OBLETH_PID
 
-# obleth for the full chain: the same, with the access log written to a file.
+# full_chain_config PORT NAME [TELEMETRY_EXTRA]: an obleth with the whole
+# chain, the access log written to a file.
+full_chain_config() {
+  obleth_head "$1" "$(port)" "sqlite://$work/$2.db" bench |
+    sed "s#^access_log: .*#access_log: { format: httplog, path: \"$work/$2-access.log\" }#"
+  echo "telemetry: { wal_path: \"$work/$2-wal\"${3:+, $3} }"
+  llm_bench_sections "obleth-chain-$2-$$:"
+}
+
 FULL=$(port)
-{
-  obleth_head "$FULL" "$(port)" "sqlite://$work/full.db" bench |
-    sed "s#^access_log: .*#access_log: { format: httplog, path: \"$work/access.log\" }#"
-  echo "telemetry: { wal_path: \"$work/full-wal\" }"
-  llm_bench_sections "obleth-chain-full-$$:"
-} >"$work/full.yaml"
+full_chain_config "$FULL" full >"$work/full.yaml"
 start_obleth_release full "$FULL"
 FULL_PID=$OBLETH_PID
+
+FULLP=$(port)
+full_chain_config "$FULLP" process "durability: process" >"$work/process.yaml"
+start_obleth_release process "$FULLP"
+FULLP_PID=$OBLETH_PID
 
 HP=$(port)
 haproxy_config "$work/haproxy.cfg" "$HP" "$UP"
@@ -97,6 +107,7 @@ sed "s/Bearer $KEY/Bearer sk-bench-master-key/" "$work/chat.lua" >"$work/chat-li
 sed "s/Bearer $KEY/Bearer sk-bench-master-key/" "$work/stream.lua" >"$work/stream-litellm.lua"
 llm_prime "$OB"
 llm_prime "$FULL"
+llm_prime "$FULLP"
 if [[ -n $LL ]]; then
   curl -fsS -o /dev/null "http://127.0.0.1:$LL/v1/chat/completions" -H "authorization: Bearer sk-bench-master-key" \
     -H 'content-type: application/json' -d '{"model":"bench-model","messages":[{"role":"user","content":"hi"}],"max_tokens":1}' ||
@@ -113,6 +124,7 @@ for mode in chat stream; do
       run "plain/$suffix" "http://127.0.0.1:$OB/plain/v1/chat/completions" "$OB_PID" -s "$work/$mode.lua"
       run "llm/$suffix" "http://127.0.0.1:$OB/v1/chat/completions" "$OB_PID" -s "$work/$mode.lua"
       run "full-chain/$suffix" "http://127.0.0.1:$FULL/v1/chat/completions" "$FULL_PID" -s "$work/$mode-budget.lua"
+      run "full-process/$suffix" "http://127.0.0.1:$FULLP/v1/chat/completions" "$FULLP_PID" -s "$work/$mode-budget.lua"
       [[ -z $LL ]] || run "litellm/$suffix" "http://127.0.0.1:$LL/v1/chat/completions" "$LL_PID" -s "$work/$mode-litellm.lua"
     done
   done
@@ -142,19 +154,21 @@ awk '
     print ""
     print "| ratio | value | target |"
     print "| --- | ---: | --- |"
-    for (m = 1; m <= 2; m++) {
+    for (m = 1; m <= 2; m++) for (f = 1; f <= 2; f++) {
       mode = m == 1 ? "chat" : "stream"; one = mode "@1"; many = mode "@32"
+      fc = f == 1 ? "full-chain" : "full-process"; name = f == 1 ? "full chain" : "full chain (durability: process)"
+      if (!((fc, one) in p50)) continue
       ha50 = p50["haproxy", one] - p50["direct", one]; ha99 = p99["haproxy", one] - p99["direct", one]
-      fc50 = p50["full-chain", one] - p50["direct", one]; fc99 = p99["full-chain", one] - p99["direct", one]
-      if (ha50 > 0) printf "| %s: full chain added p50 / HAProxy added p50, 1 connection | %.2fx | <= 1.5x |\n", mode, fc50 / ha50
-      if (ha99 > 0) printf "| %s: full chain added p99 / HAProxy added p99, 1 connection | %.2fx | <= 2x |\n", mode, fc99 / ha99
-      if (rps["plain", many] > 0) printf "| %s: full chain req/s / plain route req/s, 32 connections | %.2fx | >= 0.8x |\n", mode, rps["full-chain", many] / rps["plain", many]
+      fc50 = p50[fc, one] - p50["direct", one]; fc99 = p99[fc, one] - p99["direct", one]
+      if (ha50 > 0) printf "| %s: %s added p50 / HAProxy added p50, 1 connection | %.2fx | <= 1.5x |\n", mode, name, fc50 / ha50
+      if (ha99 > 0) printf "| %s: %s added p99 / HAProxy added p99, 1 connection | %.2fx | <= 2x |\n", mode, name, fc99 / ha99
+      if (rps["plain", many] > 0) printf "| %s: %s req/s / plain route req/s, 32 connections | %.2fx | >= 0.8x |\n", mode, name, rps[fc, many] / rps["plain", many]
       if (("litellm", many) in rps && rps["litellm", many] > 0) {
-        printf "| %s: full chain req/s / LiteLLM req/s, 32 connections | %.0fx | >= 100x |\n", mode, rps["full-chain", many] / rps["litellm", many]
+        printf "| %s: %s req/s / LiteLLM req/s, 32 connections | %.0fx | >= 100x |\n", mode, name, rps[fc, many] / rps["litellm", many]
         ll50 = p50["litellm", one] - p50["direct", one]
-        if (fc50 > 0) printf "| %s: LiteLLM added p50 / full chain added p50, 1 connection | %.0fx | >= 30x |\n", mode, ll50 / fc50
+        if (fc50 > 0) printf "| %s: LiteLLM added p50 / %s added p50, 1 connection | %.0fx | >= 30x |\n", mode, name, ll50 / fc50
       }
     }
   }' "$work/table.md"
 echo
-echo "full chain: $(wc -l <"$work/access.log") access log lines written; budgets: $(curl -s "http://127.0.0.1:$(awk -F'"' '/^metrics:/ {split($2, a, ":"); print a[2]}' "$work/full.yaml")/metrics" | awk '/^obleth_budget_admissions_total/ {printf "%s ", $0}')"
+echo "full chain: $(wc -l <"$work/full-access.log") access log lines written; budgets: $(curl -s "http://127.0.0.1:$(awk -F'"' '/^metrics:/ {split($2, a, ":"); print a[2]}' "$work/full.yaml")/metrics" | awk '/^obleth_budget_admissions_total/ {printf "%s ", $0}')"

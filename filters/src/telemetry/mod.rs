@@ -21,7 +21,7 @@ pub use self::clickhouse::{ClickHouseConfig, ClickHouseSink, RequestRow, UsageTo
 pub use shipper::{ShipperConfig, SinkError, UsageSink};
 #[doc(hidden)]
 pub use wal::decode_frames;
-pub use wal::{Dropped, Durable, Position, Wal, WalConfig, WalStats};
+pub use wal::{Dropped, Durability, Durable, Position, Wal, WalConfig, WalStats};
 
 /// What a record in the log stands for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

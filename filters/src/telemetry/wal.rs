@@ -1,16 +1,20 @@
 //! The write-ahead log: records are framed (`length`, `crc32`, JSON) and
-//! appended to numbered segment files by one writer thread that commits in
-//! groups with `fdatasync`. A record counts as durable only after that; the
-//! data plane never waits for it. A torn or corrupt frame (a crash during a
+//! appended to numbered segment files by one writer thread. Each group of
+//! records is written as soon as it is taken from the queue; `fdatasync`
+//! follows at once when someone waits for a record of the group (under
+//! [`Durability::Disk`]), and otherwise within the sync interval, so one
+//! sync covers many groups. A record counts as durable (shipped, counted)
+//! only once synced; the data plane never waits for the disk except for an
+//! intent it asked to wait for. A torn or corrupt frame (a crash during a
 //! write) is detected by its length and checksum and never misread.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
@@ -36,6 +40,23 @@ pub struct WalConfig {
     pub disk_cap_bytes: u64,
     /// Records waiting for the writer; when full, new ones are dropped.
     pub queue: usize,
+    /// What a wait for a record ([`Wal::append_durable`]) waits for.
+    pub durability: Durability,
+    /// The longest a written record waits for its `fdatasync`.
+    pub sync_interval: Duration,
+}
+
+/// What "on disk" means to someone waiting for a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Synced with `fdatasync`: the record survives a crash of the machine.
+    /// A waited record costs one sync, shared by the records of its group.
+    #[default]
+    Disk,
+    /// Written to the file: the record survives the process dying in any
+    /// way; a crash of the machine loses at most the last sync interval.
+    Process,
 }
 
 /// A place in the log: a segment and a byte offset in it.
@@ -96,6 +117,8 @@ pub struct WalStats {
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     queued: AtomicUsize,
+    /// Written records wait for their sync.
+    unsynced: AtomicBool,
     durable: AtomicU64,
     dropped: [AtomicU64; 4],
     pub(super) disk_bytes: AtomicU64,
@@ -110,9 +133,10 @@ impl Counters {
     }
 }
 
-/// A record on its way to the writer, and who waits for it to be durable.
+/// A record on its way to the writer, and who waits for it to be durable;
+/// without a record, a request to sync now.
 struct Entry {
-    record: UsageRecord,
+    record: Option<UsageRecord>,
     durable: Option<oneshot::Sender<()>>,
 }
 
@@ -174,6 +198,9 @@ impl Wal {
             durable: durable_tx,
             file,
             at: start,
+            unsynced: 0,
+            waiting: Vec::new(),
+            unsynced_since: None,
         };
         std::thread::Builder::new()
             .name("obleth-wal".into())
@@ -193,7 +220,7 @@ impl Wal {
     /// be taken is dropped and counted.
     pub fn append(&self, record: UsageRecord) -> Result<(), Dropped> {
         self.send(Entry {
-            record,
+            record: Some(record),
             durable: None,
         })
     }
@@ -203,7 +230,7 @@ impl Wal {
     pub fn append_durable(&self, record: UsageRecord) -> Result<Durable, Dropped> {
         let (tx, rx) = oneshot::channel();
         self.send(Entry {
-            record,
+            record: Some(record),
             durable: Some(tx),
         })?;
         Ok(Durable(rx))
@@ -238,9 +265,21 @@ impl Wal {
     /// Waits up to `limit` for every appended record to be durable (or
     /// dropped); used before the process exits.
     pub fn sync(&self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while self.counters.queued.load(Ordering::Relaxed) > 0 {
-            if std::time::Instant::now() >= deadline {
+        let deadline = Instant::now() + limit;
+        // Counted like a record, so the wait below covers it; a full queue
+        // is synced by the interval anyway.
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let flush = Entry {
+            record: None,
+            durable: None,
+        };
+        if self.tx.try_send(flush).is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        while self.counters.queued.load(Ordering::Relaxed) > 0
+            || self.counters.unsynced.load(Ordering::Acquire)
+        {
+            if Instant::now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -290,7 +329,13 @@ struct Writer {
     counters: Arc<Counters>,
     durable: watch::Sender<Position>,
     file: File,
+    /// The end of what was written to the current segment.
     at: Position,
+    /// Records written but not yet synced, and who waits for their sync.
+    unsynced: u64,
+    waiting: Vec<oneshot::Sender<()>>,
+    /// When the oldest unsynced record was written.
+    unsynced_since: Option<Instant>,
 }
 
 impl Writer {
@@ -298,16 +343,39 @@ impl Writer {
         let mut buf = Vec::new();
         // Set after a failed write until a fresh segment could be started.
         let mut failing = false;
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = match self.unsynced_since {
+                None => self.rx.recv().ok(),
+                Some(since) => {
+                    let due = self.config.sync_interval.saturating_sub(since.elapsed());
+                    match self.rx.recv_timeout(due) {
+                        Ok(entry) => Some(entry),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            failing |= !self.sync();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(first) = first else {
+                self.sync();
+                return;
+            };
             buf.clear();
             let mut taken = 0u64;
             let mut framed = 0u64;
             let mut waiting = Vec::new();
+            let mut flush = false;
             let disk = self.counters.disk_bytes.load(Ordering::Relaxed);
             for Entry { record, durable } in
                 std::iter::once(first).chain(self.rx.try_iter().take(GROUP))
             {
                 taken += 1;
+                let Some(record) = record else {
+                    flush = true;
+                    continue;
+                };
                 let frame = match encode(&record) {
                     Ok(frame) => frame,
                     Err(e) => {
@@ -331,24 +399,37 @@ impl Writer {
             if !buf.is_empty() {
                 if failing {
                     self.counters.drop_record(Dropped::Io, framed);
-                } else if let Err(e) = self.commit(&buf) {
+                } else if let Err(e) = self.write(&buf) {
                     tracing::error!(dir = %self.config.dir.display(), "the write-ahead log cannot write; records are dropped: {e}");
                     self.counters.drop_record(Dropped::Io, framed);
-                    // Cut what may have reached the file and go on in a new
-                    // segment; until one can be started, records are dropped.
+                    // Cut what may have reached the file, keep what was
+                    // written before if it can still be synced, and go on in
+                    // a new segment; until one can be started, records are
+                    // dropped.
                     let _ = self.file.set_len(self.at.offset);
+                    self.sync();
                     failing = self.rotate().is_err();
                 } else {
-                    self.counters.durable.fetch_add(framed, Ordering::Relaxed);
-                    for waiter in waiting {
-                        let _ = waiter.send(());
+                    self.unsynced += framed;
+                    self.counters.unsynced.store(true, Ordering::Release);
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                    match self.config.durability {
+                        Durability::Disk => self.waiting.append(&mut waiting),
+                        Durability::Process => release(waiting),
                     }
                 }
             }
             self.counters
                 .queued
                 .fetch_sub(taken as usize, Ordering::Relaxed);
+            let due = self
+                .unsynced_since
+                .is_some_and(|since| since.elapsed() >= self.config.sync_interval);
+            if flush || !self.waiting.is_empty() || due {
+                failing |= !self.sync();
+            }
             if !failing && self.at.offset >= self.config.segment_bytes {
+                failing |= !self.sync();
                 if let Err(e) = self.rotate() {
                     tracing::error!("cannot start a new write-ahead log segment: {e}");
                     failing = true;
@@ -357,10 +438,9 @@ impl Writer {
         }
     }
 
-    /// Writes and syncs `buf`, then publishes the new durable end.
-    fn commit(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Appends `buf` to the current segment, without syncing it.
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file.write_all(buf)?;
-        self.file.sync_data()?;
         self.at.offset += buf.len() as u64;
         self.counters
             .disk_bytes
@@ -368,8 +448,34 @@ impl Writer {
         self.counters
             .backlog_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.durable.send_replace(self.at);
         Ok(())
+    }
+
+    /// Syncs what was written, tells who waits for it and publishes the
+    /// new durable end; false when the sync failed, and what it covered is
+    /// counted as dropped (the disk cannot say which of it survived).
+    fn sync(&mut self) -> bool {
+        if self.unsynced_since.is_none() {
+            return true;
+        }
+        let records = std::mem::take(&mut self.unsynced);
+        let waiting = std::mem::take(&mut self.waiting);
+        self.unsynced_since = None;
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.counters.durable.fetch_add(records, Ordering::Relaxed);
+                self.durable.send_replace(self.at);
+                release(waiting);
+                self.counters.unsynced.store(false, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.config.dir.display(), "the write-ahead log cannot sync; {records} records are counted as dropped: {e}");
+                self.counters.drop_record(Dropped::Io, records);
+                self.counters.unsynced.store(false, Ordering::Release);
+                false
+            }
+        }
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -381,6 +487,13 @@ impl Writer {
         };
         self.durable.send_replace(self.at);
         Ok(())
+    }
+}
+
+/// Tells each waiter its record is durable.
+fn release(waiting: Vec<oneshot::Sender<()>>) {
+    for waiter in waiting {
+        let _ = waiter.send(());
     }
 }
 
@@ -599,6 +712,8 @@ pub(super) mod tests {
             segment_bytes: 1 << 20,
             disk_cap_bytes: 1 << 30,
             queue: 1000,
+            durability: Durability::Disk,
+            sync_interval: Duration::from_millis(5),
         }
     }
 
@@ -634,6 +749,55 @@ pub(super) mod tests {
         let read = all_records(&dir);
         assert_eq!(read, (0..100).map(record).collect::<Vec<_>>());
         assert!(segments(&dir).unwrap().len() > 3, "rotated by size");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unwaited_records_share_a_sync_within_the_interval_and_a_waited_one_syncs_at_once() {
+        let (dir, wal) = wal_with("interval", |c| c.sync_interval = Duration::from_millis(300));
+        let written = Instant::now();
+        wal.append(record(0)).unwrap();
+        wal.append(record(1)).unwrap();
+        while wal.stats().durable < 2 {
+            assert!(written.elapsed() < Duration::from_secs(5), "never synced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            written.elapsed() >= Duration::from_millis(200),
+            "synced after {:?}, before the interval",
+            written.elapsed()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+
+        let (dir, wal) = wal_with("waited", |c| c.sync_interval = Duration::from_secs(600));
+        wal.append(record(2)).unwrap();
+        let waited = wal.append_durable(record(3)).unwrap();
+        let told = tokio::time::timeout(Duration::from_secs(5), waited.wait()).await;
+        assert_eq!(
+            told,
+            Ok(true),
+            "a waited record does not wait for the interval"
+        );
+        assert_eq!(wal.stats().durable, 2, "synced, with the record before it");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn under_process_durability_a_waiter_is_told_once_written_and_the_sync_follows() {
+        let (dir, wal) = wal_with("process", |c| {
+            c.durability = Durability::Process;
+            c.sync_interval = Duration::from_secs(600);
+        });
+        let waited = wal.append_durable(record(0)).unwrap();
+        let told = tokio::time::timeout(Duration::from_secs(5), waited.wait()).await;
+        assert_eq!(told, Ok(true));
+        assert_eq!(all_records(&dir), vec![record(0)], "in the file");
+        assert_eq!(wal.stats().durable, 0, "not yet synced");
+        assert!(
+            wal.sync(Duration::from_secs(5)),
+            "a sync is asked for at exit"
+        );
+        assert_eq!(wal.stats().durable, 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 
