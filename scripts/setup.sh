@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test obleth:
 # cmake (Pingora's zlib-ng build), the OpenSSL headers (the one TLS stack),
-# pkg-config, curl, the openssl tool (tests make certificates with it) and
+# pkg-config, curl, the openssl tool (tests make certificates with it),
+# Node.js and Chromium (the dashboard's build and browser tests) and
 # clickhouse-server and zookeeper (the telemetry tests start their own),
 # redis-sentinel and redis-tools (the Redis topology tests start sentinels and
 # a cluster), the OTLP protos
@@ -23,6 +24,10 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
 # The replicated-ClickHouse tests run their own ZooKeeper (Debian's, on Java).
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+# The dashboard's front end is built with npm; its browser tests drive
+# Debian's headless Chromium.
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -63,6 +68,7 @@ if ! python3 -c 'import yaml' >/dev/null 2>&1; then
   python3 -m pip install --quiet pyyaml
 fi
 "$(dirname "$0")/deploy-tools.sh"
+"$(dirname "$0")/build-dashboard.sh"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"

@@ -37,6 +37,8 @@ pub enum StartError {
     AdminToken,
     #[error("{0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("dashboard: {0}")]
+    Dashboard(#[from] crate::admin::dashboard::DashboardRefused),
     #[error("tracing: cannot start the exporter: {0}")]
     Tracing(#[from] reqwest::Error),
     #[error("listener {name}: TLS: {source}")]
@@ -76,6 +78,10 @@ fn admin_token(config: &Config) -> Result<String, StartError> {
 /// now (see [`crate::upgrade`]).
 pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     let admin_token = admin_token(&config)?;
+    let dashboard = crate::admin::dashboard::DashboardConfig::resolve(
+        &config.dashboard,
+        config.admin_auth.generate_dev_token,
+    )?;
     // The store, Redis and cache invalidation live on a runtime of their own
     // that outlives every Pingora service runtime.
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -159,7 +165,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     let admin = HttpEndpoint::bind(
         "admin",
         admin_address,
-        admin_router(shared.llm.clone(), edge, &admin_token),
+        admin_router(shared.llm.clone(), edge, &admin_token, dashboard),
         handed_over.clone(),
         take_over_by,
     )?;

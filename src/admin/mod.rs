@@ -1,5 +1,6 @@
 //! The operator-facing HTTP endpoints: the admin listener (`/healthz`,
-//! `/readyz`) and the metrics listener (`/metrics`). Both are small axum
+//! `/readyz`, the admin API and the dashboard under `/ui/`) and the metrics
+//! listener (`/metrics`). Both are small axum
 //! routers run as Pingora background services on sockets bound before the
 //! server starts, so a port in use fails start-up with a clear error. The
 //! admin API lives in one file per resource, wired together in [`api`].
@@ -31,6 +32,7 @@ mod audit;
 mod budgets;
 mod capacity;
 mod certificates;
+pub mod dashboard;
 mod doc;
 pub mod error;
 mod groups;
@@ -115,7 +117,11 @@ impl BackgroundService for HttpEndpoint {
                 std::future::pending::<()>().await;
             }
         };
-        if let Err(e) = axum::serve(listener, self.router.clone())
+        let service = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(handed_over)
             .await
         {
@@ -129,12 +135,22 @@ impl BackgroundService for HttpEndpoint {
 /// not once a background task died); everything under `/api/v1` is the
 /// token-protected admin API: the pools' servers and the certificates always, the other
 /// resources (tenants, keys, models, budgets, usage) only when the LLM
-/// plane runs.
-pub fn admin_router(llm: Option<Arc<LlmState>>, edge: EdgeRuntime, admin_token: &str) -> Router {
+/// plane runs; `/ui/` is the dashboard, when it runs.
+pub fn admin_router(
+    llm: Option<Arc<LlmState>>,
+    edge: EdgeRuntime,
+    admin_token: &str,
+    dashboard: Option<dashboard::DashboardConfig>,
+) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    probes.merge(api::router(llm, edge, admin_token))
+    let api = api::router(llm.clone(), edge, admin_token);
+    let probes = match dashboard {
+        Some(config) => probes.merge(dashboard::router(config, api.clone(), admin_token, llm)),
+        None => probes,
+    };
+    probes.merge(api)
 }
 
 async fn readyz() -> (StatusCode, String) {
@@ -153,23 +169,29 @@ pub fn metrics_router(llm: Option<Arc<crate::llm::LlmState>>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || async move {
-            if let Some(llm) = &llm {
-                crate::metrics::observe_admission(&llm.scheduler.snapshot());
-                crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
-                if let Some(stats) = llm.budgets.lease_stats() {
-                    crate::metrics::observe_budgets(&stats);
-                }
-                crate::metrics::FAMILIES
-                    .budget_store_up
-                    .set(i64::from(llm.budget_store_up()));
-            }
             (
                 [(
                     axum::http::header::CONTENT_TYPE,
                     "text/plain; version=0.0.4",
                 )],
-                crate::metrics::render(),
+                metrics_text(llm.as_ref()),
             )
         }),
     )
+}
+
+/// The Prometheus exposition, with the figures read at scrape time brought
+/// up to date first.
+fn metrics_text(llm: Option<&Arc<LlmState>>) -> String {
+    if let Some(llm) = llm {
+        crate::metrics::observe_admission(&llm.scheduler.snapshot());
+        crate::metrics::observe_telemetry(&llm.telemetry.wal.stats());
+        if let Some(stats) = llm.budgets.lease_stats() {
+            crate::metrics::observe_budgets(&stats);
+        }
+        crate::metrics::FAMILIES
+            .budget_store_up
+            .set(i64::from(llm.budget_store_up()));
+    }
+    crate::metrics::render()
 }

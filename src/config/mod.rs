@@ -113,6 +113,8 @@ impl Config {
         config.admin_auth.token = env("OBLETH_ADMIN_TOKEN");
         config.api_key_pepper = env("OBLETH_API_KEY_PEPPER");
         config.encryption_key = env("OBLETH_ENCRYPTION_KEY");
+        config.dashboard.password = env("DASHBOARD_PASSWORD");
+        config.dashboard.session_secret = env("DASHBOARD_SESSION_SECRET");
         if let Some(ch) = config.telemetry.clickhouse.as_mut() {
             ch.connection.password = env("OBLETH_CLICKHOUSE_PASSWORD");
         }

@@ -132,6 +132,17 @@ pub struct RawConfig {
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub tracing: RawTracing,
+    #[serde(default)]
+    pub dashboard: RawDashboard,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    pub enabled: Option<bool>,
+    pub assets: Option<String>,
+    pub session_ttl: Option<RawDuration>,
+    pub secure_cookie: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

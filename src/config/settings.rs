@@ -39,6 +39,26 @@ pub struct Config {
     pub api_key_pepper: Option<String>,
     /// `OBLETH_ENCRYPTION_KEY`: seals upstream keys at rest.
     pub encryption_key: Option<String>,
+    pub dashboard: DashboardSettings,
+}
+
+/// The operator dashboard under `/ui/` on the admin listener.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// `None`: on in development; in production only when a dashboard
+    /// secret is set.
+    pub enabled: Option<bool>,
+    /// The built front end; `None` looks in the usual places.
+    pub assets: Option<std::path::PathBuf>,
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` even for plain-HTTP requests (the
+    /// admin listener behind a TLS-terminating proxy that does not send
+    /// `X-Forwarded-Proto`).
+    pub secure_cookie: bool,
+    /// `DASHBOARD_PASSWORD`.
+    pub password: Option<String>,
+    /// `DASHBOARD_SESSION_SECRET`.
+    pub session_secret: Option<String>,
 }
 
 /// Where tenants, keys, models and the audit log live.

@@ -210,6 +210,18 @@ impl Validator {
             tracing,
             api_key_pepper: None,
             encryption_key: None,
+            dashboard: DashboardSettings {
+                enabled: raw.dashboard.enabled,
+                assets: raw.dashboard.assets.map(std::path::PathBuf::from),
+                session_ttl: self.positive_duration(
+                    "dashboard.session_ttl",
+                    raw.dashboard.session_ttl.as_ref(),
+                    Duration::from_secs(12 * 3600),
+                ),
+                secure_cookie: raw.dashboard.secure_cookie.unwrap_or(false),
+                password: None,
+                session_secret: None,
+            },
         }
     }
 
