@@ -61,6 +61,7 @@ start() { # name -> sets STARTED_PORT STARTED_ADMIN
     obleth_head "$p" "$a" "postgres://postgres@127.0.0.1:5432/$db"
     cat <<YAML
 redis: { url: "redis://127.0.0.1:6379", prefix: "$prefix" }
+telemetry: { wal_path: "$work/$1-wal" }
 pools: [{ name: p, servers: [{ address: "127.0.0.1:$UP" }] }]
 seed:
   tenants: [{ name: acme, budget_tokens: $BUDGET, tokens_per_minute: $TPM }]
