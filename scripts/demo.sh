@@ -72,9 +72,14 @@ grep -q '^data: \[DONE\]' <<<"$stream" || fail "the stream did not end with [DON
 echo "== metrics (excerpt)"
 curl -fsS http://127.0.0.1:9091/metrics | grep '^obleth_http_requests_total' | grep -v ' 0$'
 
+echo
+echo "== the dashboard on the admin listener"
+curl -fsS http://127.0.0.1:9090/ui/ | grep -q '/ui/assets/' || fail "the dashboard is not served on :9090/ui/"
+echo "http://127.0.0.1:9090/ui/ (sign in with the development dashboard password obleth printed above)"
+
 if [ "${1:-}" = --once ]; then
   exit 0
 fi
 echo
-echo "obleth serves on http://127.0.0.1:8080 (admin :9090, metrics :9091); Ctrl-C stops it."
+echo "obleth serves on http://127.0.0.1:8080 (admin :9090 with the dashboard on /ui/, metrics :9091); Ctrl-C stops it."
 wait
