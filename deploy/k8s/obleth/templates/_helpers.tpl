@@ -102,7 +102,7 @@ pods, Services and probes depend on.
 {{- if ge (add $graceMs $stopMs) $budgetMs -}}
 {{- fail (printf "terminationGracePeriodSeconds (%ds) must be longer than preStopSleepSeconds (%ds) plus config.server.grace (%s): otherwise the kubelet kills obleth before its drain ends" (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) ($server.grace | default "30s")) -}}
 {{- end -}}
-{{- $chartEnv := list "OBLETH_WAL_PATH" "OBLETH_LISTEN" "OBLETH_ADMIN_LISTEN" "OBLETH_METRICS_LISTEN" "OBLETH_GRACE" "OBLETH_ADMIN_TOKEN" "OBLETH_DATABASE_URL" "OBLETH_API_KEY_PEPPER" "OBLETH_ENCRYPTION_KEY" "OBLETH_CLICKHOUSE_PASSWORD" "OBLETH_REDIS_URL" "OBLETH_REDIS_PASSWORD" -}}
+{{- $chartEnv := list "OBLETH_WAL_PATH" "OBLETH_LISTEN" "OBLETH_ADMIN_LISTEN" "OBLETH_METRICS_LISTEN" "OBLETH_GRACE" "OBLETH_ADMIN_TOKEN" "OBLETH_DATABASE_URL" "OBLETH_API_KEY_PEPPER" "OBLETH_ENCRYPTION_KEY" "OBLETH_CLICKHOUSE_PASSWORD" "OBLETH_REDIS_URL" "OBLETH_REDIS_PASSWORD" "DASHBOARD_PASSWORD" "DASHBOARD_SESSION_SECRET" -}}
 {{- range $name, $_ := .Values.env -}}
 {{- if has $name $chartEnv -}}
 {{- fail (printf "env.%s is set by the chart (from existingSecret, persistence or config); remove it from env" $name) -}}
@@ -128,7 +128,7 @@ pods, Services and probes depend on.
       name: {{ $secret }}
       key: {{ $name }}
 {{- end }}
-{{- range $name := list "OBLETH_CLICKHOUSE_PASSWORD" "OBLETH_REDIS_URL" "OBLETH_REDIS_PASSWORD" }}
+{{- range $name := list "OBLETH_CLICKHOUSE_PASSWORD" "OBLETH_REDIS_URL" "OBLETH_REDIS_PASSWORD" "DASHBOARD_PASSWORD" "DASHBOARD_SESSION_SECRET" }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
