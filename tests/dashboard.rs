@@ -20,20 +20,22 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn config(upstream: &MockUpstream, dashboard: &str) -> String {
+/// One `llm` route to `upstream`, a seeded model, the dashboard, and
+/// `extra` top-level sections.
+fn config(upstream: &MockUpstream, extra: &str) -> String {
     format!(
         "pools:\n{}routes:\n  - name: llm\n    match: {{ path: {{ prefix: /v1/ }} }}\n    llm: {{}}\n\
          seed:\n  models: [{{ name: mock-model, pool: p }}]\n\
-         dashboard: {{ assets: '{}'{dashboard} }}\n",
+         dashboard: {{ assets: '{}' }}\n{extra}",
         pool("p", &[upstream], ""),
         repo().join("dashboard/dist").display()
     )
 }
 
-async fn start(dashboard: &str) -> (MockUpstream, Obleth) {
+async fn start(extra: &str) -> (MockUpstream, Obleth) {
     let upstream = mock("vllm").await;
     let obleth = Obleth::start_with(
-        &config(&upstream, dashboard),
+        &config(&upstream, extra),
         "httplog",
         &[
             ("DASHBOARD_PASSWORD", PASSWORD),
@@ -371,7 +373,12 @@ fn production_start_up_refuses_missing_or_default_dashboard_secrets() {
 
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
-    let (_upstream, obleth) = start("").await;
+    let ch = ClickHouse::start().await;
+    let (_upstream, obleth) = start(&format!(
+        "telemetry: {{ clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}\n",
+        ch.url()
+    ))
+    .await;
     let shots = repo().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let output = tokio::process::Command::new("node")

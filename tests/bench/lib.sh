@@ -240,7 +240,8 @@ callgrind_start() {
 # callgrind_count PID LABEL URL [wrk args...]: WARMUP seconds of wrk on URL,
 # then the instructions PID runs in DURATION seconds more; appends
 # "LABEL requests instructions errors" to $work/counts. With PROFILE > 0 also
-# prints LABEL's PROFILE costliest functions (inclusive, per request).
+# prints LABEL's PROFILE costliest functions (inclusive, per request); with
+# PROFILE_DIR set, keeps its callgrind output there as LABEL.cg.
 callgrind_count() {
   local pid=$1 label=$2 url=$3 out requests total errors
   shift 3
@@ -254,6 +255,8 @@ callgrind_count() {
   total=$(callgrind_annotate "$work/$label.cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
   echo "$label $requests $total ${errors:-}" >>"$work/counts"
+  # PROFILE_DIR keeps each row's callgrind output, for callgrind_annotate.
+  [ -z "${PROFILE_DIR:-}" ] || { mkdir -p "$PROFILE_DIR" && cp "$work/$label.cg" "$PROFILE_DIR/"; }
   if [ "${PROFILE:-0}" -gt 0 ]; then
     echo "== $label: $PROFILE costliest functions, inclusive instructions per request"
     callgrind_annotate --inclusive=yes "$work/$label.cg" 2>/dev/null |

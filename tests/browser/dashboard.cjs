@@ -126,14 +126,25 @@ async function main() {
   assert.equal(capacity.global_max_in_flight, 37, JSON.stringify(capacity));
   await shot("fair-share");
 
-  for (const [name, label] of [["groups", "Groups"], ["models", "Models"], ["usage", "Usage"], ["pools", "Pools"]]) {
+  for (const [name, label] of [["groups", "Groups"], ["models", "Models"], ["pools", "Pools"]]) {
     await open(name, label);
     await page.waitForTimeout(400);
     await shot(name);
   }
-  // Usage without ClickHouse says so.
+  // Usage from ClickHouse: the new key's request, per tenant and in the
+  // tenant's request log.
   await open("usage", "Usage");
-  await page.getByText("usage queries need ClickHouse").first().waitFor();
+  let shown = false;
+  for (let i = 0; i < 40 && !shown; i++) {
+    await page.getByRole("button", { name: "Show", exact: true }).click();
+    await page.waitForTimeout(250);
+    shown = (await page.getByRole("cell", { name: "browser-tenant", exact: true }).count()) > 0;
+  }
+  assert.ok(shown, "the new tenant's usage never showed");
+  await page.getByLabel("Tenant", { exact: true }).selectOption({ label: "browser-tenant" });
+  await page.getByRole("button", { name: "Show requests" }).click();
+  await page.getByRole("cell", { name: "mock-model", exact: true }).first().waitFor();
+  await shot("usage");
 
   // Audit: the changes, made by the signed-in operator.
   await open("audit", "Audit log");
@@ -216,7 +227,7 @@ async function main() {
 }
 
 // Answers the pages expect and show: a wrong password, the request made
-// after signing out, ClickHouse absent.
+// after signing out, a duplicate name.
 function expected(text) {
   return /status of (401|503|409)/.test(text);
 }

@@ -29,7 +29,9 @@ export function Usage() {
     setQuery(Object.fromEntries(new FormData(e.target)));
   };
   const rows = usage ? usage.rows : [];
-  const name = (r) => r.tenant ?? r.key ?? r.model ?? r.name ?? r.id ?? "?";
+  // Rows name tenants by id; show their names.
+  const tenantNames = Object.fromEntries(tenants.map((t) => [t.id, t.name]));
+  const name = (r) => (usage && usage.group_by === "tenant" && tenantNames[r.name]) || r.name;
   return html`<section>
     <form class="inline" onSubmit=${submit}>
       <label for="u-from">From</label><input id="u-from" name="from" type="date" defaultValue=${query.from} />
@@ -62,6 +64,15 @@ export function Usage() {
       <button type="submit">Show requests</button>
     </form>
     ${log && log.error && html`<p class="notice" role="status">${log.error}</p>`}
-    ${log && !log.error && html`<pre class="log">${JSON.stringify(log, null, 2)}</pre>`}
+    ${log &&
+    !log.error &&
+    html`<table>
+      <thead><tr><th scope="col">Time</th><th scope="col">Request</th><th scope="col">Key</th><th scope="col">Model</th><th scope="col">Admission</th><th scope="col">Queue (ms)</th><th scope="col">First byte (ms)</th><th scope="col">Total (ms)</th><th scope="col">Status</th><th scope="col">Tokens in/out</th><th scope="col">Cost (USD)</th></tr></thead>
+      <tbody>
+        ${log.map(
+          (r) => html`<tr><td>${new Date(r.time_ms).toISOString()}</td><td><code>${r.request_id}</code></td><td>${r.key}</td><td>${r.model}</td><td>${r.admission}</td><td>${r.queue_wait_ms}</td><td>${r.ttfb_ms}</td><td>${r.total_ms}</td><td>${r.status}</td><td>${r.input_tokens} / ${r.output_tokens}</td><td>${fmt(r.cost_usd, 6)}</td></tr>`,
+        )}
+      </tbody>
+    </table>`}
   </section>`;
 }
