@@ -141,7 +141,6 @@ impl DashboardConfig {
 struct Dashboard {
     sessions: Sessions,
     password: Arc<String>,
-    ttl: Duration,
     secure_cookie: bool,
     assets: Arc<Option<Assets>>,
     limiter: Arc<SignInLimiter>,
@@ -174,7 +173,6 @@ pub fn router(
     let state = Dashboard {
         sessions: Sessions::new(&config.secret, config.ttl),
         password: Arc::new(config.password),
-        ttl: config.ttl,
         secure_cookie: config.secure_cookie,
         assets: Arc::new(assets),
         limiter: Arc::default(),
@@ -302,7 +300,7 @@ async fn sign_in(State(d): State<Dashboard>, req: Request) -> Response {
     tracing::info!(operator = %operator, "signed in to the dashboard");
     let set = format!(
         "{COOKIE}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        d.ttl.as_secs(),
+        d.sessions.ttl().as_secs(),
         if secure { "; Secure" } else { "" }
     );
     let mut answer = Json(session_view(&d, &session)).into_response();

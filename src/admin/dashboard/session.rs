@@ -39,6 +39,11 @@ impl Sessions {
         }
     }
 
+    /// How long a session lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// A new session for `operator`, and the cookie value that carries it.
     pub fn issue(&self, operator: &str) -> Option<(Session, String)> {
         let mut nonce = [0u8; 16];
