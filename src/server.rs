@@ -22,6 +22,7 @@ use crate::edge::access_log::AccessLog;
 use crate::edge::certificates::{CertificateRegistry, ListenerCertificates, SniSelector};
 use crate::edge::client_connection::EdgeApp;
 use crate::edge::health::HealthService;
+use crate::edge::listening::{listened_on_here, PortClaim};
 use crate::edge::proxy_protocol::ProxyProtocol;
 use crate::metrics::FAMILIES;
 use crate::proxy::{Gateway, Generation, Shared};
@@ -41,6 +42,8 @@ pub enum StartError {
     Dashboard(#[from] crate::admin::dashboard::DashboardRefused),
     #[error("tracing: cannot start the exporter: {0}")]
     Tracing(#[from] reqwest::Error),
+    #[error("{0}")]
+    Port(#[from] crate::edge::listening::PortTaken),
     #[error("listener {name}: TLS: {source}")]
     Tls {
         name: String,
@@ -118,6 +121,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     }
     // Receives the old process's listening sockets when upgrading.
     pingora_server.bootstrap();
+    // Otherwise the ports must be free: held until Pingora binds them.
+    let ports = (!upgrade)
+        .then(|| PortClaim::take(&config.listeners))
+        .transpose()?;
     // What the old process still holds (the usage log, the admin and
     // metrics ports) it lets go of by the end of its drain.
     let take_over_by = upgrade.then(|| Instant::now() + server.grace + Duration::from_secs(15));
@@ -205,6 +212,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
         "obleth starting"
     );
     let _control = control;
+    if let Some(ports) = ports {
+        ports.release();
+    }
     pingora_server.run_forever()
 }
 
@@ -371,6 +381,10 @@ impl Lifecycle {
     }
 }
 
+/// Waits until this process listens on `addr`. Where `/proc` tells whose
+/// socket it is, that is waited for however long it takes (Pingora may be
+/// retrying a port another process took after the start-up claim); where
+/// it cannot, a connection that succeeds counts, for five seconds at most.
 async fn wait_until_accepting(addr: SocketAddr) {
     let target = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -381,13 +395,23 @@ async fn wait_until_accepting(addr: SocketAddr) {
         }
         _ => addr,
     };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(target).await.is_ok() {
-            return;
+    for attempt in 1.. {
+        match listened_on_here(addr) {
+            Some(true) => return,
+            None if tokio::net::TcpStream::connect(target).await.is_ok() => return,
+            None if attempt == 200 => {
+                tracing::warn!(
+                    "listener {addr} does not accept connections yet; reporting ready anyway"
+                );
+                return;
+            }
+            Some(false) if attempt == 200 => tracing::warn!(
+                "listener {addr} is not listening yet; /readyz stays 503 until it is"
+            ),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    tracing::warn!("listener {addr} does not accept connections yet; reporting ready anyway");
 }
 
 /// On SIGTERM Pingora stops accepting and then sleeps the whole grace

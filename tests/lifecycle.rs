@@ -300,3 +300,54 @@ async fn sigterm_waits_no_longer_than_the_grace_and_sigint_does_not_wait() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_listener_port_in_use_stops_start_up_naming_the_listener() {
+    // Another process's server on the port the listener wants.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("bound").port();
+    let [admin, metrics] = free_ports();
+    let dir = TempDir::new();
+    let config = dir.path().join("obleth.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - name: public\n    address: 127.0.0.1:{port}\n\
+             admin:\n  address: 127.0.0.1:{admin}\nmetrics:\n  address: 127.0.0.1:{metrics}\n\
+             routes:\n  - name: r\n    match: {{ path: {{ prefix: / }} }}\n    respond: {{ status: 200 }}\n"
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OBLETH_WAL_PATH", dir.path().join("wal"))
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("obleth runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("still running after 10 s:\n{stderr}"));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listener public: cannot bind 127.0.0.1:{port}"))
+            && stderr
+                .to_ascii_lowercase()
+                .contains("address already in use"),
+        "{stderr}"
+    );
+    drop(taken);
+}

@@ -3,6 +3,8 @@
 //!
 //! - [`proxy_protocol`]: the PROXY protocol header a trusted L4 relay
 //!   sends first, read before TLS and HTTP; it sets the client address.
+//! - [`listening`]: the listeners' ports, claimed at start-up so a port in
+//!   use stops it, and readiness only once this process listens on them.
 //! - [`certificates`]: a TLS listener's certificates, chosen by SNI and
 //!   reloadable while it serves.
 //! - [`client_connection`]: the client connection under Pingora's parser —
@@ -21,6 +23,7 @@ pub mod certificates;
 pub mod client_connection;
 pub mod forwarding;
 pub mod health;
+pub mod listening;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod rate_limit;

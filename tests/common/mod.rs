@@ -211,6 +211,14 @@ impl Obleth {
                 }
                 panic!("obleth exited early ({status}):\n{stderr}");
             }
+            // The port was taken between obleth's claim and Pingora's bind.
+            if self.stderr().contains("is in use, will try again") {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Start::PortTaken;
+            }
             let ready = client
                 .get(format!("http://{}/readyz", self.admin))
                 .send()
