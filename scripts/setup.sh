@@ -48,6 +48,13 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
   python3 -m pip install --quiet openai
 fi
 
+# The MCP gateway tests run a real MCP server and client: the official
+# Python SDK.
+if ! python3 -c 'import mcp.server.mcpserver' >/dev/null 2>&1; then
+  echo "setup: installing the mcp Python SDK"
+  python3 -m pip install --quiet 'mcp>=2.3,<3'
+fi
+
 # The tracing tests decode OTLP exports with the official protos.
 if ! python3 -c 'import opentelemetry.proto' >/dev/null 2>&1; then
   echo "setup: installing opentelemetry-proto"

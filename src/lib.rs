@@ -19,14 +19,15 @@
 //!   the one error → status map, the live configuration generation.
 //!
 //! LLM plane (what an LLM gateway does)
-//! - [`llm`]: the store, key resolution, model catalog, budget scopes,
+//! - [`llm`]: the store, key resolution, model catalog, MCP servers and
+//!   their sessions, budget scopes,
 //!   invalidation across replicas, the usage log and its shipping, the
 //!   ledger restore. The filters themselves are the `obleth-filters` crate.
 //!
 //! Operating it
 //! - [`admin`]: `/healthz`, `/readyz` and the admin API (the pools' server
 //!   state always, the LLM plane's resources with it); [`store`]: tenants,
-//!   keys, models and the audit log in Postgres or SQLite.
+//!   keys, models, MCP servers and the audit log in Postgres or SQLite.
 //! - [`metrics`]: the Prometheus families; [`otel`]: request traces exported
 //!   over OTLP/HTTP; [`supervision`]: background tasks that must not die
 //!   unnoticed, and readiness.

@@ -32,6 +32,7 @@ pub struct Families {
     pub lease_renewals: IntCounterVec,
     pub tokens: IntCounterVec,
     pub llm_requests: IntCounterVec,
+    pub mcp_requests: IntCounterVec,
     pub queue_wait: HistogramVec,
     pub admitted_in_flight: IntGauge,
     pub queue_depth: IntGauge,
@@ -149,6 +150,12 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         "obleth_requests_total",
         "LLM requests answered, by status class (2xx, 4xx, 5xx, ... as alerts match it), the code of the error contract, and admission (fast, queued, brownout, or rejected: refused before or at admission)",
         &["status", "code", "admission"]
+    )
+    .expect("metric registers once"),
+    mcp_requests: register_int_counter_vec!(
+        "obleth_mcp_requests_total",
+        "MCP JSON-RPC messages (and GET / DELETE requests) on /mcp/{server}, by registered server (- when the name is unknown) and status class; a call the tool policy refused counts as 4xx",
+        &["server", "status"]
     )
     .expect("metric registers once"),
     queue_wait: register_histogram_vec!(

@@ -3,9 +3,10 @@
 Two adjustments to generated requests, both applied to values that are
 already valid, so no case changes from valid to invalid or back:
 
-* A valid `base_url` is replaced by a loopback one. obleth resolves a
-  model's base URL when it loads the model; generated host names would
-  otherwise become DNS queries leaving the machine.
+* A valid `base_url` (a model's) or `url` (an MCP server's) is replaced by
+  a loopback one. obleth resolves them when it loads the model or server;
+  generated host names would otherwise become DNS queries leaving the
+  machine.
 * `active_from` must come before `active_until` (400 otherwise). JSON Schema
   cannot compare two fields, so a body whose two valid bounds are inverted
   is valid by the document and still refused; such a body gets no
@@ -43,9 +44,10 @@ def before_call(context, case, kwargs):
     body = case.body
     if not isinstance(body, dict):
         return
-    url = body.get("base_url")
-    if isinstance(url, str) and len(url) <= 2000 and BASE_URL.match(url):
-        body["base_url"] = "http://127.0.0.1:9/v1"
+    for field, loopback in (("base_url", "http://127.0.0.1:9/v1"), ("url", "http://127.0.0.1:9/mcp")):
+        url = body.get(field)
+        if isinstance(url, str) and len(url) <= 2000 and BASE_URL.match(url):
+            body[field] = loopback
     start, end = _instant(body.get("active_from")), _instant(body.get("active_until"))
     if start is not None and end is not None and start >= end:
         body["active_until"] = None

@@ -30,6 +30,7 @@ fn record(n: u64) -> UsageRecord {
         upstream: "10.0.0.7:8000".into(),
         replica: "obleth-0".into(),
         outcome: Outcome::Completed,
+        mcp: None,
     }
 }
 

@@ -56,6 +56,11 @@ pub struct Tenant {
     pub budget_period: BudgetPeriod,
     /// Client-facing model names; empty allows every model.
     pub allowed_models: Vec<String>,
+    /// MCP servers (`server`) or single tools of them (`server/tool`) the
+    /// tenant may use; empty allows none. Absent in principals cached
+    /// before MCP existed.
+    #[serde(default)]
+    pub allowed_mcp_servers: Vec<String>,
 }
 
 /// An API key, without its secret or hash.
@@ -116,5 +121,23 @@ impl Tenant {
     /// Whether `model` (its client-facing name) is on the allowlist.
     pub fn allows_model(&self, model: &str) -> bool {
         self.allowed_models.is_empty() || self.allowed_models.iter().any(|m| m == model)
+    }
+
+    /// Whether the tenant may reach the MCP server at all.
+    pub fn allows_mcp_server(&self, server: &str) -> bool {
+        self.allowed_mcp_servers
+            .iter()
+            .any(|g| g.split_once('/').map_or(g.as_str(), |(s, _)| s) == server)
+    }
+
+    /// Whether the tenant may use `tool` of `server`: the whole server is
+    /// granted, or that one tool.
+    pub fn allows_mcp_tool(&self, server: &str, tool: &str) -> bool {
+        self.allowed_mcp_servers
+            .iter()
+            .any(|g| match g.split_once('/') {
+                None => g == server,
+                Some((s, t)) => s == server && t == tool,
+            })
     }
 }

@@ -1,5 +1,5 @@
-//! The admin API under `/api/v1/`: groups, tenants, keys, models, the
-//! audit log, budgets, admission capacity and usage, one file per resource,
+//! The admin API under `/api/v1/`: groups, tenants, keys, models, MCP
+//! servers, the audit log, budgets, admission capacity and usage, one file per resource,
 //! each with its handlers and the `routes()` merged here. Handlers that
 //! change something take [`Change`]: the state and who acts.
 //! Every route needs `Authorization: Bearer $OBLETH_ADMIN_TOKEN`; every
@@ -34,7 +34,8 @@ use super::error::{
 };
 use super::EdgeRuntime;
 use super::{
-    audit, budgets, capacity, certificates, doc, groups, keys, models, pools, tenants, usage,
+    audit, budgets, capacity, certificates, doc, groups, keys, mcp_servers, models, pools, tenants,
+    usage,
 };
 use crate::llm::LlmState;
 
@@ -190,6 +191,7 @@ pub fn router(llm: Option<Arc<LlmState>>, edge: EdgeRuntime, admin_token: &str) 
                 .merge(tenants::routes())
                 .merge(keys::routes())
                 .merge(models::routes())
+                .merge(mcp_servers::routes())
                 .merge(audit::routes())
                 .merge(budgets::routes())
                 .merge(capacity::routes())

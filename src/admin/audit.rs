@@ -18,18 +18,27 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// What the audit log records changes of.
-const ENTITY_TYPES: [&str; 6] = ["group", "tenant", "key", "model", "capacity", "server"];
+const ENTITY_TYPES: [&str; 7] = [
+    "group",
+    "tenant",
+    "key",
+    "model",
+    "mcp_server",
+    "capacity",
+    "server",
+];
 
 /// The kinds of entity in the audit log (for the document; the handler
 /// checks [`ENTITY_TYPES`]).
 #[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
 pub enum EntityType {
     Group,
     Tenant,
     Key,
     Model,
+    McpServer,
     Capacity,
     Server,
 }

@@ -19,10 +19,11 @@ fn error_response(description: &str) -> Value {
 }
 
 /// Which create schema each merge-patch operation patches.
-const PATCHES: [(&str, &str, &str); 3] = [
+const PATCHES: [(&str, &str, &str); 4] = [
     ("patch_tenant", "TenantSpec", "TenantPatch"),
     ("patch_key", "KeySpec", "KeyPatch"),
     ("patch_model", "ModelSpec", "ModelPatch"),
+    ("patch_mcp_server", "McpServerSpec", "McpServerPatch"),
 ];
 
 /// The generated document as JSON, completed as the module doc says.
@@ -197,7 +198,8 @@ fn patch_schemas(doc: &mut Value) {
                 for p in props.values_mut().filter_map(Value::as_object_mut) {
                     p.remove("default");
                 }
-                if patch == "ModelPatch" {
+                // Their names cannot change (a patch may only repeat it).
+                if patch == "ModelPatch" || patch == "McpServerPatch" {
                     props.remove("name");
                 }
             }

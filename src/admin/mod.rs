@@ -37,6 +37,7 @@ mod doc;
 pub mod error;
 mod groups;
 mod keys;
+mod mcp_servers;
 mod models;
 mod pools;
 mod tenants;

@@ -52,6 +52,7 @@ pub struct TenantView {
     /// `lifetime` or `monthly`.
     budget_period: String,
     allowed_models: Vec<String>,
+    allowed_mcp_servers: Vec<String>,
     #[serde(with = "opt_time")]
     #[schema(value_type = String, format = DateTime)]
     created_at: Option<i64>,
@@ -80,6 +81,7 @@ impl From<TenantRecord> for TenantView {
             budget_usd: s.budget_usd,
             budget_period: s.budget_period.as_str().to_string(),
             allowed_models: s.allowed_models,
+            allowed_mcp_servers: s.allowed_mcp_servers,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }

@@ -246,6 +246,8 @@ pub struct RawSeed {
     #[serde(default)]
     pub models: Vec<crate::store::ModelSpec>,
     #[serde(default)]
+    pub mcp_servers: Vec<crate::store::McpServerSpec>,
+    #[serde(default)]
     pub keys: Vec<SeedKey>,
 }
 

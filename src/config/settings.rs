@@ -186,6 +186,7 @@ pub struct Seed {
     pub groups: Vec<crate::store::Group>,
     pub tenants: Vec<crate::store::TenantSpec>,
     pub models: Vec<crate::store::ModelSpec>,
+    pub mcp_servers: Vec<crate::store::McpServerSpec>,
     pub keys: Vec<raw::SeedKey>,
 }
 

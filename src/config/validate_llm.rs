@@ -306,6 +306,18 @@ impl Validator {
             }
         }
         self.model_namespace(&raw.models);
+        let mut mcp_names = std::collections::HashSet::new();
+        for (i, m) in raw.mcp_servers.iter().enumerate() {
+            if let Err(e) = m.validate() {
+                self.problem(&format!("seed.mcp_servers[{i}]"), e.to_string());
+            }
+            if !mcp_names.insert(&m.name) {
+                self.problem(
+                    &format!("seed.mcp_servers[{i}].name"),
+                    "duplicate MCP server name",
+                );
+            }
+        }
         for (i, k) in raw.keys.iter().enumerate() {
             if !k.secret.starts_with(obleth_filters::auth::SECRET_PREFIX) || k.secret.len() < 24 {
                 self.problem(
@@ -330,6 +342,7 @@ impl Validator {
                     m
                 })
                 .collect(),
+            mcp_servers: raw.mcp_servers,
             keys: raw.keys,
         }
     }

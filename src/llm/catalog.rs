@@ -59,7 +59,7 @@ impl Catalog {
             let direct = match &model.base_url {
                 Some(url) => {
                     let old = previous.get(&model.name).and_then(|m| m.direct.as_ref());
-                    match direct_upstream(&model.name, url, old).await {
+                    match direct_upstream(format!("model:{}", model.name), url, old).await {
                         Ok(d) => Some(d),
                         Err(e) => {
                             tracing::warn!(model = %model.name, "model left out: base_url {url}: {e}");
@@ -103,10 +103,10 @@ impl Catalog {
     }
 }
 
-/// Why a model's `base_url` cannot be served (the model is left out of the
-/// catalog and the reason logged).
+/// Why a model's `base_url` (or an MCP server's `url`) cannot be served
+/// (the model is left out of the catalog and the reason logged).
 #[derive(Debug, thiserror::Error)]
-enum BaseUrlError {
+pub enum BaseUrlError {
     #[error("not a URL: {0}")]
     NotAUrl(#[from] http::uri::InvalidUri),
     #[error("scheme must be http or https")]
@@ -121,8 +121,10 @@ enum BaseUrlError {
     Host(#[from] http::header::InvalidHeaderValue),
 }
 
-async fn direct_upstream(
-    name: &str,
+/// A pool of its own (named `pool_name`) for an upstream named by URL; an
+/// `old` one keeps its connections' health state.
+pub(super) async fn direct_upstream(
+    pool_name: String,
     url: &str,
     old: Option<&DirectUpstream>,
 ) -> Result<DirectUpstream, BaseUrlError> {
@@ -140,7 +142,7 @@ async fn direct_upstream(
         .ok_or(BaseUrlError::NoAddress)?;
     let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
     let config = PoolConfig {
-        name: format!("model:{name}"),
+        name: pool_name,
         algorithm: Algorithm::RoundRobin,
         servers: vec![ServerConfig {
             name: authority.clone(),

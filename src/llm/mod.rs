@@ -1,5 +1,5 @@
 //! The LLM side of the gateway: the store, the key resolver, the model
-//! catalog, and how changes made through the admin API reach every replica
+//! catalog, the MCP servers and their sessions, and how changes made through the admin API reach every replica
 //! (Redis pub/sub, or in-process without Redis).
 
 use std::sync::Arc;
@@ -13,16 +13,20 @@ use obleth_filters::redis_link::{RedisLink, Topology};
 
 use crate::config::{AdmissionSettings, BudgetSettings, Config, Seed};
 use crate::store::secrets::UpstreamKeyCipher;
-use crate::store::{KeySpec, ModelSpec, Store, StoreError};
+use crate::store::{KeySpec, McpServerSpec, ModelSpec, Store, StoreError};
 
 mod body_buffer;
 mod catalog;
 mod ledger;
+mod mcp_registry;
+mod mcp_sessions;
 mod scopes;
 pub mod usage;
 
 pub use body_buffer::{BodyBuffer, BufferFull, HeldBytes};
 pub use catalog::{Catalog, CatalogModel, DirectUpstream};
+pub use mcp_registry::{McpEndpoint, McpRegistry};
+pub use mcp_sessions::McpSessions;
 pub use scopes::{budget_period, key_scope, period_start, tenant_scope};
 use usage::Telemetry;
 
@@ -47,6 +51,10 @@ pub struct LlmState {
     pub store: Store,
     pub resolver: KeyResolver,
     pub catalog: Catalog,
+    /// The MCP servers behind `/mcp/{server}`.
+    pub mcp: McpRegistry,
+    /// Which key opened each MCP session.
+    pub mcp_sessions: McpSessions,
     /// Redis-backed with Redis configured, in-process otherwise.
     pub budgets: Arc<dyn BudgetStore>,
     pub budget_settings: BudgetSettings,
@@ -134,6 +142,12 @@ impl LlmState {
             telemetry: open_usage_log(config, take_over_by).await?,
             resolver: KeyResolver::new(hasher, hot.clone(), Arc::new(store.clone())),
             catalog: Catalog::default(),
+            mcp: McpRegistry::default(),
+            mcp_sessions: McpSessions::new(
+                publisher
+                    .clone()
+                    .zip(config.redis.as_ref().map(|r| r.prefix.clone())),
+            ),
             store,
             hot,
             publisher,
@@ -203,8 +217,9 @@ impl LlmState {
         self.reload_models().await;
     }
 
-    /// Reloads the catalog and sizes each model's admission pool (live:
-    /// waiters are let in at once when a pool grew).
+    /// Reloads the catalog and the MCP servers and sizes each model's and
+    /// bounded MCP server's admission pool (live: waiters are let in at
+    /// once when a pool grew).
     async fn reload_models(&self) {
         if let Err(e) = self.catalog.reload(&self.store).await {
             tracing::error!("cannot load models: {e}");
@@ -212,6 +227,14 @@ impl LlmState {
         for entry in self.catalog.list().iter() {
             self.scheduler
                 .set_pool_size(&entry.model.name, entry.model.max_in_flight);
+        }
+        match self.mcp.reload(&self.store).await {
+            Ok(pools) => {
+                for (pool, size) in pools {
+                    self.scheduler.set_pool_size(&pool, size);
+                }
+            }
+            Err(e) => tracing::error!("cannot load MCP servers: {e}"),
         }
     }
 }
@@ -347,6 +370,25 @@ async fn apply_seed(store: &Store, hasher: &KeyHasher, seed: &Seed) -> Result<()
             }
             Err(StoreError::NotFound(_)) => {
                 store.put_model(ACTOR, model, true).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for server in &seed.mcp_servers {
+        match store.mcp_server(&server.name).await {
+            Ok(existing) => {
+                let header_differs =
+                    server.auth_header.is_some() && server.auth_header != existing.spec.auth_header;
+                let without_header = McpServerSpec {
+                    auth_header: None,
+                    ..server.clone()
+                };
+                if McpServerSpec::of(&existing) != without_header || header_differs {
+                    store.put_mcp_server(ACTOR, server, false).await?;
+                }
+            }
+            Err(StoreError::NotFound(_)) => {
+                store.put_mcp_server(ACTOR, server, true).await?;
             }
             Err(e) => return Err(e),
         }

@@ -80,6 +80,7 @@ mod tests {
             budget_usd: None,
             budget_period: BudgetPeriod::Monthly,
             allowed_models: vec![],
+            allowed_mcp_servers: vec![],
         };
         let late_november_utc: Timestamp = "2026-11-30T16:30:00Z".parse().unwrap();
         assert_eq!(

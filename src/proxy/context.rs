@@ -47,6 +47,8 @@ pub struct RequestCtx {
     /// as the context is moved with Pingora's request future on every
     /// request and a plain proxy request has none.
     pub(super) llm: Option<Box<llm_route::LlmCall>>,
+    /// Set on `/mcp/{server}` paths of LLM routes; boxed like `llm`.
+    pub(super) mcp: Option<Box<super::mcp_route::McpCall>>,
     /// On LLM routes, the key's principal once resolved and the model once
     /// known: a request refused after that still leaves a usage record.
     pub(super) caller: Option<Arc<obleth_filters::records::Principal>>,

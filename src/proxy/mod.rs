@@ -29,6 +29,7 @@ mod errors;
 mod gates;
 mod generation;
 mod llm_route;
+mod mcp_route;
 mod preset_body;
 mod trace;
 
@@ -132,6 +133,7 @@ impl ProxyHttp for Gateway {
             route: None,
             pool: None,
             llm: None,
+            mcp: None,
             request_id: RequestId::default(),
             attempts: 0,
             tried: SmallVec::new(),
@@ -238,6 +240,10 @@ impl ProxyHttp for Gateway {
                         "the LLM plane is not running",
                     ));
                 };
+                let path = session.req_header().uri.path();
+                if let Some(server) = mcp_route::server_in_path(path).map(str::to_owned) {
+                    return mcp_route::request_filter(llm, &server, action, session, ctx).await;
+                }
                 let generation = self.shared.current();
                 llm_route::request_filter(llm, &generation, action, session, ctx).await
             }
@@ -281,6 +287,9 @@ impl ProxyHttp for Gateway {
             Error::explain(ErrorType::InternalError, "proxy route without a pool")
         })?;
         if let Some(call) = ctx.llm.as_mut() {
+            call.body_sent = false;
+        }
+        if let Some(call) = ctx.mcp.as_mut() {
             call.body_sent = false;
         }
         if ctx.attempts > 0 {
@@ -439,6 +448,9 @@ impl ProxyHttp for Gateway {
         if let Some(call) = &ctx.llm {
             call.rewrite_upstream_request(upstream)?;
         }
+        if let Some(call) = &ctx.mcp {
+            call.rewrite_upstream_request(upstream)?;
+        }
         if let Some(trace) = &ctx.trace {
             upstream.insert_header("traceparent", trace.upstream_traceparent())?;
         }
@@ -488,6 +500,12 @@ impl ProxyHttp for Gateway {
                 response.remove_header(&header::CONTENT_LENGTH);
             }
         }
+        if let (Some(call), Some(caller), Some(llm)) =
+            (ctx.mcp.as_mut(), &ctx.caller, &self.shared.llm)
+        {
+            let method = &session.req_header().method;
+            call.start_response(llm, caller, method, response).await;
+        }
         Ok(())
     }
 
@@ -501,6 +519,9 @@ impl ProxyHttp for Gateway {
         if let Some(call) = ctx.llm.as_mut() {
             call.observe_response(body, end_of_stream);
         }
+        if let Some(call) = ctx.mcp.as_mut() {
+            call.observe_response(body, end_of_stream);
+        }
         Ok(None)
     }
 
@@ -511,10 +532,13 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.llm.is_none() {
+        if ctx.llm.is_none() && ctx.mcp.is_none() {
             ctx.check_body_rate(body.as_ref().map_or(0, Bytes::len))?;
         }
         if let Some(call) = ctx.llm.as_mut() {
+            call.replace_body(body);
+        }
+        if let Some(call) = ctx.mcp.as_mut() {
             call.replace_body(body);
         }
         Ok(())
@@ -587,7 +611,12 @@ impl ProxyHttp for Gateway {
         metrics.duration.observe(elapsed.as_secs_f64());
         let llm_route = ctx.route.as_ref().map(|r| &r.config.action);
         if let (Some(Action::Llm(_)), Some(llm)) = (llm_route, &self.shared.llm) {
-            llm_route::logging(llm, ctx, status, elapsed).await;
+            if ctx.mcp.is_some() {
+                let method = &session.req_header().method;
+                mcp_route::logging(llm, ctx, method, status, elapsed);
+            } else {
+                llm_route::logging(llm, ctx, status, elapsed).await;
+            }
         }
         if let Some(tracer) = &self.shared.tracer {
             trace::finish(tracer, session, ctx, status, self.scheme);
@@ -619,10 +648,11 @@ impl ProxyHttp for Gateway {
             uri,
             version: version_text(req.version),
             request_id: ctx.request_id.as_str(),
-            tenant: ctx
-                .llm
-                .as_ref()
-                .map_or("-", |c| c.principal.tenant.name.as_str()),
+            tenant: match (&ctx.llm, &ctx.mcp, &ctx.caller) {
+                (Some(call), _, _) => call.principal.tenant.name.as_str(),
+                (None, Some(_), Some(caller)) => caller.tenant.name.as_str(),
+                _ => "-",
+            },
         });
     }
 }

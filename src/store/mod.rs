@@ -1,5 +1,5 @@
-//! The store of record: fair-share groups, tenants, API keys, models and the
-//! audit log, in Postgres (production) or a SQLite file (embedded default),
+//! The store of record: fair-share groups, tenants, API keys, models, MCP
+//! servers and the audit log, in Postgres (production) or a SQLite file (embedded default),
 //! through one set of queries on sqlx's `Any` driver. Every mutation writes
 //! its audit row in the same transaction. Nothing on the request path waits
 //! on the store except the first lookup of a key no cache holds.
@@ -25,12 +25,14 @@
 //! - `keys.rs`: API keys, and the lookup of a key's principal on the
 //!   request path.
 //! - `models.rs`: models and the namespace of their names and aliases.
+//! - `mcp_servers.rs`: the MCP servers behind `/mcp/{server}`.
 //! - `audit.rs`: the audit row every mutation writes, and reading the log.
-//! - `secrets.rs`: upstream keys sealed at rest.
+//! - `secrets.rs`: upstream keys and MCP credentials sealed at rest.
 
 mod audit;
 mod groups;
 mod keys;
+mod mcp_servers;
 mod models;
 pub mod secrets;
 mod tenants;
@@ -44,9 +46,12 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use audit::AuditEntry;
 pub use groups::Group;
 pub use keys::KeySpec;
+pub use mcp_servers::{split_auth_header, McpServer, McpServerSpec, McpTransport, ToolNameSchema};
 pub use models::{ModelNameSchema, ModelSpec};
 use secrets::UpstreamKeyCipher;
-pub use tenants::{AsStr, DayName, PeriodName, StatusName, TenantRecord, TenantSpec, WindowSchema};
+pub use tenants::{
+    AsStr, DayName, McpGrantSchema, PeriodName, StatusName, TenantRecord, TenantSpec, WindowSchema,
+};
 pub use validate::*;
 
 /// Which database a URL names.

@@ -10,15 +10,15 @@ use utoipa::ToSchema;
 
 use super::models::ModelNameSchema;
 use super::validate::{
-    check_model_name, check_money, check_plain_name, check_range, check_tenant_name,
-    default_weight, is_time, timezones, ALLOWED_MODELS_MAX, COUNT_MAX, DAYS, IN_FLIGHT_MAX,
-    TENANT_ID_PREFIX, WEIGHT_MAX, WINDOWS_MAX,
+    check_mcp_grant, check_model_name, check_money, check_plain_name, check_range,
+    check_tenant_name, default_weight, is_time, timezones, ALLOWED_MODELS_MAX, COUNT_MAX, DAYS,
+    IN_FLIGHT_MAX, TENANT_ID_PREFIX, TOOLS_MAX, WEIGHT_MAX, WINDOWS_MAX,
 };
 use super::{classify, get, json_list, new_id, opt_time, unix_ms, AnyQuery, Store, StoreError};
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.group_name, g.weight AS group_weight, t.weight,
     t.tokens_per_minute, t.max_in_flight, t.status, t.timezone, t.active_from, t.active_until, t.weekly_windows,
-    t.budget_tokens, t.budget_usd, t.budget_period, t.allowed_models, t.created_at, t.updated_at
+    t.budget_tokens, t.budget_usd, t.budget_period, t.allowed_models, t.allowed_mcp_servers, t.created_at, t.updated_at
     FROM tenants t JOIN fairshare_groups g ON g.name = t.group_name";
 
 fn default_group() -> String {
@@ -95,7 +95,19 @@ pub struct TenantSpec {
     #[serde(default)]
     #[schema(value_type = Vec<ModelNameSchema>, max_items = 1000)]
     pub allowed_models: Vec<String>,
+    /// MCP servers the tenant's keys may use: a server's name grants every
+    /// tool the server allows, `server/tool` that tool only; empty grants
+    /// none (tools are opt-in).
+    #[serde(default)]
+    #[schema(value_type = Vec<McpGrantSchema>, max_items = 1000)]
+    pub allowed_mcp_servers: Vec<String>,
 }
+
+/// An MCP server's name, or `server/tool` for one of its tools.
+#[derive(ToSchema)]
+#[schema(as = McpGrant, value_type = String, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(?:/[A-Za-z0-9_./-]{1,128})?$")]
+#[allow(dead_code)]
+pub struct McpGrantSchema(String);
 
 /// `active` or `suspended` (a suspended tenant's keys get 403).
 #[derive(Serialize, ToSchema)]
@@ -229,6 +241,15 @@ impl TenantSpec {
         for (i, m) in self.allowed_models.iter().enumerate() {
             check_model_name(&format!("allowed_models[{i}]"), m)?;
         }
+        if self.allowed_mcp_servers.len() > TOOLS_MAX {
+            return Err(StoreError::invalid(
+                "allowed_mcp_servers",
+                format!("at most {TOOLS_MAX} entries"),
+            ));
+        }
+        for (i, g) in self.allowed_mcp_servers.iter().enumerate() {
+            check_mcp_grant(&format!("allowed_mcp_servers[{i}]"), g)?;
+        }
         Ok(())
     }
 
@@ -288,6 +309,10 @@ impl TenantRecord {
                     _ => BudgetPeriod::Lifetime,
                 },
                 allowed_models: json_list("allowed_models", &get::<String>(r, "allowed_models")?)?,
+                allowed_mcp_servers: json_list(
+                    "allowed_mcp_servers",
+                    &get::<String>(r, "allowed_mcp_servers")?,
+                )?,
             },
             group_weight: get::<i64>(r, "group_weight")? as u32,
             created_at: Some(get(r, "created_at")?),
@@ -316,6 +341,7 @@ impl From<TenantRecord> for Tenant {
             budget_usd: s.budget_usd,
             budget_period: s.budget_period,
             allowed_models: s.allowed_models,
+            allowed_mcp_servers: s.allowed_mcp_servers,
         }
     }
 }
@@ -378,8 +404,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO tenants (name, group_name, weight, tokens_per_minute, max_in_flight, status, timezone,
                    active_from, active_until, weekly_windows, budget_tokens, budget_usd, budget_period, allowed_models,
-                   id, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
+                   allowed_mcp_servers, id, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
             ),
             spec,
         )
@@ -407,8 +433,8 @@ impl Store {
             sqlx::query(
                 "UPDATE tenants SET name = $1, group_name = $2, weight = $3, tokens_per_minute = $4, max_in_flight = $5,
                    status = $6, timezone = $7, active_from = $8, active_until = $9, weekly_windows = $10,
-                   budget_tokens = $11, budget_usd = $12, budget_period = $13, allowed_models = $14, updated_at = $15
-                 WHERE id = $16",
+                   budget_tokens = $11, budget_usd = $12, budget_period = $13, allowed_models = $14, allowed_mcp_servers = $15,
+                   updated_at = $16 WHERE id = $17",
             ),
             spec,
         )
@@ -445,7 +471,7 @@ impl Store {
     }
 }
 
-/// Binds a tenant's settings as `$1`–`$14`, in the order the insert and
+/// Binds a tenant's settings as `$1`–`$15`, in the order the insert and
 /// the update list them.
 fn bind_tenant<'q>(q: AnyQuery<'q>, s: &'q TenantSpec) -> AnyQuery<'q> {
     q.bind(&s.name)
@@ -462,4 +488,5 @@ fn bind_tenant<'q>(q: AnyQuery<'q>, s: &'q TenantSpec) -> AnyQuery<'q> {
         .bind(s.budget_usd)
         .bind(s.budget_period.as_str())
         .bind(serde_json::to_string(&s.allowed_models).unwrap_or_else(|_| "[]".into()))
+        .bind(serde_json::to_string(&s.allowed_mcp_servers).unwrap_or_else(|_| "[]".into()))
 }

@@ -33,6 +33,12 @@ pub const UPSTREAM_MODEL_MAX: usize = 1000;
 pub const UPSTREAM_KEY_MAX: usize = 4096;
 /// Longest `base_url`.
 pub const BASE_URL_MAX: usize = 2000;
+/// Longest MCP tool name (the bound the MCP specification sets).
+pub const TOOL_NAME_MAX: usize = 128;
+/// Most tools in an MCP server's allowlist, and most MCP grants of a tenant.
+pub const TOOLS_MAX: usize = 1000;
+/// Longest MCP `auth_header`, name and value.
+pub const AUTH_HEADER_MAX: usize = 8192;
 /// What every tenant id starts with (see [`super::new_id`]); tenant names
 /// may not, so "id or name" always means one tenant.
 pub const TENANT_ID_PREFIX: &str = "ten_";
@@ -46,6 +52,14 @@ pub const TENANT_NAME_PATTERN: &str = "^(?!ten_)[A-Za-z0-9][A-Za-z0-9._-]{0,99}$
 /// Model names and aliases: as [`NAME_PATTERN`], plus `:`, `/`, `@` and
 /// `+` (`org/model`, `ft:base:org:id`, `model@rev`).
 pub const MODEL_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$";
+/// An MCP tool name: ASCII letters, digits, `_`, `-`, `.` and `/`.
+pub const TOOL_NAME_PATTERN: &str = "^[A-Za-z0-9_./-]{1,128}$";
+/// A tenant's grant of an MCP server: the server's name (every tool the
+/// server allows), or `server/tool` (that tool only).
+pub const MCP_GRANT_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(?:/[A-Za-z0-9_./-]{1,128})?$";
+/// An MCP server's `auth_header`: `Name: value` (a header field name, then
+/// visible ASCII, spaces and tabs), or empty to clear it.
+pub const AUTH_HEADER_PATTERN: &str = "^$|^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\\t !-~]*$";
 /// A weekly window's `HH:MM` bound (`24:00` ends a day).
 pub const TIME_PATTERN: &str = "^(?:[01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$";
 /// A `base_url`: `http(s)://host[:port][/path]`, the host a DNS name or
@@ -108,6 +122,32 @@ pub fn check_tenant_name(field: &str, value: &str) -> Result<(), StoreError> {
 /// A model name or alias.
 pub fn check_model_name(field: &str, value: &str) -> Result<(), StoreError> {
     check_name(field, value, MODEL_NAME_MAX, "._:/@+-")
+}
+
+/// An MCP tool name ([`TOOL_NAME_PATTERN`]).
+pub fn check_tool_name(field: &str, value: &str) -> Result<(), StoreError> {
+    let ok = (1..=TOOL_NAME_MAX).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b));
+    if !ok {
+        return Err(StoreError::invalid(
+            field,
+            format!("must be 1 to {TOOL_NAME_MAX} characters: letters, digits or any of \"_./-\""),
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant's MCP grant ([`MCP_GRANT_PATTERN`]).
+pub fn check_mcp_grant(field: &str, value: &str) -> Result<(), StoreError> {
+    match value.split_once('/') {
+        Some((server, tool)) => {
+            check_plain_name(field, server)?;
+            check_tool_name(field, tool)
+        }
+        None => check_plain_name(field, value),
+    }
 }
 
 pub(super) fn check_range<T: PartialOrd + std::fmt::Display>(
@@ -215,7 +255,10 @@ pub mod opt_time {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Group, KeySpec, ModelNameSchema, ModelSpec, TenantSpec, WindowSchema};
+    use crate::store::{
+        Group, KeySpec, McpGrantSchema, McpServerSpec, ModelNameSchema, ModelSpec, TenantSpec,
+        ToolNameSchema, WindowSchema,
+    };
     use utoipa::PartialSchema;
 
     fn schema_of<T: PartialSchema>() -> serde_json::Value {
@@ -246,6 +289,15 @@ mod tests {
             schema_of::<Group>()["properties"]["name"]["pattern"],
             NAME_PATTERN
         );
+        let mcp = schema_of::<McpServerSpec>();
+        assert_eq!(mcp["properties"]["name"]["pattern"], NAME_PATTERN);
+        assert_eq!(mcp["properties"]["url"]["pattern"], BASE_URL_PATTERN);
+        assert_eq!(
+            mcp["properties"]["auth_header"]["pattern"],
+            AUTH_HEADER_PATTERN
+        );
+        assert_eq!(schema_of::<ToolNameSchema>()["pattern"], TOOL_NAME_PATTERN);
+        assert_eq!(schema_of::<McpGrantSchema>()["pattern"], MCP_GRANT_PATTERN);
         let window = schema_of::<WindowSchema>();
         assert_eq!(window["properties"]["start"]["pattern"], TIME_PATTERN);
         assert_eq!(tenant["properties"]["weight"]["maximum"], WEIGHT_MAX);

@@ -3,7 +3,7 @@ import { useEffect, useState } from "preact/hooks";
 import { html } from "htm/preact";
 import { api } from "../api.js";
 
-const TYPES = ["", "group", "tenant", "key", "model", "capacity", "server"];
+const TYPES = ["", "group", "tenant", "key", "model", "mcp_server", "capacity", "server"];
 const PAGE = 25;
 
 export function Audit() {

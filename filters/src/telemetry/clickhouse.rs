@@ -18,6 +18,11 @@ use super::UsageRecord;
 
 const SCHEMA: &str = include_str!("../../../migrations/clickhouse/0001_usage.sql");
 const OUTCOME: &str = include_str!("../../../migrations/clickhouse/0002_outcome.sql");
+const MCP: &str = include_str!("../../../migrations/clickhouse/0003_mcp.sql");
+/// The migrations that add columns to `usage`, each with the last column it
+/// adds: it runs when that column is missing (ClickHouse 18.16 has no `ADD
+/// COLUMN IF NOT EXISTS`).
+const ADDED_COLUMNS: [(&str, &str); 2] = [(OUTCOME, "outcome"), (MCP, "mcp_tool")];
 
 /// How to reach ClickHouse.
 #[derive(Debug, Clone)]
@@ -59,6 +64,9 @@ struct UsageRow<'a> {
     replica: &'a str,
     batch: &'a str,
     outcome: &'a str,
+    mcp_server: &'a str,
+    mcp_method: &'a str,
+    mcp_tool: &'a str,
 }
 
 /// Totals of one tenant, key or model over a time range.
@@ -289,24 +297,27 @@ impl ClickHouseSink {
             self.bounded("migrate", |r| r.client.query(&statement).execute())
                 .await?;
         }
-        if !self.has_outcome().await? {
-            for statement in statements(OUTCOME) {
-                self.bounded("migrate", |r| r.client.query(&statement).execute())
-                    .await?;
+        for (migration, column) in ADDED_COLUMNS {
+            if !self.has_column(column).await? {
+                for statement in statements(migration) {
+                    self.bounded("migrate", |r| r.client.query(&statement).execute())
+                        .await?;
+                }
             }
         }
         Ok(())
     }
 
-    async fn has_outcome(&self) -> Result<bool, SinkError> {
+    async fn has_column(&self, column: &str) -> Result<bool, SinkError> {
         let n = self
             .bounded("migrate", |r| {
                 r.server
                     .query(
                         "SELECT count() FROM system.columns \
-                         WHERE database = ? AND table = 'usage' AND name = 'outcome'",
+                         WHERE database = ? AND table = 'usage' AND name = ?",
                     )
                     .bind(&self.config.database)
+                    .bind(column)
                     .fetch_one::<u64>()
             })
             .await?;
@@ -369,10 +380,12 @@ impl ClickHouseSink {
                 }
             }
         }
-        if !self.has_outcome().await? {
-            for statement in statements(&on_cluster(OUTCOME, database, cluster)?) {
-                if let Err(e) = self.ddl(statement).await {
-                    self.done_here(e, self.has_outcome().await?)?;
+        for (migration, column) in ADDED_COLUMNS {
+            if !self.has_column(column).await? {
+                for statement in statements(&on_cluster(migration, database, cluster)?) {
+                    if let Err(e) = self.ddl(statement).await {
+                        self.done_here(e, self.has_column(column).await?)?;
+                    }
                 }
             }
         }
@@ -539,6 +552,9 @@ impl UsageSink for ClickHouseSink {
                             replica: &r.replica,
                             batch,
                             outcome: r.outcome.label(),
+                            mcp_server: r.mcp.as_ref().map_or("", |m| m.server.as_str()),
+                            mcp_method: r.mcp.as_ref().map_or("", |m| m.method.as_str()),
+                            mcp_tool: r.mcp.as_ref().map_or("", |m| m.tool.as_str()),
                         })
                         .await?;
                 }

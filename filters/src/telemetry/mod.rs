@@ -83,4 +83,17 @@ pub struct UsageRecord {
     /// Absent in records written before intents existed: completed.
     #[serde(default)]
     pub outcome: Outcome,
+    /// Set on the records of MCP calls (`model` is then `mcp:{server}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpUsage>,
+}
+
+/// What an MCP call was: the server, the JSON-RPC method and, for
+/// `tools/call`, the tool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct McpUsage {
+    pub server: String,
+    pub method: String,
+    #[serde(default)]
+    pub tool: String,
 }

@@ -949,6 +949,7 @@ mod tests {
     fn intent(n: u64) -> UsageRecord {
         UsageRecord {
             outcome: Outcome::Intent,
+            mcp: None,
             status: 0,
             ..record(n)
         }

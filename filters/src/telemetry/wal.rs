@@ -687,6 +687,7 @@ pub(super) mod tests {
             upstream: "u".into(),
             replica: "r".into(),
             outcome: super::super::Outcome::Completed,
+            mcp: None,
         }
     }
 

@@ -7,6 +7,8 @@ mod call;
 mod record;
 mod rejection;
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use obleth_filters::access;
@@ -28,7 +30,8 @@ use crate::otel::otlp::KeyValue;
 use budget::reserve;
 pub use call::LlmCall;
 pub use record::logging;
-use rejection::{reject, Rejection, Stop};
+pub(super) use record::{arrival_ms, ms, record_id};
+pub(super) use rejection::{conclude, Rejection, Stop};
 
 /// Runs the LLM gates; `Ok(true)` when a response was already sent.
 pub async fn request_filter(
@@ -38,20 +41,8 @@ pub async fn request_filter(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
-    match admit(llm, generation, action, session, ctx).await {
-        Ok(responded) => Ok(responded),
-        Err(Stop::ClientGone) => Err(Error::explain(
-            ErrorType::ConnectionClosed,
-            "the client left while queued",
-        )
-        .into_down()),
-        Err(Stop::Refused(r)) => {
-            if r.status == 413 {
-                session.set_keepalive(None);
-            }
-            reject(session, ctx, r).await
-        }
-    }
+    let admitted = admit(llm, generation, action, session, ctx).await;
+    conclude(admitted, session, ctx).await
 }
 
 async fn admit(
@@ -71,32 +62,7 @@ async fn admit(
             )
         })?;
 
-    for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
-        if req.headers.get_all(name).iter().nth(1).is_some() {
-            return Err(Rejection::new(
-                400,
-                "invalid_request",
-                format!("more than one {name} header; send one credential"),
-            )
-            .into());
-        }
-    }
-    let secret = credential(
-        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        req.headers.get("x-api-key").map(|v| v.as_bytes()),
-    )
-    .ok_or(AuthError::Missing)?
-    .to_owned();
-    let started = ctx.step_started();
-    let principal = llm.resolver.resolve(&secret).await?;
-    ctx.trace_step("auth", started, || {
-        vec![KeyValue::text(
-            "obleth.tenant.id",
-            principal.tenant.id.as_str(),
-        )]
-    });
-    ctx.caller = Some(principal.clone());
-    access::check(&principal, jiff::Timestamp::now())?;
+    let principal = authenticate(llm, session, ctx).await?;
 
     let catalog_request = matches!(endpoint, Endpoint::Models | Endpoint::Model);
     if !catalog_request && llm.telemetry.refusing() {
@@ -243,6 +209,44 @@ async fn admit(
     Ok(false)
 }
 
+/// Resolves the request's one API key (`Authorization` or `x-api-key`) to
+/// its principal and checks that the key and its tenant may be served now:
+/// the gate every LLM and MCP request passes first.
+pub(super) async fn authenticate(
+    llm: &LlmState,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Arc<Principal>, Stop> {
+    let req = session.req_header();
+    for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
+        if req.headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("more than one {name} header; send one credential"),
+            )
+            .into());
+        }
+    }
+    let secret = credential(
+        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        req.headers.get("x-api-key").map(|v| v.as_bytes()),
+    )
+    .ok_or(AuthError::Missing)?
+    .to_owned();
+    let started = ctx.step_started();
+    let principal = llm.resolver.resolve(&secret).await?;
+    ctx.trace_step("auth", started, || {
+        vec![KeyValue::text(
+            "obleth.tenant.id",
+            principal.tenant.id.as_str(),
+        )]
+    });
+    ctx.caller = Some(principal.clone());
+    access::check(&principal, jiff::Timestamp::now())?;
+    Ok(principal)
+}
+
 /// The most tokens one request counts for at admission (before settlement
 /// puts in the actual tokens).
 const MAX_ESTIMATE: u64 = 1 << 24;
@@ -313,7 +317,7 @@ const BUFFER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Reads the whole body, bounded by `max` and by the process-wide buffer:
 /// a declared length is refused or held before a byte is read, a chunked
 /// body as soon as it passes either bound.
-async fn read_body(
+pub(super) async fn read_body(
     session: &mut Session,
     ctx: &mut RequestCtx,
     max: usize,

@@ -32,12 +32,12 @@ pub async fn logging(llm: &LlmState, ctx: &mut RequestCtx, status: u16, elapsed:
     record_usage(llm, ctx, status, admission, elapsed);
 }
 
-fn ms(d: Duration) -> u32 {
+pub(in crate::proxy) fn ms(d: Duration) -> u32 {
     d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
 /// Unix milliseconds of the request's arrival, `elapsed` ago.
-fn arrival_ms(elapsed: Duration) -> u64 {
+pub(in crate::proxy) fn arrival_ms(elapsed: Duration) -> u64 {
     SystemTime::now()
         .checked_sub(elapsed)
         .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -46,7 +46,7 @@ fn arrival_ms(elapsed: Duration) -> u64 {
 }
 
 /// A fresh record id: what tells one record from another in ClickHouse.
-pub(super) fn record_id() -> String {
+pub(in crate::proxy) fn record_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -83,6 +83,7 @@ pub(super) fn log_intent(
         upstream: String::new(),
         replica: llm.telemetry.replica.clone(),
         outcome: Outcome::Intent,
+        mcp: None,
     };
     llm.telemetry.wal.append_durable(intent).ok()
 }
@@ -121,5 +122,6 @@ fn record_usage(llm: &LlmState, ctx: &RequestCtx, status: u16, admission: &str, 
             .map_or(String::new(), |s| s.server().config.name.clone()),
         replica: telemetry.replica.clone(),
         outcome: Outcome::Completed,
+        mcp: None,
     });
 }

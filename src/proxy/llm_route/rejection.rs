@@ -1,4 +1,4 @@
-//! Refusals on LLM routes: the one place their failures become statuses and
+//! Refusals on LLM and MCP routes: the one place their failures become statuses and
 //! OpenAI-shaped error bodies.
 
 use bytes::Bytes;
@@ -14,15 +14,20 @@ use super::{respond, RequestCtx};
 
 /// A refusal with its status and OpenAI error code; the single place where
 /// LLM-route failures become responses.
-pub(super) struct Rejection {
-    pub(super) status: u16,
-    pub(super) code: &'static str,
-    pub(super) message: String,
-    pub(super) headers: Vec<(HeaderName, String)>,
+#[derive(Debug)]
+pub(in crate::proxy) struct Rejection {
+    pub(in crate::proxy) status: u16,
+    pub(in crate::proxy) code: &'static str,
+    pub(in crate::proxy) message: String,
+    pub(in crate::proxy) headers: Vec<(HeaderName, String)>,
 }
 
 impl Rejection {
-    pub(super) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub(in crate::proxy) fn new(
+        status: u16,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -83,7 +88,11 @@ impl From<BodyError> for Rejection {
     }
 }
 
-pub(super) async fn reject(session: &mut Session, ctx: &RequestCtx, r: Rejection) -> Result<bool> {
+pub(in crate::proxy) async fn reject(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    r: Rejection,
+) -> Result<bool> {
     let content_type = HeaderValue::from_static("application/json");
     let mut headers = r.headers;
     if r.status == 503 && !headers.iter().any(|(n, _)| n == header::RETRY_AFTER) {
@@ -102,9 +111,32 @@ pub(super) async fn reject(session: &mut Session, ctx: &RequestCtx, r: Rejection
     Ok(true)
 }
 
+/// Ends the gates of an LLM or MCP request: `Ok(true)` once a refusal
+/// was answered, an error when the client is gone.
+pub(in crate::proxy) async fn conclude(
+    admitted: Result<bool, Stop>,
+    session: &mut Session,
+    ctx: &RequestCtx,
+) -> Result<bool> {
+    match admitted {
+        Ok(responded) => Ok(responded),
+        Err(Stop::ClientGone) => Err(Error::explain(
+            ErrorType::ConnectionClosed,
+            "the client left while queued",
+        )
+        .into_down()),
+        Err(Stop::Refused(r)) => {
+            if r.status == 413 {
+                session.set_keepalive(None);
+            }
+            reject(session, ctx, r).await
+        }
+    }
+}
+
 /// Why an LLM request goes no further: refused with an answer, or the
 /// client is gone and nothing can be answered (counted as 499).
-pub(super) enum Stop {
+pub(in crate::proxy) enum Stop {
     Refused(Rejection),
     ClientGone,
 }
