@@ -3,7 +3,8 @@
 //! tools listed and called with the server's credential in place of the
 //! client's, the tool policy in `tools/list` and `tools/call`, the refusals
 //! (disabled server, tenant without access, missing key, another key's
-//! session), SSE and JSON answers, and one usage row per call in ClickHouse.
+//! session), SSE and JSON answers, one usage row per call in ClickHouse and
+//! a crashed row for a call cut off by a crash.
 //! The server's `auth_header` is written once and never shown again.
 
 mod common;
@@ -91,7 +92,7 @@ fn config(server: &ToolServer, telemetry: &str) -> String {
          \x20   - {{ name: narrow, allowed_mcp_servers: [tools/echo] }}\n\
          \x20   - {{ name: outsider }}\n\
          \x20 mcp_servers:\n\
-         \x20   - {{ name: tools, url: '{url}', auth_header: 'X-Tool-Token: {TOOL_TOKEN}', allowed_tools: [echo, whoami] }}\n\
+         \x20   - {{ name: tools, url: '{url}', auth_header: 'X-Tool-Token: {TOOL_TOKEN}', allowed_tools: [echo, slow, whoami] }}\n\
          \x20   - {{ name: off, url: '{url}', enabled: false }}\n\
          \x20 keys:\n\
          \x20   - {{ tenant: agents, name: a, secret: {KEY_A} }}\n\
@@ -100,6 +101,14 @@ fn config(server: &ToolServer, telemetry: &str) -> String {
          \x20   - {{ tenant: outsider, name: o, secret: {OUTSIDER} }}\n\
          routes:\n  - name: mcp\n    match: {{ path: {{ prefix: /mcp/ }} }}\n    llm: {{}}\n",
         url = server.url()
+    )
+}
+
+/// Usage shipped to `ch` at once.
+fn shipping_to(ch: &ClickHouse) -> String {
+    format!(
+        "{{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}",
+        ch.url()
     )
 }
 
@@ -179,7 +188,11 @@ async fn allowed_tools_are_listed_and_called_with_the_servers_credential_and_ref
     // `auto`: the SDK's own negotiation, answers as JSON.
     for mode in ["legacy", "auto"] {
         let seen = run_client(&url, KEY_A, mode);
-        assert_eq!(seen["tools"], json!(["echo", "whoami"]), "{mode}: {seen}");
+        assert_eq!(
+            seen["tools"],
+            json!(["echo", "slow", "whoami"]),
+            "{mode}: {seen}"
+        );
         assert_eq!(seen["echo"]["text"], "hello", "{mode}: {seen}");
         let whoami: Value = serde_json::from_str(seen["whoami"]["text"].as_str().unwrap_or("{}"))
             .unwrap_or_else(|_| panic!("{mode}: {seen}"));
@@ -322,10 +335,7 @@ async fn every_mcp_call_is_a_usage_row_in_clickhouse_with_its_tool() {
     let dir = TempDir::new();
     let server = ToolServer::start(&dir).await;
     let ch = ClickHouse::start().await;
-    let telemetry = format!(
-        "{{ replica: r1, clickhouse: {{ url: '{}', batch_interval: 100ms, timeout: 2s }} }}",
-        ch.url()
-    );
+    let telemetry = shipping_to(&ch);
     let obleth = Obleth::start(&config(&server, &telemetry)).await;
     let seen = run_client(&obleth.url("/mcp/tools"), KEY_A, "legacy");
     assert_eq!(seen["echo"]["text"], "hello", "{seen}");
@@ -462,4 +472,53 @@ async fn the_auth_header_is_never_shown_logged_or_stored_in_clear() {
         .patch("/mcp-servers/vault", json!({ "auth_header": null }), 200)
         .await;
     assert_eq!(cleared["auth_header_set"], false, "{cleared}");
+}
+
+#[tokio::test]
+async fn a_call_cut_off_by_a_crash_leaves_a_crashed_row_naming_its_tool() {
+    let dir = TempDir::new();
+    let server = ToolServer::start(&dir).await;
+    let ch = ClickHouse::start().await;
+    let telemetry = shipping_to(&ch);
+    let body = config(&server, &telemetry);
+    let wal = dir.path().join("wal").display().to_string();
+    let env = [("OBLETH_WAL_PATH", wal.as_str())];
+    let obleth = Obleth::start_with(&body, "off", &env).await;
+    let opened = post(&obleth, "tools", Some(KEY_A), None, &initialize()).await;
+    let session = header_text(&opened, "mcp-session-id");
+    let _ = opened.bytes().await;
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let _ = post(&obleth, "tools", Some(KEY_A), Some(&session), &initialized).await;
+    let call = client()
+        .post(obleth.url("/mcp/tools"))
+        .bearer_auth(KEY_A)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("x-request-id", "mcp-cut-off")
+        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                       "params": { "name": "slow", "arguments": { "seconds": 30 } } }))
+        .send();
+    let pending = tokio::spawn(call);
+    // The call is at the server when obleth dies.
+    for _ in 0..100 {
+        if server
+            .seen()
+            .iter()
+            .any(|r| r["headers"]["x-request-id"] == "mcp-cut-off")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    obleth.signal("KILL");
+    let _ = pending.await;
+    drop(obleth);
+
+    let _restarted = Obleth::start_with(&body, "off", &env).await;
+    ch.until_answer(
+        "SELECT outcome, status, mcp_method, mcp_tool FROM obleth.usage \
+         WHERE request_id = 'mcp-cut-off' FORMAT CSV",
+        "\"crashed\",0,\"tools/call\",\"slow\"",
+    )
+    .await;
 }

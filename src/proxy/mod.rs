@@ -482,6 +482,9 @@ impl ProxyHttp for Gateway {
         if let Some(call) = ctx.llm.as_mut() {
             call.wait_for_intent().await;
         }
+        if let Some(call) = ctx.mcp.as_mut() {
+            call.wait_for_intents().await;
+        }
         if let Some(Action::Proxy(action)) = ctx.route.as_ref().map(|r| &r.config.action) {
             action.response_headers.apply_to_response(response)?;
         }
@@ -565,6 +568,9 @@ impl ProxyHttp for Gateway {
         if let Some(call) = ctx.llm.as_mut() {
             call.wait_for_intent().await;
         }
+        if let Some(call) = ctx.mcp.as_mut() {
+            call.wait_for_intents().await;
+        }
         let code = status_for(e);
         if code > 0 && session.response_written().is_none() {
             // The connection is closed after this answer (`can_reuse_downstream`
@@ -613,7 +619,7 @@ impl ProxyHttp for Gateway {
         if let (Some(Action::Llm(_)), Some(llm)) = (llm_route, &self.shared.llm) {
             if ctx.mcp.is_some() {
                 let method = &session.req_header().method;
-                mcp_route::logging(llm, ctx, method, status, elapsed);
+                mcp_route::logging(llm, ctx, method, status);
             } else {
                 llm_route::logging(llm, ctx, status, elapsed).await;
             }

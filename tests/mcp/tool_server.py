@@ -2,7 +2,8 @@
 
 Usage: tool_server.py PORT TOKEN HEADER_LOG
 
-Streamable HTTP on 127.0.0.1:PORT/mcp. Tools: `echo`; `whoami`, which
+Streamable HTTP on 127.0.0.1:PORT/mcp. Tools: `echo`; `slow`, which answers after the seconds it is given;
+`whoami`, which
 answers only when the request carries `X-Tool-Token: TOKEN` (the credential
 obleth injects) and reports the credentials it saw; `delete_everything`,
 which the tests never allow. Every HTTP request's headers are appended to
@@ -12,6 +13,7 @@ HEADER_LOG as one JSON line, so a test can show what reached the server.
 import json
 import sys
 
+import anyio
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -48,6 +50,13 @@ def whoami(ctx: Context) -> str:
             "x-api-key": headers.get("x-api-key"),
         }
     )
+
+
+@mcp.tool()
+async def slow(seconds: float) -> str:
+    """Answers after `seconds`."""
+    await anyio.sleep(seconds)
+    return "done"
 
 
 @mcp.tool()

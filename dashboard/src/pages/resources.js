@@ -17,6 +17,7 @@ const TENANT_FIELDS = [
   { name: "budget_period", label: "Budget period", options: ["lifetime", "monthly"] },
   { name: "status", label: "Status", options: ["active", "suspended"] },
   { name: "allowed_models", label: "Allowed models (comma separated; empty: all)", type: "list" },
+  { name: "allowed_mcp_servers", label: "MCP servers (comma separated, server or server/tool; empty: none)", type: "list" },
 ];
 
 const GROUP_FIELDS = [

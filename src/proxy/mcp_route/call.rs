@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header;
 use obleth_filters::admission::Permit;
 use obleth_filters::records::Principal;
+use obleth_filters::telemetry::Durable;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -39,7 +40,16 @@ pub struct McpCall {
     pub(super) session: Option<String>,
     pub(super) tools: Option<ToolsListFilter>,
     pub upstream_status: Option<u16>,
+    /// The ids of the intents, one per metered entry, which the completion
+    /// records supersede.
+    pub(super) record_ids: Vec<String>,
+    /// Resolve once the intents are on disk; taken by the first wait.
+    pub(super) intents: Vec<Durable>,
 }
+
+/// The longest an answer waits for its intents to be durable (as on LLM
+/// routes: only a failing disk makes it matter).
+const INTENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl McpCall {
     pub fn new(server: &str) -> Self {
@@ -55,6 +65,8 @@ impl McpCall {
             session: None,
             tools: None,
             upstream_status: None,
+            record_ids: Vec::new(),
+            intents: Vec::new(),
         }
     }
 
@@ -74,6 +86,19 @@ impl McpCall {
         self.permit
             .as_ref()
             .map_or_else(Default::default, Permit::waited)
+    }
+
+    /// Waits until the intents are on disk before the answer goes to the
+    /// client: a call the client saw answered has a durable record.
+    pub async fn wait_for_intents(&mut self) {
+        let intents = std::mem::take(&mut self.intents);
+        if intents.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(intents.into_iter().map(Durable::wait));
+        if tokio::time::timeout(INTENT_WAIT, all).await.is_err() {
+            tracing::warn!("MCP usage intents not durable after {INTENT_WAIT:?}; answering anyway");
+        }
     }
 
     /// Sends the server's credential in place of the client's (which never

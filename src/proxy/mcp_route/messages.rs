@@ -118,21 +118,22 @@ impl Message {
         let (id, tool) = match &typed {
             JsonRpcMessage::Request(r) => match &r.request {
                 ClientRequest::CallToolRequest(call) => (id, Some(call.params.name.to_string())),
-                // A `tools/call` the SDK cannot type (it falls back to a
-                // custom request) names no tool the policy could check.
-                _ if method.as_deref() == Some("tools/call") => {
-                    return Err(Rejection::new(
-                        400,
-                        "invalid_request",
-                        format!("a tools/call without valid params{at}"),
-                    ))
-                }
                 _ => (id, None),
             },
             // Notifications carry no id; answers to the server carry the
             // server's request id, which is not one of the client's.
             _ => (None, None),
         };
+        // A `tools/call` the SDK cannot type as one (it falls back to a
+        // custom request or a notification) names no tool the policy could
+        // check: it goes no further.
+        if method.as_deref() == Some("tools/call") && tool.is_none() {
+            return Err(Rejection::new(
+                400,
+                "invalid_request",
+                format!("a tools/call must be a request with valid params{at}"),
+            ));
+        }
         Ok(Self {
             id,
             method: method.unwrap_or_else(|| "response".into()),

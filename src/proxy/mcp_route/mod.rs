@@ -179,6 +179,7 @@ async fn admit(
         call.permit = permit;
         call.session = presented;
     }
+    record::log_intents(llm, ctx, &method);
     Ok(false)
 }
 
