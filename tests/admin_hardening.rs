@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -113,39 +112,6 @@ async fn two_concurrent_creates_cannot_both_claim_one_alias() {
         statuses.sort_unstable();
         assert_eq!(statuses, [201, 409], "round {round}: {x:?} {y:?}");
     }
-}
-
-/// Runs `obleth run -c config` to its exit (or kills it after `limit`).
-async fn run_to_exit(
-    config: &std::path::Path,
-    dir: &std::path::Path,
-    limit: Duration,
-) -> (bool, String) {
-    let log = dir.join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_obleth"))
-        .args(["run", "-c"])
-        .arg(config)
-        .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("OBLETH_WAL_PATH", dir.join("wal-run"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("obleth starts");
-    let deadline = Instant::now() + limit;
-    let exited = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        // Not a thread sleep: the in-process mock upstream shares this runtime.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    (exited.is_some_and(|s| !s.success()), text)
 }
 
 #[tokio::test]

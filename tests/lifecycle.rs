@@ -318,30 +318,8 @@ async fn a_listener_port_in_use_stops_start_up_naming_the_listener() {
         ),
     )
     .expect("config");
-    let log = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_obleth"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("OBLETH_WAL_PATH", dir.path().join("wal"))
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("obleth runs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("still running after 10 s:\n{stderr}"));
-    assert!(!status.success(), "{stderr}");
+    let (failed, stderr) = run_to_exit(&config, dir.path(), Duration::from_secs(10)).await;
+    assert!(failed, "a non-zero exit within 10 s:\n{stderr}");
     assert!(
         stderr.contains(&format!("listener public: cannot bind 127.0.0.1:{port}"))
             && stderr

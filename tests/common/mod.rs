@@ -715,6 +715,40 @@ pub fn redis_prefix() -> String {
     )
 }
 
+/// Runs `obleth run -c config` to its exit (or kills it after `limit`):
+/// whether it exited failing within the limit, and its log.
+pub async fn run_to_exit(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    limit: Duration,
+) -> (bool, String) {
+    let log = dir.join("run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_obleth"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("OBLETH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OBLETH_WAL_PATH", dir.join("wal-run"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("obleth starts");
+    let deadline = Instant::now() + limit;
+    let exited = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        // Not a thread sleep: the in-process mock upstream shares this runtime.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    (exited.is_some_and(|s| !s.success()), text)
+}
+
 /// Calls the admin API with the test token.
 pub struct Admin {
     base: String,

@@ -71,8 +71,9 @@ async fn admit(
             format!("no MCP server is named `{server}`"),
         )
     })?;
-    let call = ctx.mcp.as_mut().ok_or(Stop::ClientGone)?;
-    call.endpoint = Some(endpoint.clone());
+    if let Some(call) = ctx.mcp.as_mut() {
+        call.endpoint = Some(endpoint.clone());
+    }
 
     let method = session.req_header().method.clone();
     let (body, held) = match method {
